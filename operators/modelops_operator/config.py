@@ -1,0 +1,34 @@
+"""Operator settings, from CLI flags and environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_RUNTIME = "modelops-onnxruntime"
+DEFAULT_CONVERTER_IMAGE = "ghcr.io/modelops/modelops-converter:0.1.0"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    tracking_uri: str | None = None  # default MLflow server; a ModelDeployment may override it
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    conversion: str = "job"  # job | inprocess
+    resolve_interval: float = 60.0  # seconds between alias re-resolves
+    storage_rewrites: tuple[tuple[str, str], ...] = ()  # (artifact URI prefix, KServe URI prefix)
+    runtime: str = DEFAULT_RUNTIME
+    converter_image: str = DEFAULT_CONVERTER_IMAGE
+    converter_service_account: str | None = None  # None: the namespace's default, token not mounted
+    job_timeout: int = 3600  # activeDeadlineSeconds of conversion Jobs
+    backoff_base: float = 5.0  # first retry delay after a retryable error; doubles per retry
+    backoff_max: float = 300.0
+    api_url: str | None = None  # Kubernetes API server; None: in-cluster or KUBECONFIG
+    work_dir: str | None = None  # scratch for in-process conversion
+    extra_env: dict = field(default_factory=dict)
+
+    def backoff(self, retry: int) -> float:
+        return min(self.backoff_max, self.backoff_base * (2 ** max(0, retry)))
+
+    @staticmethod
+    def env_tracking_uri() -> str | None:
+        return os.environ.get("MODELOPS_MLFLOW_TRACKING_URI") or None

@@ -1,0 +1,107 @@
+"""Kopf handlers: thin triggers around `Reconciler.reconcile`.
+
+Triggers:
+- create/update(spec)/resume of a ModelDeployment: full reconcile (resolve, convert, deploy);
+  retryable errors back off via `kopf.TemporaryError`, permanent ones end as `PermanentError`
+  after the status says `Stalled` with the reason.
+- a timer per alias-following ModelDeployment: re-resolve every `resolve_interval` seconds, so
+  moving the alias in MLflow deploys the new version.
+- InferenceService events (KServe reporting readiness): refresh the owner's status, no MLflow.
+- conversion Job events (job mode): continue the reconcile once the Job finished.
+
+Passes of one object are serialized by a per-object lock; they run in worker threads so blocking
+MLflow calls never stall the event loop, and a deletion never waits on MLflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import kopf
+
+from modelops.deployment import GROUP, PLURAL, VERSION
+
+from . import builders
+from .config import OperatorConfig
+from .kube import ApiError
+from .reconciler import Reconciler
+
+log = logging.getLogger("modelops.operator")
+
+
+def configure_settings(settings: kopf.OperatorSettings) -> None:
+    # Handler progress in annotations: the CRD's structural schema would prune status.kopf.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelops.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="modelops.dev", key="last-handled-configuration")
+    settings.persistence.finalizer = "modelops.dev/finalizer"
+    # Our own Events describe transitions; Kopf's per-handler chatter stays in the logs.
+    settings.posting.level = logging.WARNING
+    settings.peering.standalone = True  # one replica (Deployment strategy Recreate)
+    settings.execution.max_workers = 16
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: OperatorConfig) -> None:
+    locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def run_pass(namespace: str, name: str, *, resolve: bool, retry: int = 0,
+                       strict: bool = False) -> None:
+        lock = locks.setdefault((namespace, name), asyncio.Lock())
+        try:
+            async with lock:
+                result = await asyncio.to_thread(reconciler.reconcile, namespace, name, resolve=resolve)
+        except ApiError as exc:  # the Kubernetes API refused or failed: retry, never crash
+            if strict:
+                raise kopf.TemporaryError(str(exc), delay=config.backoff(retry)) from exc
+            log.warning("%s/%s: %s", namespace, name, exc)
+            return
+        if result.body is not None:
+            for ev in result.events:
+                kopf.event(result.body, type=ev.type, reason=ev.reason, message=ev.message)
+        if result.wrote:
+            log.info("%s/%s: wrote %s", namespace, name, ", ".join(result.wrote))
+        if result.retry is not None:
+            delay = config.backoff(retry)
+            if strict:
+                raise kopf.TemporaryError(f"{result.retry.reason}: {result.retry.message}", delay=delay)
+            log.warning("%s/%s: %s (next try at the next resync)", namespace, name, result.retry.message)
+        elif result.stalled is not None and strict:
+            raise kopf.PermanentError(f"{result.stalled.reason}: {result.stalled.message}")
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs):
+        if config.api_url:
+            return kopf.ConnectionInfo(server=config.api_url, insecure=True)
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
+    async def reconcile_spec(name, namespace, retry, **_):
+        await run_pass(namespace, name, resolve=True, retry=retry, strict=True)
+
+    def follows_alias(spec, **_) -> bool:
+        return bool((spec or {}).get("model", {}).get("alias"))
+
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.resolve_interval,
+                initial_delay=config.resolve_interval, when=follows_alias, registry=registry)
+    async def resolve_alias(name, namespace, **_):
+        await run_pass(namespace, name, resolve=True)
+
+    @kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices",
+                   labels={builders.LABEL_DEPLOYMENT: kopf.PRESENT}, registry=registry)
+    async def service_changed(type, namespace, labels, **_):
+        if type in (None, "ADDED", "MODIFIED"):  # None: the initial listing
+            await run_pass(namespace, labels[builders.LABEL_DEPLOYMENT], resolve=False)
+
+    if config.conversion == "job":
+        @kopf.on.event("batch", "v1", "jobs", labels={builders.LABEL_COMPONENT: "converter"},
+                       registry=registry)
+        async def job_changed(type, namespace, labels, status, **_):
+            finished = any(c.get("status") == "True" and c.get("type") in ("Complete", "Failed")
+                           for c in (status or {}).get("conditions") or [])
+            if finished and type in (None, "ADDED", "MODIFIED"):
+                await run_pass(namespace, labels[builders.LABEL_DEPLOYMENT], resolve=True)

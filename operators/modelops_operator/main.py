@@ -1,0 +1,113 @@
+"""`modelops operator`: run the ModelDeployment operator (in cluster or with KUBECONFIG).
+
+    modelops operator [--namespace NS ... | --all-namespaces] [--conversion job|inprocess]
+                      [--resolve-interval SECONDS] [--tracking-uri URI]
+                      [--storage-uri-rewrite FROM=TO ...]
+
+The CLI calls `run(argv)`; tests and benchmarks use `build()` + `serve()` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Sequence
+
+import kopf
+
+from modelops.deployment.storage import parse_rewrites
+
+from . import handlers
+from .config import DEFAULT_CONVERTER_IMAGE, DEFAULT_RUNTIME, OperatorConfig
+from .conversion import InProcessConversion, JobConversion
+from .kube import Kube
+from .reconciler import Reconciler
+
+
+def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
+    env = os.environ
+    ap = argparse.ArgumentParser(prog="modelops operator",
+                                 description="Reconcile ModelDeployments into KServe InferenceServices.")
+    scope = ap.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[],
+                       help="watch this namespace (repeatable); default: all namespaces")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch all namespaces")
+    ap.add_argument("--conversion", choices=["job", "inprocess"],
+                    default=env.get("MODELOPS_CONVERSION", "job"),
+                    help="job: convert in a Kubernetes Job (default); inprocess: in this process (dev)")
+    ap.add_argument("--resolve-interval", type=float,
+                    default=float(env.get("MODELOPS_RESOLVE_INTERVAL", "60")),
+                    help="seconds between alias re-resolves (default 60)")
+    ap.add_argument("--tracking-uri", default=OperatorConfig.env_tracking_uri(),
+                    help="default MLflow tracking URI (env MODELOPS_MLFLOW_TRACKING_URI)")
+    ap.add_argument("--storage-uri-rewrite", action="append",
+                    default=[r for r in env.get("MODELOPS_STORAGE_URI_REWRITES", "").split(",") if r],
+                    metavar="FROM=TO",
+                    help="map an MLflow artifact URI prefix to one KServe can download, "
+                         "e.g. mlflow-artifacts:/=s3://mlflow/ (env MODELOPS_STORAGE_URI_REWRITES)")
+    ap.add_argument("--converter-image", default=env.get("MODELOPS_CONVERTER_IMAGE", DEFAULT_CONVERTER_IMAGE))
+    ap.add_argument("--converter-service-account", default=env.get("MODELOPS_CONVERTER_SERVICE_ACCOUNT"))
+    ap.add_argument("--runtime", default=env.get("MODELOPS_RUNTIME", DEFAULT_RUNTIME),
+                    help="KServe ClusterServingRuntime name")
+    ap.add_argument("--api-url", default=env.get("MODELOPS_KUBE_API_URL"),
+                    help="Kubernetes API URL without auth (kubectl proxy); default in-cluster/KUBECONFIG")
+    ap.add_argument("--liveness", default=env.get("MODELOPS_LIVENESS", "http://0.0.0.0:8080/healthz"),
+                    help="liveness endpoint URL; empty to disable")
+    ap.add_argument("--verbose", "-v", action="store_true")
+    args = ap.parse_args(list(argv) if argv is not None else None)
+    if args.resolve_interval <= 0:
+        ap.error("--resolve-interval must be positive")
+    try:
+        rewrites = parse_rewrites(args.storage_uri_rewrite)
+    except ValueError as exc:
+        ap.error(str(exc))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return OperatorConfig(
+        tracking_uri=args.tracking_uri, namespaces=tuple(args.namespace),
+        conversion=args.conversion, resolve_interval=args.resolve_interval,
+        storage_rewrites=rewrites, runtime=args.runtime, converter_image=args.converter_image,
+        converter_service_account=args.converter_service_account, api_url=args.api_url,
+        extra_env={"liveness": args.liveness or None},
+    )
+
+
+def build(config: OperatorConfig, *, registry_factory=None) -> tuple[kopf.OperatorRegistry, Reconciler]:
+    """A Kopf registry with our handlers, wired to a reconciler for `config`."""
+    kube = Kube.from_environment(config.api_url)
+    converter = InProcessConversion(config) if config.conversion == "inprocess" else JobConversion(config, kube)
+    reconciler = Reconciler(config, kube, converter, registry_factory=registry_factory)
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, reconciler, config)
+    return registry, reconciler
+
+
+async def serve(config: OperatorConfig, *, stop_flag: asyncio.Event | threading.Event | None = None,
+                ready_flag: asyncio.Event | threading.Event | None = None,
+                registry_factory=None) -> None:
+    registry, reconciler = build(config, registry_factory=registry_factory)
+    settings = kopf.OperatorSettings()
+    handlers.configure_settings(settings)
+    try:
+        await kopf.operator(
+            registry=registry, settings=settings, standalone=True,
+            clusterwide=not config.namespaces, namespaces=list(config.namespaces),
+            liveness_endpoint=config.extra_env.get("liveness"),
+            stop_flag=stop_flag, ready_flag=ready_flag,
+        )
+    finally:
+        reconciler.kube.close()
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `modelops operator`; `argv` excludes the subcommand name. Blocks until stopped."""
+    config = parse_args(argv)
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run())

@@ -1,0 +1,154 @@
+"""One reconcile pass of a ModelDeployment: gather facts, plan, act, write status if changed.
+
+Synchronous on purpose (MLflow's client and the in-process converter block); Kopf handlers run it
+in a worker thread. Every decision is `modelops.deployment.plan.plan`; this module only fetches
+facts and executes the planned actions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass, replace
+
+from modelops import errors
+from modelops.deployment.plan import (ApplyService, Convert, Event, Failure, Inputs, Plan,
+                                      ServiceObservation, plan, plan_invalid)
+from modelops.deployment.spec import DeploymentSpec, parse_spec
+
+from . import builders, diffing
+from .config import OperatorConfig
+from .kube import INFERENCESERVICES, MODELDEPLOYMENTS, Kube
+
+log = logging.getLogger("modelops.operator")
+
+
+@dataclass(frozen=True)
+class Result:
+    body: dict | None = None  # the ModelDeployment as reconciled (for Events)
+    events: tuple[Event, ...] = ()
+    retry: Failure | None = None  # retryable: back off and try again
+    stalled: Failure | None = None  # permanent: do not retry this generation
+    wrote: tuple[str, ...] = ()  # what was written (for logs and tests)
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def service_observation(observed: dict, changed: bool) -> ServiceObservation:
+    """Readiness as KServe reports it, for the generation we last wrote."""
+    status = observed.get("status") or {}
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    generation = observed.get("metadata", {}).get("generation")
+    current = status.get("observedGeneration") in (None, generation)
+    is_ready = not changed and current and ready.get("status") == "True"
+    uri = observed.get("spec", {}).get("predictor", {}).get("model", {}).get("storageUri")
+    message = "" if is_ready else (ready.get("message") or "waiting for KServe")
+    return ServiceObservation(storage_uri=uri, ready=is_ready, url=status.get("url"), message=message)
+
+
+class Reconciler:
+    def __init__(self, config: OperatorConfig, kube: Kube, converter, registry_factory=None):
+        self.config = config
+        self.kube = kube
+        self.converter = converter
+        self._registry_factory = registry_factory
+        self._registries: dict[str, object] = {}
+
+    # --- facts ------------------------------------------------------------------------------
+    def registry_for(self, spec: DeploymentSpec):
+        uri = spec.registry.tracking_uri or self.config.tracking_uri
+        if not uri:
+            raise errors.InvalidSpec("spec.registry.trackingUri",
+                                     "no MLflow tracking URI: set it here or MODELOPS_MLFLOW_TRACKING_URI")
+        if uri not in self._registries:
+            if self._registry_factory is not None:
+                self._registries[uri] = self._registry_factory(uri)
+            else:
+                from modelops.registry import Registry
+
+                self._registries[uri] = Registry(uri)
+        return self._registries[uri]
+
+    def apply_service(self, md: dict, spec: DeploymentSpec, served) -> tuple[ServiceObservation, bool]:
+        """Make the InferenceService match; write only when something differs."""
+        desired = builders.build_inference_service(md, spec, served, runtime=self.config.runtime)
+        ns, name = md["metadata"]["namespace"], md["metadata"]["name"]
+        observed = self.kube.get(INFERENCESERVICES.path(ns, name))
+        if observed is None:
+            observed = self.kube.create(INFERENCESERVICES.path(ns), desired)
+            return service_observation(observed, changed=True), True
+        body = {k: desired[k] for k in ("metadata", "spec")}
+        patch = diffing.merge_patch(observed, body, diffing.IS_OWNED_MAPS) or {}
+        patch = diffing.deep_merge(patch, diffing.drop_owned_absent(body, observed, diffing.IS_OWNED_MAPS))
+        if not patch:
+            return service_observation(observed, changed=False), False
+        observed = self.kube.merge_patch(INFERENCESERVICES.path(ns, name), patch) or observed
+        return service_observation(observed, changed=True), True
+
+    # --- the pass ---------------------------------------------------------------------------
+    def reconcile(self, namespace: str, name: str, *, resolve: bool) -> Result:
+        md = self.kube.get(MODELDEPLOYMENTS.path(namespace, name))
+        if md is None or md["metadata"].get("deletionTimestamp"):
+            return Result()  # gone or going: the owner reference cleans up the rest
+        generation = int(md["metadata"].get("generation") or 1)
+        status = md.get("status") or {}
+        now = now_rfc3339()
+        try:
+            spec = parse_spec(md.get("spec"))
+            registry = self.registry_for(spec)
+        except errors.InvalidSpec as exc:
+            failure = Failure.from_error(exc)
+            return self._finish(md, plan_invalid(status, generation, failure, now), (), stalled=failure)
+
+        inputs = Inputs(generation=generation, spec=spec, status=status, now=now)
+        resolved = None
+        if resolve:
+            try:
+                resolved = registry.resolve_version(spec.model.name, version=spec.model.version,
+                                                    alias=spec.model.alias)
+                inputs = replace(inputs, resolved_version=resolved.version)
+            except errors.ModelOpsError as exc:
+                inputs = replace(inputs, error=Failure.from_error(exc))
+
+        wrote: list[str] = []
+        done: set[type] = set()
+        while True:
+            p = plan(inputs)
+            action = next((a for a in p.actions if type(a) not in done), None)
+            if action is None:
+                break
+            done.add(type(action))
+            if isinstance(action, Convert):
+                inputs = self._convert(md, spec, registry, resolved, inputs)
+            elif isinstance(action, ApplyService):
+                observation, changed = self.apply_service(md, spec, action.served)
+                if changed:
+                    wrote.append("inferenceservice")
+                inputs = replace(inputs, service=observation)
+        stalled = None
+        if p.status.get("phase") == "Failed":
+            stalled = next((Failure(c["reason"], c.get("message", ""), False)
+                            for c in p.status["conditions"] if c["type"] == "Stalled"), None)
+        return self._finish(md, p, tuple(wrote), stalled=stalled)
+
+    def _convert(self, md, spec, registry, resolved, inputs: Inputs) -> Inputs:
+        try:
+            outcome = self.converter.convert(md, spec, registry, resolved)
+        except errors.ModelOpsError as exc:
+            log.warning("conversion of %s failed: %s", resolved.label, exc)
+            return replace(inputs, error=Failure.from_error(exc))
+        if outcome.served is not None:
+            return replace(inputs, conversion=outcome.served)
+        return replace(inputs, converting=outcome.running)
+
+    def _finish(self, md: dict, p: Plan, wrote: tuple[str, ...], stalled: Failure | None) -> Result:
+        old = md.get("status") or {}
+        patch = diffing.status_patch(old, p.status)
+        if patch:
+            meta = md["metadata"]
+            self.kube.merge_patch(MODELDEPLOYMENTS.path(meta["namespace"], meta["name"], "status"),
+                                  {"status": patch})
+            wrote = wrote + ("status",)
+        return Result(body=md, events=p.events, retry=p.retry, stalled=stalled, wrote=wrote)
