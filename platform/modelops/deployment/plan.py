@@ -164,8 +164,7 @@ def plan(inp: Inputs) -> Plan:
           and status.get("observedGeneration") == inp.generation):
         # Already failed permanently for this generation: don't retry until the spec or the
         # alias changes (no retry storm); keep serving the previous version.
-        stalled = next((c for c in status.get("conditions") or [] if c.get("type") == "Stalled"), {})
-        failure = Failure(failed.get("reason", "Failed"), stalled.get("message", ""), False)
+        failure = Failure(failed.get("reason", "Failed"), failed.get("message", ""), False)
         return _plan_error(replace(inp, error=failure), stable, target_version, options)
     elif inp.resolved_version is None:
         return Plan(status=dict(status))  # status refresh only; conversion waits for a resolve
@@ -240,7 +239,8 @@ def _plan_error(inp: Inputs, stable: Served | None, target_version: str | None, 
     else:
         status["phase"] = "Failed"
         if target_version:
-            status["failed"] = {"version": target_version, "options": options, "reason": err.reason}
+            status["failed"] = {"version": target_version, "options": options, "reason": err.reason,
+                                "message": err.message[:2048]}
         conversion_failed = err.reason in ("ConversionFailed", "UnsupportedFlavor", "ParityFailed",
                                            "InvalidOnnxModel")
         status["conditions"] = _conditions(

@@ -192,7 +192,7 @@ STATUS_SCHEMA: dict = {
             "type": "object",
             "description": "The last version+options that failed permanently: not retried until the spec or the alias changes.",
             "properties": {"version": {"type": "string"}, "options": {"type": "string"},
-                           "reason": {"type": "string"}},
+                           "reason": {"type": "string"}, "message": {"type": "string"}},
         },
         "url": {"type": "string"},
     },

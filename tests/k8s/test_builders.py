@@ -1,0 +1,147 @@
+"""The objects the operator generates, validated against KServe's and Kubernetes' own schemas."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+
+from modelops.deployment.plan import Served
+from modelops.deployment.spec import parse_spec
+from modelops.deployment.storage import UnsupportedArtifactStore, parse_rewrites, storage_uri
+from modelops_operator import builders, diffing
+
+from .schemas import kserve_schema, schema_errors
+
+MD = {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment",
+      "metadata": {"name": "fraud", "namespace": "ml", "uid": "1234-abcd", "generation": 4}}
+SERVED = Served(version="3", onnx_uri="s3://mlflow/1/abc/artifacts/modelops/onnx",
+                storage_uri="s3://mlflow/1/abc/artifacts/modelops/onnx", sha256="f" * 64, options="x")
+GPU_SPEC = parse_spec({
+    "model": {"name": "fraud-detector", "alias": "champion"},
+    "conversion": {"precision": "fp16", "tolerance": {"rtol": 0.01, "atol": 0.001}},
+    "predictor": {"gpu": 2, "minReplicas": 1, "maxReplicas": 3,
+                  "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+                  "nodeSelector": {"accelerator": "a100"},
+                  "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+})
+CPU_SPEC = parse_spec({"model": {"name": "churn", "version": "3"}})
+
+
+@pytest.fixture(scope="module")
+def isvc_schema():
+    return kserve_schema("serving.kserve.io_inferenceservices.yaml", "v1beta1")
+
+
+def test_gpu_inference_service(isvc_schema):
+    isvc = builders.build_inference_service(MD, GPU_SPEC, SERVED)
+    assert schema_errors(isvc, isvc_schema) == []
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    assert (isvc["metadata"]["name"], isvc["metadata"]["namespace"]) == ("fraud", "ml")
+    owner = isvc["metadata"]["ownerReferences"][0]
+    assert owner == {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment", "name": "fraud",
+                     "uid": "1234-abcd", "controller": True, "blockOwnerDeletion": True}
+    pred = isvc["spec"]["predictor"]
+    assert (pred["minReplicas"], pred["maxReplicas"]) == (1, 3)
+    assert pred["nodeSelector"] == {"accelerator": "a100"}
+    assert pred["tolerations"][0]["key"] == "nvidia.com/gpu"
+    model = pred["model"]
+    assert model["modelFormat"] == {"name": "onnx"}
+    assert model["runtime"] == "modelops-onnxruntime"
+    assert model["storageUri"] == SERVED.storage_uri
+    assert model["resources"]["limits"] == {"memory": "4Gi", "nvidia.com/gpu": "2"}
+    assert model["resources"]["requests"]["cpu"] == "1"
+    assert {"name": "MODELOPS_DEVICE", "value": "cuda"} in model["env"]
+
+
+def test_cpu_inference_service_has_no_gpu(isvc_schema):
+    isvc = builders.build_inference_service(MD, CPU_SPEC, SERVED)
+    assert schema_errors(isvc, isvc_schema) == []
+    model = isvc["spec"]["predictor"]["model"]
+    assert "nvidia.com/gpu" not in str(model.get("resources", {}))
+    assert {"name": "MODELOPS_DEVICE", "value": "cpu"} in model["env"]
+    assert "nodeSelector" not in isvc["spec"]["predictor"]
+
+
+def test_cluster_serving_runtime_validates_and_runs_modelops_serve():
+    runtime = builders.build_cluster_serving_runtime()
+    schema = kserve_schema("serving.kserve.io_clusterservingruntimes.yaml", "v1alpha1")
+    assert schema_errors(runtime, schema) == []
+    # A namespaced ServingRuntime has the same spec: it validates against that CRD as well.
+    ns_runtime = dict(runtime, kind="ServingRuntime", metadata={**runtime["metadata"], "namespace": "ml"})
+    assert schema_errors(ns_runtime, kserve_schema("serving.kserve.io_servingruntimes.yaml", "v1alpha1")) == []
+    assert runtime["metadata"]["name"] == "modelops-onnxruntime"
+    assert [f["name"] for f in runtime["spec"]["supportedModelFormats"]] == ["onnx"]
+    (container,) = runtime["spec"]["containers"]
+    assert container["command"] + container["args"] == [
+        "modelops", "serve", "/mnt/models", "--name", "{{.Name}}", "--http-port", "8080", "--grpc-port", "8081"]
+
+
+def test_conversion_job_is_restricted_and_runs_modelops_convert():
+    spec = parse_spec({"model": {"name": "fraud-detector", "alias": "champion"},
+                       "registry": {"credentialsSecret": "mlflow-creds"},
+                       "conversion": {"precision": "fp16", "opset": 18, "tolerance": {"rtol": 0.01, "atol": 0.001}}})
+    job = builders.build_conversion_job(MD, spec, "3", tracking_uri="http://mlflow:5000",
+                                        image="converter:1")
+    kubernetes_validate.validate(job, "1.30", strict=True)
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] + c["args"] == [
+        "modelops", "convert", "models:/fraud-detector/3", "--tracking-uri", "http://mlflow:5000",
+        "--output", "/tmp/out", "--register", "--precision", "fp16", "--opset", "18",
+        "--rtol", "0.01", "--atol", "0.001"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 0
+    # Pod Security Standard "restricted".
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["envFrom"] == [{"secretRef": {"name": "mlflow-creds"}}]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "1234-abcd"
+    assert len(job["metadata"]["name"]) <= 63
+
+
+def test_conversion_job_without_tolerances_passes_none():
+    job = builders.build_conversion_job(MD, CPU_SPEC, "3", tracking_uri="http://m", image="c")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--rtol" not in args and "--atol" not in args and "envFrom" not in job["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_job_name_is_deterministic_and_short():
+    long = "a" * 80
+    assert builders.job_name(long, "12", "opt") == builders.job_name(long, "12", "opt")
+    assert len(builders.job_name(long, "123456789", "opt")) <= 63
+    assert builders.job_name("m", "1", "a") != builders.job_name("m", "1", "b")
+
+
+def test_merge_patch_is_empty_when_observed_has_extra_defaults():
+    desired = builders.build_inference_service(MD, GPU_SPEC, SERVED)
+    observed = {**desired, "status": {"url": "http://x"},
+                "metadata": {**desired["metadata"], "resourceVersion": "7", "generation": 2}}
+    observed["spec"] = {"predictor": {**desired["spec"]["predictor"], "timeout": 60}}  # a webhook default
+    body = {k: desired[k] for k in ("metadata", "spec")}
+    assert diffing.merge_patch(observed, body, diffing.IS_OWNED_MAPS) is None
+
+
+def test_merge_patch_changes_and_deletes_owned_keys():
+    old = builders.build_inference_service(MD, GPU_SPEC, SERVED)
+    new_spec = parse_spec({"model": {"name": "fraud-detector", "alias": "champion"},
+                           "predictor": {"gpu": 0, "nodeSelector": {"zone": "b"}}})
+    new = builders.build_inference_service(MD, new_spec, SERVED)
+    body = {k: new[k] for k in ("metadata", "spec")}
+    patch = diffing.merge_patch(old, body, diffing.IS_OWNED_MAPS)
+    patch = diffing.deep_merge(patch, diffing.drop_owned_absent(body, old, diffing.IS_OWNED_MAPS))
+    pred = patch["spec"]["predictor"]
+    assert pred["nodeSelector"] == {"zone": "b", "accelerator": None}
+    assert pred["model"]["resources"] == {"requests": None, "limits": None}  # none wanted any more
+
+
+def test_storage_uri_passthrough_and_rewrites():
+    assert storage_uri("s3://b/x") == "s3://b/x"
+    rewrites = parse_rewrites(["mlflow-artifacts:/=s3://mlflow/artifacts/", "file:///mlruns/=pvc://mlruns/"])
+    assert storage_uri("mlflow-artifacts:/1/abc/artifacts/onnx", rewrites) == "s3://mlflow/artifacts/1/abc/artifacts/onnx"
+    assert storage_uri("file:///mlruns/1/x", rewrites) == "pvc://mlruns/1/x"
+    with pytest.raises(UnsupportedArtifactStore, match="storage-uri-rewrite"):
+        storage_uri("mlflow-artifacts:/1/abc")
+    with pytest.raises(ValueError):
+        parse_rewrites(["nonsense"])

@@ -1,0 +1,197 @@
+"""The ModelDeployment CRD: generated from one source, structural, 1.25-safe, and strict.
+
+Malformed objects are validated against the generated CRD file's openAPIV3Schema (jsonschema)
+and its CEL rules (evaluated with cel-python), as the API server would reject them.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from modelops.deployment import schema
+from modelops.deployment.spec import parse_spec
+from modelops.errors import InvalidSpec
+
+from .schemas import REPO_ROOT, all_errors, cel_errors, eval_rule, load_crd, version_schema, walk_schema
+
+CRD_FILE = REPO_ROOT / "manifests/crds/modeldeployments.modelops.dev.yaml"
+HELM_CRD_FILE = REPO_ROOT / "helm/modelops/crds/modeldeployments.modelops.dev.yaml"
+
+
+@pytest.fixture(scope="module")
+def md_schema() -> dict:
+    return version_schema(load_crd(CRD_FILE), "v1alpha1")
+
+
+def valid_md() -> dict:
+    return {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "fraud", "namespace": "ml"},
+        "spec": {
+            "model": {"name": "fraud-detector", "alias": "champion"},
+            "registry": {"trackingUri": "http://mlflow.mlflow:5000"},
+            "conversion": {"precision": "fp16", "opset": 17, "tolerance": {"rtol": 0.01, "atol": 0.001}},
+            "predictor": {"gpu": 1, "minReplicas": 1, "maxReplicas": 3,
+                          "resources": {"requests": {"cpu": "1", "memory": "2Gi"}},
+                          "nodeSelector": {"gpu": "a100"},
+                          "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                           "effect": "NoSchedule"}]},
+            "rollout": {"strategy": "canary", "steps": [10, 50, 100], "interval": "60s"},
+        },
+    }
+
+
+def test_generated_files_equal_the_source():
+    assert load_crd(CRD_FILE) == schema.crd()
+    assert HELM_CRD_FILE.read_text() == CRD_FILE.read_text()
+    check = subprocess.run([sys.executable, str(REPO_ROOT / "scripts/gen_crd.py"), "--check"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_crd_identity_printer_columns_and_status_subresource():
+    crd = load_crd(CRD_FILE)
+    assert crd["metadata"]["name"] == "modeldeployments.modelops.dev"
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == ("ModelDeployment", "modeldeployments", ["md"])
+    assert crd["spec"]["scope"] == "Namespaced"
+    (version,) = crd["spec"]["versions"]
+    assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns == ["Model", "Version", "Phase", "Canary %", "Ready", "Age"]
+
+
+def test_schema_is_structural(md_schema):
+    """Every node has a type (or is int-or-string), as apiextensions/v1 requires."""
+    for path, node in walk_schema(md_schema):
+        if node.get("x-kubernetes-int-or-string"):
+            assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+            continue
+        assert "type" in node, f"no type at {path}"
+        assert "$ref" not in node and "oneOf" not in node, path
+
+
+def test_cel_rules_are_kubernetes_1_25_safe(md_schema):
+    """Only rule/message keys (fieldPath, reason, messageExpression came after 1.25), no has() != has(),
+    and bounded sizes wherever a rule iterates or matches (API server cost budget)."""
+    rules = 0
+    for path, node in walk_schema(md_schema):
+        for rule in node.get("x-kubernetes-validations", []):
+            rules += 1
+            assert set(rule) <= {"rule", "message"}, (path, rule)
+            assert not re.search(r"has\([^)]*\)\s*[!=]=\s*!?has\(", rule["rule"]), rule
+            if node.get("type") == "array":
+                assert "maxItems" in node, path
+            if node.get("type") == "string":
+                assert "maxLength" in node, path
+    assert rules >= 5
+
+
+def test_valid_example_passes(md_schema):
+    assert all_errors(valid_md(), md_schema) == []
+
+
+def test_examples_validate_and_parse(md_schema):
+    examples = sorted((REPO_ROOT / "manifests/examples").glob("*.yaml"))
+    assert len(examples) >= 2
+    kinds = set()
+    for path in examples:
+        doc = yaml.safe_load(path.read_text())
+        assert all_errors(doc, md_schema) == [], path
+        spec = parse_spec(doc["spec"])
+        kinds.add(("alias-gpu" if spec.model.alias and spec.predictor.gpu > 0 else
+                   "pinned-cpu" if spec.model.version and spec.predictor.gpu == 0 else "other"))
+    assert {"alias-gpu", "pinned-cpu"} <= kinds
+
+
+def _set(obj: dict, path: str, value):
+    keys = path.split(".")
+    node = obj
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    if value is _DELETE:
+        node.pop(keys[-1], None)
+    else:
+        node[keys[-1]] = value
+
+
+_DELETE = object()
+
+# (case id, field path to change, new value, the field that must be named)
+MALFORMED = [
+    ("missing-spec", "spec", _DELETE, "spec"),
+    ("missing-model", "spec.model", _DELETE, "model"),
+    ("missing-model-name", "spec.model.name", _DELETE, "name"),
+    ("empty-model-name", "spec.model.name", "", "spec.model.name"),
+    ("both-version-and-alias", "spec.model.version", "3", "spec.model"),
+    ("neither-version-nor-alias", "spec.model.alias", _DELETE, "spec.model"),
+    ("version-not-a-number", "spec.model.version", "three", "spec.model.version"),
+    ("alias-latest", "spec.model.alias", "latest", "spec.model.alias"),
+    ("alias-bad-characters", "spec.model.alias", "cham pion!", "spec.model.alias"),
+    ("unknown-precision", "spec.conversion.precision", "fp8", "spec.conversion.precision"),
+    ("opset-too-low", "spec.conversion.opset", 3, "spec.conversion.opset"),
+    ("negative-rtol", "spec.conversion.tolerance.rtol", -0.1, "spec.conversion.tolerance.rtol"),
+    ("negative-gpu", "spec.predictor.gpu", -1, "spec.predictor.gpu"),
+    ("gpu-not-integer", "spec.predictor.gpu", "one", "spec.predictor.gpu"),
+    ("max-replicas-zero", "spec.predictor.maxReplicas", 0, "spec.predictor.maxReplicas"),
+    ("min-over-max-replicas", "spec.predictor.minReplicas", 5, "spec.predictor"),
+    ("bad-quantity", "spec.predictor.resources.requests", {"memory": "lots"}, "spec.predictor.resources.requests.memory"),
+    ("bad-toleration-operator", "spec.predictor.tolerations", [{"key": "a", "operator": "Maybe"}],
+     "spec.predictor.tolerations[0].operator"),
+    ("tracking-uri-not-http", "spec.registry.trackingUri", "mlflow:5000", "spec.registry.trackingUri"),
+    ("unknown-strategy", "spec.rollout.strategy", "bluegreen", "spec.rollout.strategy"),
+    ("steps-decreasing", "spec.rollout.steps", [50, 10, 100], "spec.rollout.steps"),
+    ("steps-repeated", "spec.rollout.steps", [10, 10, 100], "spec.rollout.steps"),
+    ("steps-not-ending-at-100", "spec.rollout.steps", [10, 50], "spec.rollout.steps"),
+    ("steps-empty", "spec.rollout.steps", [], "spec.rollout.steps"),
+    ("step-over-100", "spec.rollout.steps", [10, 150], "spec.rollout.steps[1]"),
+    ("too-many-steps", "spec.rollout.steps", list(range(1, 12)) + [100], "spec.rollout.steps"),
+    ("bad-interval", "spec.rollout.interval", "soon", "spec.rollout.interval"),
+    ("interval-without-unit", "spec.rollout.interval", "60", "spec.rollout.interval"),
+]
+
+
+@pytest.mark.parametrize("case,path,value,field", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_rejected_by_crd_naming_the_field(md_schema, case, path, value, field):
+    obj = valid_md()
+    if case == "neither-version-nor-alias":
+        obj["spec"]["model"].pop("version", None)
+    _set(obj, path, value if value is _DELETE else copy.deepcopy(value))
+    errors = all_errors(obj, md_schema)
+    assert errors, f"{case}: accepted"
+    leaf = field.rsplit(".", 1)[-1]
+    assert any(p == field or leaf in msg or p.startswith(field) for p, msg in errors), (case, errors)
+
+
+@pytest.mark.parametrize("case,path,value,field", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_rejected_by_the_parser_too(case, path, value, field):
+    """The operator's own parser agrees with the CRD (objects that skipped an API server)."""
+    obj = valid_md()
+    if case == "neither-version-nor-alias":
+        obj["spec"]["model"].pop("version", None)
+    _set(obj, path, value if value is _DELETE else copy.deepcopy(value))
+    with pytest.raises(InvalidSpec) as info:
+        parse_spec(obj.get("spec"))
+    assert info.value.field.startswith(field.split("[")[0].rsplit(".", 1)[0]) or field in info.value.field
+
+
+def test_cel_rules_evaluate_as_written():
+    """The rule strings themselves, against cel-python (what the API server would compute)."""
+    xor = "has(self.version) ? !has(self.alias) : has(self.alias)"
+    assert eval_rule(xor, {"name": "m", "version": "1"})
+    assert eval_rule(xor, {"name": "m", "alias": "a"})
+    assert not eval_rule(xor, {"name": "m"})
+    assert not eval_rule(xor, {"name": "m", "version": "1", "alias": "a"})
+    steps = schema.SPEC_SCHEMA["properties"]["rollout"]["properties"]["steps"]
+    ok = [[100], [10, 100], [1, 2, 3, 100]]
+    bad = [[100, 10], [10, 10, 100], [10, 50], [50, 10, 100]]
+    for value in ok:
+        assert cel_errors(value, steps) == [], value
+    for value in bad:
+        assert cel_errors(value, steps), value
