@@ -1,0 +1,158 @@
+"""Convert one MLflow model directory to a validated ONNX artifact directory.
+
+out_dir/model.onnx     the model to serve (only written when parity passed)
+out_dir/conversion.json the report (always written, also for failures)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .. import __version__, errors
+from ..tensors import TensorSpec
+from . import transforms
+from .export_onnx import export_onnx
+from .export_sklearn import export_sklearn
+from .export_torch import export_torch
+from .options import ConversionOptions
+from .parity import ParityReport, compare, generate_samples
+from .source import load_source
+
+EXPORTERS = {"pytorch": export_torch, "sklearn": export_sklearn, "onnx": export_onnx}
+MODEL_FILE = "model.onnx"
+REPORT_FILE = "conversion.json"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(source_digest: str, options: ConversionOptions) -> str:
+    blob = json.dumps({"source": source_digest, "options": options.identity()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _run_parity(model_path: Path, exported, example, options: ConversionOptions) -> ParityReport:
+    rtol, atol = options.tolerance
+    report = ParityReport(rtol=rtol, atol=atol)
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    feeds = []
+    if example:
+        feeds.append({s.name: np.ascontiguousarray(example[s.name]) for s in exported.inputs})
+    feeds += generate_samples(exported.inputs, example, options.samples, options.seed)
+    for feed in feeds:
+        expected = exported.reference(feed)
+        actual = session.run(None, feed)
+        compare(report, names, expected, actual, rows=len(next(iter(feed.values()))))
+    return report
+
+
+def _write_report(out_dir: Path, report: dict) -> None:
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+
+
+def convert_model_dir(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    options: ConversionOptions = ConversionOptions(),
+    *,
+    cache_dir: str | Path | None = None,
+    provenance: dict | None = None,
+) -> dict:
+    """Convert, check, optimize, reduce precision, prove parity; return the report.
+
+    Idempotent: with `cache_dir`, the same (source digest, options) reuses the earlier result.
+    Raises `ParityFailed` (report written, model.onnx not) when the gate refuses the model.
+    """
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MODEL_FILE).unlink(missing_ok=True)
+
+    source = load_source(model_dir)
+    timings["load_s"] = time.perf_counter() - t0
+    key = cache_key(source.digest, options)
+    cached = Path(cache_dir) / key if cache_dir else None
+    if cached and (cached / MODEL_FILE).exists() and (cached / REPORT_FILE).exists():
+        shutil.copyfile(cached / MODEL_FILE, out_dir / MODEL_FILE)
+        report = json.loads((cached / REPORT_FILE).read_text())
+        report.update(provenance or {}, cached=True)
+        _write_report(out_dir, report)
+        return report
+
+    rtol, atol = options.tolerance
+    report = {
+        **(provenance or {}), "flavor": source.flavor, "opset": options.opset,
+        "precision": options.precision, "source_digest": source.digest, "cache_key": key,
+        "options": options.identity(), "cached": False, "status": "failed",
+        "versions": {"modelops": __version__, "onnxruntime": ort.__version__},
+    }
+    with tempfile.TemporaryDirectory(prefix="modelops-conv-") as tmp:
+        tmp = Path(tmp)
+        exported_path, optimized, final = tmp / "exported.onnx", tmp / "optimized.onnx", tmp / "final.onnx"
+        try:
+            t = time.perf_counter()
+            exported = EXPORTERS[source.flavor](source, options, exported_path)
+            timings["export_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            transforms.check(exported_path)
+            transforms.optimize(exported_path, optimized)
+            if options.precision == "fp16":
+                transforms.to_fp16(optimized, final)
+            elif options.precision == "int8":
+                transforms.to_int8(optimized, final)
+            else:
+                shutil.copyfile(optimized, final)
+            transforms.check(final)
+            timings["optimize_s"] = time.perf_counter() - t
+            session = ort.InferenceSession(str(final), providers=["CPUExecutionProvider"])
+            report["inputs"] = [TensorSpec.from_ort(i).to_json() for i in session.get_inputs()]
+            report["outputs"] = [TensorSpec.from_ort(o).to_json() for o in session.get_outputs()]
+            t = time.perf_counter()
+            parity = _run_parity(final, exported, source.input_example, options)
+            timings["parity_s"] = time.perf_counter() - t
+        except errors.ModelOpsError as exc:
+            report.update(error=str(exc), reason=exc.reason, timings=timings)
+            _write_report(out_dir, report)
+            raise
+        except Exception as exc:  # an exporter's unexpected failure is still a conversion failure
+            report.update(error=str(exc), reason="ConversionFailed", timings=timings)
+            _write_report(out_dir, report)
+            raise errors.ConversionError(f"{source.flavor} conversion failed: {exc}") from exc
+
+        report["parity"] = parity.to_json()
+        timings["total_s"] = time.perf_counter() - t0
+        report["timings"] = timings
+        if not parity.passed:
+            report.update(reason="ParityFailed",
+                          error=f"parity check failed (rtol={rtol}, atol={atol}): "
+                                + "; ".join(parity.failures[:3]))
+            _write_report(out_dir, report)
+            raise errors.ParityFailed(
+                f"ONNX output diverges from the original model: max_abs_err={parity.max_abs_err:.3g}, "
+                f"max_rel_err={parity.max_rel_err:.3g} (rtol={rtol}, atol={atol}); "
+                + "; ".join(parity.failures[:2]),
+                report=report)
+        report["status"] = "passed"
+        report["sha256"] = file_sha256(final)
+        shutil.copyfile(final, out_dir / MODEL_FILE)
+        _write_report(out_dir, report)
+    if cached:
+        cached.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out_dir / MODEL_FILE, cached / MODEL_FILE)
+        _write_report(cached, report)
+    return report

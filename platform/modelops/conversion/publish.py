@@ -1,0 +1,111 @@
+"""Convert a registered model version and publish the result back to MLflow.
+
+The ONNX artifact directory is logged next to the source model (its run), and the model version
+gets tags so the MLflow UI shows the conversion. A per-options tag records each result, which
+makes re-publishing idempotent: the same version and options never convert twice.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import errors
+from ..registry import TAG_PREFIX, Registry, ResolvedModel
+from .options import ConversionOptions
+from .pipeline import convert_model_dir
+
+TAG_STATUS = TAG_PREFIX + "conversion.status"
+TAG_ERROR = TAG_PREFIX + "conversion.error"
+TAG_ONNX_URI = TAG_PREFIX + "onnx.uri"
+TAG_SHA256 = TAG_PREFIX + "onnx.sha256"
+TAG_PARITY = TAG_PREFIX + "parity"
+
+
+def options_tag(options: ConversionOptions) -> str:
+    return f"{TAG_PREFIX}conversion.{options.key}"
+
+
+@dataclass
+class ConversionResult:
+    onnx_uri: str  # artifact directory holding model.onnx + conversion.json (KServe storageUri)
+    sha256: str
+    parity: dict
+    cached: bool
+    report: dict = field(default_factory=dict)
+    local_dir: Path | None = None
+
+
+def provenance(resolved: ResolvedModel) -> dict:
+    return {"source_uri": resolved.uri, "model_name": resolved.name,
+            "resolved_version": resolved.version, "run_id": resolved.run_id,
+            "artifact_uri": resolved.artifact_uri}
+
+
+def find_published(registry: Registry, resolved: ResolvedModel,
+                   options: ConversionOptions) -> ConversionResult | None:
+    """The published result for this version and options, from the version's tags, or None."""
+    raw = registry.version_tags(resolved).get(options_tag(options))
+    if not raw:
+        return None
+    record = json.loads(raw)
+    if record.get("status") != "passed":
+        return None
+    return ConversionResult(onnx_uri=record["uri"], sha256=record["sha256"],
+                            parity=record.get("parity", {}), cached=True, report=record)
+
+
+def publish_tags(report: dict, uri: str | None) -> tuple[dict, dict]:
+    parity = report.get("parity", {})
+    summary = {k: parity.get(k) for k in ("max_abs_err", "max_rel_err", "rtol", "atol", "samples", "passed")}
+    tags = {TAG_STATUS: report["status"], TAG_PARITY: summary}
+    record = {"status": report["status"], "precision": report.get("precision"),
+              "opset": report.get("opset"), "parity": summary}
+    if report["status"] == "passed":
+        tags.update({TAG_ONNX_URI: uri, TAG_SHA256: report["sha256"]})
+        record.update(uri=uri, sha256=report["sha256"])
+        tags[TAG_ERROR] = ""
+    else:
+        tags[TAG_ERROR] = str(report.get("error", ""))[:4000]
+        record.update(error=tags[TAG_ERROR])
+    return tags, record
+
+
+def convert_and_publish(registry: Registry, resolved: ResolvedModel,
+                        options: ConversionOptions = ConversionOptions(), *,
+                        work_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                        out_dir: str | Path | None = None) -> ConversionResult:
+    """Convert `resolved` (reusing an earlier published result) and write it back to MLflow.
+
+    A failed conversion is also written back (status, error, report artifact) and then re-raised;
+    it never touches the tags of an earlier successful result of other options.
+    """
+    existing = find_published(registry, resolved, options)
+    if existing is not None and out_dir is None:
+        return existing
+    work = Path(work_dir or tempfile.mkdtemp(prefix="modelops-"))
+    out = Path(out_dir) if out_dir else work / "onnx"
+    src = registry.download(resolved, work / "source")
+    artifact_path = f"modelops/onnx-{options.precision}-{options.key}"
+    try:
+        report = convert_model_dir(src, out, options, cache_dir=cache_dir, provenance=provenance(resolved))
+    except errors.ConversionError as exc:
+        failed = json.loads((out / "conversion.json").read_text()) if (out / "conversion.json").exists() \
+            else {"status": "failed", "error": str(exc)}
+        tags, record = publish_tags(failed, None)
+        tags[options_tag(options)] = record
+        if (out / "conversion.json").exists():
+            registry.log_artifacts(resolved, out, artifact_path)
+        registry.set_tags(resolved, tags)
+        raise
+    finally:
+        shutil.rmtree(work / "source", ignore_errors=True)
+    uri = registry.log_artifacts(resolved, out, artifact_path)
+    tags, record = publish_tags(report, uri)
+    tags[options_tag(options)] = record
+    registry.set_tags(resolved, tags)
+    return ConversionResult(onnx_uri=uri, sha256=report["sha256"], parity=report["parity"],
+                            cached=report.get("cached", False), report=report, local_dir=out)

@@ -1,0 +1,196 @@
+"""Small, seeded demo models, trained by our own code and registered in MLflow.
+
+Nothing is downloaded: data is synthetic and every model is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+MLP_FEATURES = 16
+CNN_SHAPE = (1, 28, 28)
+# skops refuses types it does not trust; tree ensembles need the Tree type listed explicitly.
+SKLEARN_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+
+
+class MLP(nn.Module):
+    def __init__(self, features: int = MLP_FEATURES, hidden: int = 64, classes: int = 3):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                 nn.ReLU(), nn.Linear(hidden, classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 7 * 7, classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class ExportDivergentMLP(MLP):
+    """Adds 0.01 to its output only while being exported to ONNX.
+
+    It exists to prove the parity gate: its ONNX graph runs fine and is wrong, and the
+    conversion must refuse it.
+    """
+
+    def forward(self, x):
+        out = super().forward(x)
+        if torch.onnx.is_in_onnx_export():
+            out = out + 0.01
+        return out
+
+
+def _classification_data(seed: int, n: int, features: int, classes: int):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype(np.float32)
+    w = rng.normal(size=(features, classes)).astype(np.float32)
+    y = np.argmax(x @ w + 0.1 * rng.normal(size=(n, classes)), axis=1)
+    return x, y
+
+
+def train_mlp(seed: int = 0, epochs: int = 30, cls: type[MLP] = MLP) -> MLP:
+    torch.manual_seed(seed)
+    x, y = _classification_data(seed, 512, MLP_FEATURES, 3)
+    model = cls()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(epochs):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xt), yt).backward()
+        opt.step()
+    return model.eval()
+
+
+def train_cnn(seed: int = 0, steps: int = 10) -> SmallCNN:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(64, *CNN_SHAPE)).astype(np.float32)
+    y = rng.integers(0, 10, size=64)
+    model = SmallCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xt), yt).backward()
+        opt.step()
+    return model.eval()
+
+
+def train_sklearn_pipeline(seed: int = 0, kind: str = "logreg"):
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = _classification_data(seed, 512, MLP_FEATURES, 3)
+    x = x * 3.0 + 1.0  # give the scaler something to do
+    head = (RandomForestClassifier(n_estimators=20, max_depth=6, random_state=seed)
+            if kind == "forest" else LogisticRegression(max_iter=500))
+    return Pipeline([("scale", StandardScaler()), ("clf", head)]).fit(x, y), x
+
+
+# Explicit requirements: MLflow's inference of them starts a subprocess (~5 s a model).
+TORCH_REQUIREMENTS = ["torch==2.13.0", "numpy"]
+SKLEARN_REQUIREMENTS = ["scikit-learn", "numpy", "skops"]
+ONNX_REQUIREMENTS = ["onnx", "onnxruntime", "numpy"]
+
+
+def _register(log, tracking_uri: str, name: str, experiment: str) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run():
+        info = log(name)
+    return str(info.registered_model_version)
+
+
+def register_torch_mlp(tracking_uri: str, name: str, seed: int = 0,
+                       cls: type[MLP] = MLP, serialization_format: str = "pt2") -> str:
+    """Train and register an MLP (16 features -> 3 logits); returns the new version.
+
+    "pt2" (MLflow 3's default, torch.export) is the safe format; "pickle" stores the module
+    itself, which `ExportDivergentMLP` needs to keep its export-time behaviour.
+    """
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    model = train_mlp(seed, cls=cls)
+    example = np.random.default_rng(seed).normal(size=(4, MLP_FEATURES)).astype(np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(example)).numpy()
+    return _register(
+        lambda n: mlflow.pytorch.log_model(
+            model, name="model", registered_model_name=n, input_example=example,
+            signature=infer_signature(example, out), serialization_format=serialization_format,
+            pip_requirements=TORCH_REQUIREMENTS),
+        tracking_uri, name, "modelops-demo")
+
+
+def register_torch_cnn(tracking_uri: str, name: str, seed: int = 0) -> str:
+    """Train and register a small CNN (1x28x28 -> 10 logits); returns the new version."""
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    model = train_cnn(seed)
+    example = np.random.default_rng(seed).normal(size=(2, *CNN_SHAPE)).astype(np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(example)).numpy()
+    return _register(
+        lambda n: mlflow.pytorch.log_model(
+            model, name="model", registered_model_name=n, input_example=example,
+            signature=infer_signature(example, out), pip_requirements=TORCH_REQUIREMENTS),
+        tracking_uri, name, "modelops-demo")
+
+
+def register_sklearn_pipeline(tracking_uri: str, name: str, seed: int = 0,
+                              kind: str = "logreg") -> str:
+    """Train and register StandardScaler + (LogisticRegression | RandomForest); returns the version."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    model, x = train_sklearn_pipeline(seed, kind)
+    example = x[:4]
+    return _register(
+        lambda n: mlflow.sklearn.log_model(
+            model, name="model", registered_model_name=n, input_example=example,
+            signature=infer_signature(example, model.predict(example)),
+            skops_trusted_types=SKLEARN_TRUSTED_TYPES, pip_requirements=SKLEARN_REQUIREMENTS),
+        tracking_uri, name, "modelops-demo")
+
+
+def register_onnx_model(tracking_uri: str, name: str, seed: int = 0) -> str:
+    """Register an MLP exported to ONNX under the mlflow.onnx flavor (the passthrough path)."""
+    import io
+
+    import mlflow.onnx
+    import onnx
+    from mlflow.models import infer_signature
+
+    model = train_mlp(seed, epochs=5)
+    buf = io.BytesIO()
+    torch.onnx.export(model, (torch.zeros(2, MLP_FEATURES),), buf, input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "b"}, "output": {0: "b"}},
+                      opset_version=17, dynamo=False)
+    proto = onnx.load_from_string(buf.getvalue())
+    example = np.random.default_rng(seed).normal(size=(4, MLP_FEATURES)).astype(np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(example)).numpy()
+    return _register(
+        lambda n: mlflow.onnx.log_model(proto, name="model", registered_model_name=n,
+                                        input_example=example, signature=infer_signature(example, out),
+                                        pip_requirements=ONNX_REQUIREMENTS),
+        tracking_uri, name, "modelops-demo")

@@ -1,0 +1,124 @@
+"""One error taxonomy for ModelOps.
+
+Every failure the platform knows about is a `ModelOpsError`. Two attributes drive how the
+boundaries map it:
+
+- `retryable`: a passing condition (MLflow down, a network blip). Kopf handlers turn it into
+  `kopf.TemporaryError` (retry with backoff); everything else becomes `kopf.PermanentError`.
+- `http_status`: what the predictor answers when the error reaches an HTTP/gRPC edge.
+
+Errors carry a short `reason` (a CamelCase token, used for Kubernetes condition reasons and
+Events) and a human message that names the offending thing (model, version, alias, field).
+"""
+
+from __future__ import annotations
+
+
+class ModelOpsError(Exception):
+    reason = "Error"
+    retryable = False
+    http_status = 500
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- registry -------------------------------------------------------------------------------
+class RegistryError(ModelOpsError):
+    reason = "RegistryError"
+
+
+class RegistryUnavailable(RegistryError):
+    """The tracking server did not answer (connection refused, timeout, 5xx)."""
+
+    reason = "RegistryUnavailable"
+    retryable = True
+    http_status = 503
+
+
+class ModelNotFound(RegistryError):
+    reason = "ModelNotFound"
+    http_status = 404
+
+
+class VersionNotFound(RegistryError):
+    reason = "VersionNotFound"
+    http_status = 404
+
+
+class AliasNotFound(RegistryError):
+    reason = "AliasNotFound"
+    http_status = 404
+
+
+class InvalidModelURI(RegistryError):
+    reason = "InvalidModelURI"
+    http_status = 400
+
+
+# --- conversion -----------------------------------------------------------------------------
+class ConversionError(ModelOpsError):
+    reason = "ConversionFailed"
+
+
+class UnsupportedFlavor(ConversionError):
+    reason = "UnsupportedFlavor"
+
+
+class InvalidOnnxModel(ConversionError):
+    reason = "InvalidOnnxModel"
+
+
+class ParityFailed(ConversionError):
+    """The ONNX model does not reproduce the original model's outputs within tolerance."""
+
+    reason = "ParityFailed"
+
+
+# --- serving --------------------------------------------------------------------------------
+class ServingError(ModelOpsError):
+    reason = "ServingError"
+
+
+class InvalidRequest(ServingError):
+    reason = "InvalidRequest"
+    http_status = 400
+
+
+class PayloadTooLarge(ServingError):
+    reason = "PayloadTooLarge"
+    http_status = 413
+
+
+class UnknownModel(ServingError):
+    reason = "UnknownModel"
+    http_status = 404
+
+
+class DeviceUnavailable(ServingError):
+    """A GPU was asked for and no usable CUDA/TensorRT provider exists: never fall back to CPU."""
+
+    reason = "DeviceUnavailable"
+    http_status = 503
+
+
+class ModelNotReady(ServingError):
+    reason = "ModelNotReady"
+    http_status = 503
+
+
+# --- specs ----------------------------------------------------------------------------------
+class InvalidSpec(ModelOpsError):
+    """A ModelDeployment (or other user input) is invalid; `field` is its JSON path."""
+
+    reason = "InvalidSpec"
+    http_status = 400
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}", field=field)
+        self.field = field

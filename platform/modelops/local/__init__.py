@@ -1,0 +1,1 @@
+"""Local mode: everything on one machine, no cluster."""
