@@ -226,6 +226,21 @@ class Registry:
             local = found[0].parent
         return local
 
+    def download_dir(self, artifact_uri: str, dst: str | Path) -> Path:
+        """Download an artifact directory's files directly into `dst`."""
+        import shutil
+
+        import mlflow.artifacts
+
+        dst = Path(dst)
+        dst.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="modelops-dl-") as tmp:
+            local = Path(self._call("download_artifacts", mlflow.artifacts.download_artifacts,
+                                    artifact_uri, None, None, tmp, self.tracking_uri))
+            for f in local.iterdir():
+                shutil.move(str(f), dst / f.name)
+        return dst
+
     # --- write back -------------------------------------------------------------------------
     def set_tags(self, resolved: ResolvedModel, tags: dict[str, object]) -> None:
         """Tag the model version (or the run, for runs:/ URIs) so the MLflow UI shows it."""

@@ -84,7 +84,9 @@ def convert_and_publish(registry: Registry, resolved: ResolvedModel,
     it never touches the tags of an earlier successful result of other options.
     """
     existing = find_published(registry, resolved, options)
-    if existing is not None and out_dir is None:
+    if existing is not None:
+        if out_dir is not None:
+            existing.local_dir = registry.download_dir(existing.onnx_uri, out_dir)
         return existing
     work = Path(work_dir or tempfile.mkdtemp(prefix="modelops-"))
     out = Path(out_dir) if out_dir else work / "onnx"

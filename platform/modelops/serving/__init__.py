@@ -1,0 +1,1 @@
+"""The ModelOps predictor: a KServe custom runtime around onnxruntime."""

@@ -1,0 +1,146 @@
+"""The predictor's model: an onnxruntime session behind the `kserve.Model` interface."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve.errors import InvalidInput
+
+from ..errors import InvalidRequest, ModelOpsError
+from ..tensors import TensorSpec
+from . import codec, metrics
+from .batching import BatchingConfig, DynamicBatcher
+from .providers import check_session_providers, select_providers
+
+log = logging.getLogger("modelops.serving")
+
+
+def find_model_file(model_dir: str | Path) -> Path:
+    """`model.onnx` in DIR (KServe's storage initializer layout), or DIR itself if it is a file."""
+    p = Path(model_dir)
+    if p.is_file():
+        return p
+    if (p / "model.onnx").exists():
+        return p / "model.onnx"
+    found = sorted(p.rglob("*.onnx"))
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(f"no model.onnx in {p}" + (f" (found {len(found)} .onnx files)" if found else ""))
+
+
+class OnnxModel(Model):
+    def __init__(self, name: str, model_dir: str | Path, device: str = "auto",
+                 batching: BatchingConfig | None = BatchingConfig(), intra_op_threads: int = 0,
+                 version: str | None = None):
+        super().__init__(name)
+        self.model_dir = Path(model_dir)
+        self.device = device
+        self.version = version
+        self.batching = batching
+        self.intra_op_threads = intra_op_threads
+        self.session: ort.InferenceSession | None = None
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self.output_names: list[str] = []
+        self.not_ready_reason: str | None = None
+        self._batcher: DynamicBatcher | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def load(self) -> bool:
+        try:
+            providers = select_providers(self.device)
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if self.intra_op_threads:
+                so.intra_op_num_threads = self.intra_op_threads
+            self.session = ort.InferenceSession(str(find_model_file(self.model_dir)), so, providers=providers)
+            check_session_providers(self.session, self.device)
+        except ModelOpsError as exc:
+            return self._not_ready(str(exc))
+        except Exception as exc:  # unreadable file, bad graph: not ready, with the reason
+            return self._not_ready(f"cannot load the ONNX model from {self.model_dir}: {exc}")
+        self.inputs = [TensorSpec.from_ort(i) for i in self.session.get_inputs()]
+        self.outputs = [TensorSpec.from_ort(o) for o in self.session.get_outputs()]
+        self.output_names = [o.name for o in self.outputs]
+        self._warm_up()
+        batchable = all(s.shape and s.shape[0] == -1 for s in self.inputs + self.outputs)
+        if self.batching and self.batching.max_batch_size > 1 and batchable:
+            self._batcher = DynamicBatcher(
+                self.run, self.batching,
+                on_batch=metrics.BATCH_ROWS.labels(model=self.name).observe)
+        self.ready = True
+        self.not_ready_reason = None
+        log.info("model %s ready on %s (inputs %s, batching %s)", self.name,
+                 self.session.get_providers()[0], [s.to_json() for s in self.inputs],
+                 "on" if self._batcher else "off")
+        return True
+
+    def _not_ready(self, reason: str) -> bool:
+        self.ready = False
+        self.not_ready_reason = reason
+        log.error("model %s is not ready: %s", self.name, reason)
+        return False
+
+    def _warm_up(self) -> None:
+        """First runs allocate arenas and pick kernels: do it before taking traffic."""
+        feeds = {}
+        for s in self.inputs:
+            shape = [1 if d < 0 else d for d in s.shape]
+            feeds[s.name] = np.zeros(shape, dtype=s.dtype) if s.dtype != object else np.full(shape, "", object)
+        for _ in range(3):
+            self.session.run(None, feeds)
+
+    def stop(self):
+        if self._batcher:
+            self._batcher.close()
+
+    # --- inference --------------------------------------------------------------------------
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, feeds)
+
+    async def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self._batcher is not None:
+            return await self._batcher.submit(feeds)
+        return self.run(feeds)
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "versions": [self.version] if self.version else [],
+                "platform": "onnxruntime", "inputs": [s.to_json() for s in self.inputs],
+                "outputs": [s.to_json() for s in self.outputs]}
+
+    def get_input_types(self) -> list[dict]:
+        return [s.to_json() for s in self.inputs]
+
+    def get_output_types(self) -> list[dict]:
+        return [s.to_json() for s in self.outputs]
+
+    async def predict(self, payload, headers=None):
+        """KServe's path (gRPC, v1 `:predict`): same validation, same session."""
+        t0 = time.perf_counter()
+        protocol = "v2" if isinstance(payload, InferRequest) else "v1"
+        try:
+            if isinstance(payload, InferRequest):
+                feeds = codec.decode_infer_request(payload, self.inputs)
+            else:
+                feeds = codec.decode_v1(payload, self.inputs)
+        except InvalidRequest as exc:
+            metrics.REQUESTS.labels(self.name, protocol, "400").inc()
+            raise InvalidInput(str(exc)) from None
+        outputs = await self.infer(feeds)
+        metrics.REQUESTS.labels(self.name, protocol, "200").inc()
+        metrics.LATENCY.labels(self.name, protocol).observe(time.perf_counter() - t0)
+        if protocol == "v1":
+            return {"predictions": outputs[0].tolist()}
+        infer_outputs = []
+        for name, arr in zip(self.output_names, outputs):
+            out = InferOutput(name=name, shape=list(arr.shape), datatype=codec.NUMPY_TO_V2[arr.dtype])
+            out.set_data_from_numpy(arr, binary_data=False)
+            infer_outputs.append(out)
+        return InferResponse(response_id=payload.id or str(uuid.uuid4()), model_name=self.name,
+                             infer_outputs=infer_outputs, from_grpc=payload.from_grpc)
