@@ -1,0 +1,1 @@
+"""Load generation and baseline servers for side-by-side benchmarks."""

@@ -1,0 +1,88 @@
+"""A closed-loop HTTP load generator: N concurrent clients, each sending back to back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def to_json(self) -> dict:
+        return {"concurrency": self.concurrency, "requests": self.requests, "errors": self.errors,
+                "rps": round(self.rps, 1), "p50_ms": round(self.p50_ms, 3), "p99_ms": round(self.p99_ms, 3)}
+
+
+async def _run(url: str, body: bytes, headers: dict, concurrency: int, requests: int,
+               duration: float | None, warmup: int) -> LoadResult:
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def one() -> bool:
+            try:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        for _ in range(warmup):
+            await one()
+        latencies: list[float] = []
+        errors = 0
+        remaining = requests
+        deadline = time.perf_counter() + duration if duration else None
+
+        async def worker():
+            nonlocal remaining, errors
+            while remaining > 0 and (deadline is None or time.perf_counter() < deadline):
+                remaining -= 1
+                t = time.perf_counter()
+                ok = await one()
+                latencies.append(time.perf_counter() - t)
+                errors += not ok
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
+    return LoadResult(concurrency, len(latencies), errors, elapsed,
+                      float(np.percentile(lat, 50)), float(np.percentile(lat, 99)))
+
+
+def run_load(url: str, body: bytes, headers: dict | None = None, concurrency: int = 1,
+             requests: int = 1000, duration: float | None = None, warmup: int = 20) -> LoadResult:
+    """Send `requests` POSTs (or until `duration` seconds) with `concurrency` in flight."""
+    headers = {"content-type": "application/json", **(headers or {})}
+    return asyncio.run(_run(url, body, headers, concurrency, requests, duration, warmup))
+
+
+def wait_ready(url: str, timeout: float = 120.0, proc=None) -> None:
+    """Poll a readiness URL until it answers 200 (or the process dies)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before becoming ready ({url})")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s")

@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Side-by-side predictor benchmark, one run, same machine, same models, same client.
+
+For a PyTorch MLP and a small CNN registered in a local MLflow server, compares:
+  modelops     our predictor (`modelops serve` on the converted ONNX)
+  kserve-onnx  a plain kserve.ModelServer wrapping the same onnxruntime session
+  kserve-torch a plain kserve.ModelServer running the original PyTorch model
+  mlflow       `mlflow models serve` for the same MLflow model version
+  ort-inproc   onnxruntime called in process, batch 1 (no serving path at all)
+Each server runs alone (one process, started and stopped in turn) and gets batch-1 JSON
+requests from a closed-loop client at concurrency 1 and 16. Ratios are against `mlflow`.
+
+    .venv/bin/python scripts/bench_predictor.py [--duration 5] [--out bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+warnings.filterwarnings("ignore")
+
+from modelops.bench.loadgen import run_load, wait_ready  # noqa: E402
+from modelops.conversion import ConversionOptions, convert_and_publish  # noqa: E402
+from modelops.demo import models  # noqa: E402
+from modelops.local.mlflow_server import MlflowServer  # noqa: E402
+from modelops.local.ports import free_port  # noqa: E402
+from modelops.registry import Registry  # noqa: E402
+
+PY = sys.executable
+CONCURRENCY = (1, 16)
+
+
+def start(cmd: list[str], ready_url: str, log: Path, env=None) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        wait_ready(ready_url, timeout=180, proc=proc)
+    except Exception:
+        stop(proc)
+        raise RuntimeError(f"{cmd[:4]} did not start; see {log}")
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def v2_body(x: np.ndarray) -> bytes:
+    return json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                   "data": x.ravel().tolist()}]}).encode()
+
+
+def measure(name: str, url: str, body: bytes, duration: float) -> dict:
+    out = {}
+    for c in CONCURRENCY:
+        r = run_load(url, body, concurrency=c, requests=10**9, duration=duration, warmup=50)
+        if r.errors:
+            raise RuntimeError(f"{name}: {r.errors} failed requests at concurrency {c}")
+        out[c] = r.to_json()
+        print(f"  {name:13s} c={c:<3d} {r.rps:8.0f} req/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms",
+              flush=True)
+    return out
+
+
+def inproc(onnx_dir: Path, x: np.ndarray, duration: float) -> dict:
+    sess = ort.InferenceSession(str(onnx_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"input": x}
+    for _ in range(100):
+        sess.run(None, feeds)
+    n, t0 = 0, time.perf_counter()
+    lat = []
+    while time.perf_counter() - t0 < duration:
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        lat.append(time.perf_counter() - t)
+        n += 1
+    el = time.perf_counter() - t0
+    lat = np.array(lat) * 1000
+    r = {"rps": round(n / el, 1), "p50_ms": round(float(np.percentile(lat, 50)), 4),
+         "p99_ms": round(float(np.percentile(lat, 99)), 4)}
+    print(f"  {'ort-inproc':13s} c=1   {r['rps']:8.0f} calls/s p50 {r['p50_ms']:7.3f} ms", flush=True)
+    return {1: r}
+
+
+def bench_model(label: str, register, shape, tracking: str, work: Path, duration: float) -> dict:
+    reg = Registry(tracking)
+    version = register(tracking, label)
+    resolved = reg.resolve_version(label, version=version)
+    onnx_dir = work / f"{label}-onnx"
+    convert_and_publish(reg, resolved, ConversionOptions(), out_dir=onnx_dir)
+    src_dir = reg.download(resolved, work / f"{label}-src")
+    x = np.random.default_rng(0).normal(size=(1, *shape)).astype(np.float32)
+    body = v2_body(x)
+    results = {}
+    print(f"{label}: input {list(x.shape)}", flush=True)
+
+    port = free_port()  # each server gets a fresh port below; this one is a placeholder
+    servers = {
+        "modelops": ([PY, "-m", "modelops.cli", "serve", str(onnx_dir), "--name", label,
+                      "--http-port", str(port), "--grpc-port", "0"],
+                     f"/v2/models/{label}/infer", body, {}),
+        "kserve-onnx": ([PY, "-m", "modelops.bench.baselines", "kserve-onnx", str(onnx_dir),
+                         "--name", label, "--port", str(port)], f"/v2/models/{label}/infer", body, {}),
+        "kserve-torch": ([PY, "-m", "modelops.bench.baselines", "kserve-torch", str(src_dir),
+                          "--name", label, "--port", str(port)], f"/v2/models/{label}/infer", body, {}),
+        "mlflow": ([PY, "-m", "mlflow", "models", "serve", "-m", f"models:/{label}/{version}",
+                    "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "-w", "1"],
+                   "/invocations", json.dumps({"inputs": x.tolist()}).encode(),
+                   # mlflow execs `uvicorn` by name: the venv's bin must be on PATH.
+                   {"MLFLOW_TRACKING_URI": tracking,
+                    "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"}),
+    }
+    for name, (cmd, path, req, env) in servers.items():
+        fresh = free_port()
+        cmd = [str(fresh) if a == str(port) else a for a in cmd]
+        ready = f"http://127.0.0.1:{fresh}" + ("/ping" if name == "mlflow" else "/v2/health/ready")
+        proc = start(cmd, ready, work / f"{label}-{name}.log", env)
+        try:
+            results[name] = measure(name, f"http://127.0.0.1:{fresh}{path}", req, duration)
+        finally:
+            stop(proc)
+        time.sleep(0.5)
+    results["ort-inproc"] = inproc(onnx_dir, x, duration)
+    return results
+
+
+def table(all_results: dict) -> str:
+    lines = ["| model | server | c=1 req/s | c=1 p50 ms | c=1 p99 ms | c=16 req/s | c=16 p50 ms | c=16 p99 ms "
+             "| c=16 vs mlflow | c=16 vs kserve-onnx |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for model, res in all_results.items():
+        base = res["mlflow"][16]["rps"]
+        plain = res["kserve-onnx"][16]["rps"]
+        for name, r in res.items():
+            c1, c16 = r[1], r.get(16)
+            if c16 is None:
+                lines.append(f"| {model} | {name} (calls/s) | {c1['rps']:.0f} | {c1['p50_ms']:.3f} | "
+                             f"{c1['p99_ms']:.3f} | | | | | |")
+                continue
+            lines.append(f"| {model} | {name} | {c1['rps']:.0f} | {c1['p50_ms']:.2f} | {c1['p99_ms']:.2f} | "
+                         f"{c16['rps']:.0f} | {c16['p50_ms']:.2f} | {c16['p99_ms']:.2f} | "
+                         f"{c16['rps'] / base:.2f}x | {c16['rps'] / plain:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    p.add_argument("--models", default="mlp,cnn")
+    p.add_argument("--out", default=None, help="write the results as JSON")
+    args = p.parse_args(argv)
+    specs = {"mlp": (models.register_torch_mlp, (models.MLP_FEATURES,)),
+             "cnn": (models.register_torch_cnn, models.CNN_SHAPE)}
+    with tempfile.TemporaryDirectory(prefix="modelops-bench-") as tmp:
+        work = Path(tmp)
+        with MlflowServer(work / "mlflow") as server:
+            results = {m: bench_model(m, *specs[m], server.url, work, args.duration)
+                       for m in args.models.split(",")}
+    print()
+    print(table(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
