@@ -201,7 +201,7 @@ class Registry:
             "get_run", self.client.get_run, ref.run_id,
             not_found=errors.ModelNotFound(f"run {ref.run_id!r} not found in MLflow", run_id=ref.run_id),
         )
-        artifact_uri = f"{run.info.artifact_uri.rstrip('/')}/{ref.path}"
+        artifact_uri = ref.uri  # MLflow resolves runs:/ URIs, including MLflow 3 logged models
         return ResolvedModel(uri=ref.uri, run_id=ref.run_id, artifact_uri=artifact_uri,
                              source=ref.uri, tags=dict(run.data.tags))
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,20 @@ from .. import errors
 from .exported import Exported
 from .options import ConversionOptions
 from .source import SourceModel
+
+
+@contextmanager
+def _quiet_exporter():
+    """The exporter warns about torchvision ops and opset upgrades on every call: keep errors only."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _as_list(out) -> list:
@@ -58,8 +74,7 @@ def export_torch(source: SourceModel, options: ConversionOptions, out_path: Path
     dynamic_axes = {n: {0: "batch"} for n in input_names + output_names}
     buf = io.BytesIO()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        with _quiet_exporter():
             if exported_program:
                 batch = torch.export.Dim("batch")
                 program = torch.onnx.export(

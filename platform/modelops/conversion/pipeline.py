@@ -120,6 +120,9 @@ def convert_model_dir(
             transforms.check(final)
             timings["optimize_s"] = time.perf_counter() - t
             session = ort.InferenceSession(str(final), providers=["CPUExecutionProvider"])
+            # The torch.export-based exporter needs opset >= 18 and may not convert down.
+            report["opset"] = transforms.default_opset(final)
+            report["opset_requested"] = options.opset
             report["inputs"] = [TensorSpec.from_ort(i).to_json() for i in session.get_inputs()]
             report["outputs"] = [TensorSpec.from_ort(o).to_json() for o in session.get_outputs()]
             t = time.perf_counter()

@@ -19,6 +19,11 @@ def check(path: Path) -> onnx.ModelProto:
     return model
 
 
+def default_opset(path: Path) -> int:
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def optimize(src: Path, dst: Path) -> None:
     """Offline graph optimization at the BASIC level.
 

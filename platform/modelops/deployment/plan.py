@@ -291,8 +291,10 @@ def _plan_deployed(inp: Inputs, old_stable: Served | None, target: Served) -> Pl
     cached = " (cached)" if target.cached else ""
     converted = ("True", "Converted", f"{label} converted to ONNX sha256 {target.sha256[:12]}{cached}")
     extra: tuple[Event, ...] = ()
+    if inp.conversion is not None and inp.conversion == target:
+        extra += (Event("Normal", "Converted", converted[2]),)
     if old_stable is None or old_stable.version != target.version or old_stable.options != target.options:
-        extra = (Event("Normal", "Deployed", f"InferenceService now serves {label} from {target.storage_uri}"),)
+        extra += (Event("Normal", "Deployed", f"InferenceService now serves {label} from {target.storage_uri}"),)
     if svc.ready and svc.storage_uri == target.storage_uri:
         status["phase"] = "Ready"
         if svc.url:

@@ -23,7 +23,8 @@ class PredictorServer(ModelServer):
         for model in models:
             self.register_model(model)
             model.enable_latency_logging = False
-            model.start()
+            if model.ready:  # kserve.Model.start() sets ready=True: never for a model that failed to load
+                model.start()
 
 
 def build(model_dir: str | Path, name: str, *, device: str = "auto", version: str | None = None,
