@@ -88,8 +88,22 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: Op
 
     @kopf.timer(GROUP, VERSION, PLURAL, interval=config.resolve_interval,
                 initial_delay=config.resolve_interval, when=follows_alias, registry=registry)
-    async def resolve_alias(name, namespace, **_):
-        await run_pass(namespace, name, resolve=True)
+    async def resolve_alias(name, namespace, stopped, **_):
+        # Kopf never cancels a running timer; it waits for it before removing the finalizer.
+        # So give up waiting on a pass (its thread finishes on its own) once the object goes.
+        async def until_stopped():
+            await stopped.wait()
+
+        work = asyncio.ensure_future(run_pass(namespace, name, resolve=True))
+        stop = asyncio.ensure_future(until_stopped())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not work.done():
+                work.cancel()
+        if work.done() and not work.cancelled():
+            work.result()
 
     @kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices",
                    labels={builders.LABEL_DEPLOYMENT: kopf.PRESENT}, registry=registry)
