@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -47,6 +48,7 @@ def _quiet() -> None:
 
     warnings.filterwarnings("ignore")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
     for name in ("mlflow", "alembic", "urllib3", "torch", "root"):
         logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)
@@ -129,7 +131,9 @@ def run_demo(work_dir: Path, requests: int = 2000, keep_running: bool = False) -
     try:
         tracking = server.url
         print("[2/4] training and registering demo models (2 versions each, alias champion -> v2)", flush=True)
-        versions = _register_all(tracking)
+        # MLflow prints run links on stdout for every logged model: keep them in a log file.
+        with open(work_dir / "register.log", "w") as log, contextlib.redirect_stdout(log):
+            versions = _register_all(tracking)
         registry = Registry(tracking)
 
         print("[3/4] converting to ONNX with the parity gate, writing results back to MLflow", flush=True)
