@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from modelops.conversion import ConversionOptions, convert_and_publish  # noqa: 
 from modelops.demo import models  # noqa: E402
 from modelops.local.mlflow_server import MlflowServer  # noqa: E402
 from modelops.local.ports import free_port  # noqa: E402
+from modelops.local.processes import spawn, stop  # noqa: E402
 from modelops.registry import Registry  # noqa: E402
 
 PY = sys.executable
@@ -43,25 +43,13 @@ CONCURRENCY = (1, 16)
 
 
 def start(cmd: list[str], ready_url: str, log: Path, env=None) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+    proc = spawn(cmd, log, env)
     try:
         wait_ready(ready_url, timeout=180, proc=proc)
     except Exception:
         stop(proc)
         raise RuntimeError(f"{cmd[:4]} did not start; see {log}")
     return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def v2_body(x: np.ndarray) -> bytes:

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..local.processes import spawn, stop
 
 MODELS = {  # registered model -> flavor
     "demo-mlp": "pytorch",
@@ -74,18 +75,7 @@ def _register_all(tracking: str) -> list[tuple[str, str]]:
 def _serve(onnx_dir: Path, name: str, version: str, port: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "modelops.cli", "serve", str(onnx_dir), "--name", name,
            "--model-version", version, "--http-port", str(port), "--grpc-port", "0"]
-    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    return spawn(cmd, log)
 
 
 def _check_answers(url: str, name: str, onnx_dir: Path, x: np.ndarray) -> bool:
@@ -169,7 +159,7 @@ def run_demo(work_dir: Path, requests: int = 2000, keep_running: bool = False) -
             if load.errors:
                 row.correct = False
             if not keep_running:
-                _stop(proc)
+                stop(proc)
                 procs.remove(proc)
 
         print()
@@ -191,5 +181,5 @@ def run_demo(work_dir: Path, requests: int = 2000, keep_running: bool = False) -
         return 0 if ok else 1
     finally:
         for proc in procs:
-            _stop(proc)
+            stop(proc)
         server.stop()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from .ports import free_port
+from .processes import spawn, stop
 
 
 class MlflowServer:
@@ -34,10 +33,7 @@ class MlflowServer:
             "--artifacts-destination", str(self.root / "artifacts"),
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
         ]
-        log = open(self.root / "server.log", "ab")
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.proc = spawn(cmd, self.root / "server.log", {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -54,17 +50,7 @@ class MlflowServer:
                            f"see {self.root / 'server.log'}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            # The server forks workers: signal the whole process group.
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=5)
+        stop(self.proc)  # the server forks workers: the whole process group goes
         self.proc = None
 
     def __enter__(self) -> "MlflowServer":
