@@ -42,7 +42,8 @@ class PredictorServer(ModelServer):
         for model in models:
             self.register_model(model)
             model.enable_latency_logging = False
-            model.start()
+            if model.ready:  # kserve.Model.start() sets ready=True: never for a model that failed to load
+                model.start()
 
     def start(self, models) -> None:
         # ModelServer.start builds its REST server from this module-level name.
