@@ -201,11 +201,6 @@ def test_int8_passes_with_its_own_tolerance(cnn_model, convert):
     assert ops & {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}, ops
 
 
-@pytest.mark.xfail(strict=True, raises=errors.ParityFailed, reason=(
-    "BUG: transforms.to_int8 quantizes with QInt8 weights (U8S8); on x86 CPUs without VNNI (this "
-    "machine: AVX2 only) onnxruntime's U8S8 kernels saturate and the int8 MLP is off by ~7 on logits "
-    "of ~15. Fix: quantize_dynamic(..., weight_type=QuantType.QInt8, reduce_range=True) (or QUInt8 "
-    "weights): max_abs_err drops to ~0.4."))
 def test_int8_mlp_error_is_quantization_noise(mlp_model, convert):
     # A generous explicit tolerance: only a broken kernel (saturation), not int8 rounding, fails it.
     converted = convert(mlp_model, precision="int8", rtol=0.1, atol=1.0)

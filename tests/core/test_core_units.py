@@ -234,10 +234,6 @@ class TestParityCompare:
         assert r.max_abs_err == pytest.approx(5e-6, rel=1e-6)
         assert r.max_rel_err == pytest.approx(5e-6, rel=1e-6)
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: max_rel_err divides by max(|expected|, tiny): an exact 0 in the original output (ReLU, "
-        "a 0 probability) and 5e-6 in the ONNX output report max_rel_err ~1e302 in conversion.json "
-        "and the modelops.parity tag. Fix: divide by max(|expected|, atol)."))
     def test_relative_error_is_meaningful_when_the_original_output_is_zero(self):
         e = np.array([[1.0, 0.0]], np.float32)
         r = self._report([e], [e + np.float32(5e-6)])

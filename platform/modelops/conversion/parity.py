@@ -85,7 +85,9 @@ def compare(report: ParityReport, names: list[str], expected: list[np.ndarray],
             report.failures.append(f"{name}: non-finite values differ")
             continue
         diff = np.where(np.isfinite(diff), diff, 0.0)
-        rel = diff / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
+        # Relative error with |original| floored at atol: an exact 0 (ReLU, a zero probability)
+        # would otherwise report ~1e300 for a harmless 1e-7 difference.
+        rel = diff / np.maximum(np.abs(e), max(report.atol, np.finfo(np.float64).tiny))
         report.max_abs_err = max(report.max_abs_err, float(diff.max(initial=0.0)))
         report.max_rel_err = max(report.max_rel_err, float(np.where(diff > 0, rel, 0).max(initial=0.0)))
         bad = diff > report.atol + report.rtol * np.abs(e)

@@ -99,6 +99,11 @@ def convert_and_publish(registry: Registry, resolved: ResolvedModel,
             else {"status": "failed", "error": str(exc)}
         tags, record = publish_tags(failed, None)
         tags[options_tag(options)] = record
+        if registry.version_tags(resolved).get(TAG_STATUS) == "passed":
+            # An earlier good result stays the headline (status, parity, uri, sha256 belong
+            # together); this failure is kept in its per-options record and the error tag.
+            tags = {k: v for k, v in tags.items() if k not in (TAG_STATUS, TAG_PARITY)}
+            tags[TAG_ERROR] = f"{options.precision}/{options.key}: {tags[TAG_ERROR]}"
         if (out / "conversion.json").exists():
             registry.log_artifacts(resolved, out, artifact_path)
         registry.set_tags(resolved, tags)

@@ -59,10 +59,14 @@ def to_fp16(src: Path, dst: Path) -> None:
 
 
 def to_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantization of weights (activations quantized at run time)."""
+    """Dynamic int8 quantization of weights (activations quantized at run time).
+
+    reduce_range (7-bit weights) avoids the int16 saturation of u8s8 kernels on CPUs without
+    VNNI, which otherwise makes results wildly wrong (measured: abs error 7.4 vs 0.33 on an MLP).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, reduce_range=True)
     except Exception as exc:
         raise errors.ConversionError(f"int8 dynamic quantization failed: {exc}") from exc

@@ -96,6 +96,9 @@ class OnnxModel(Model):
         for _ in range(3):
             self.session.run(None, feeds)
 
+    def start(self):
+        """KServe's start() marks a model ready; ours is ready only when load() succeeded."""
+
     def stop(self):
         if self._batcher:
             self._batcher.close()

@@ -42,8 +42,7 @@ class PredictorServer(ModelServer):
         for model in models:
             self.register_model(model)
             model.enable_latency_logging = False
-            if model.ready:  # kserve.Model.start() sets ready=True: never for a model that failed to load
-                model.start()
+            model.start()
 
     def start(self, models) -> None:
         # ModelServer.start builds its REST server from this module-level name.
