@@ -78,6 +78,8 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
 def build(config: OperatorConfig, *, registry_factory=None) -> tuple[kopf.OperatorRegistry, Reconciler]:
     """A Kopf registry with our handlers, wired to a reconciler for `config`."""
     kube = Kube.from_environment(config.api_url)
+    # Import the conversion package now (seconds: mlflow, onnx) rather than on the first object.
+    import modelops.conversion  # noqa: F401
     converter = InProcessConversion(config) if config.conversion == "inprocess" else JobConversion(config, kube)
     reconciler = Reconciler(config, kube, converter, registry_factory=registry_factory)
     registry = kopf.OperatorRegistry()

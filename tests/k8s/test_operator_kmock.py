@@ -182,6 +182,7 @@ async def test_same_generation_reconciled_twice_writes_nothing(apiserver, mlflow
     new = [(r.method, r.url.path, r.data) for r in apiserver.writes()[before:]]
     ours = [w for w in new if "inferenceservices" in w[1] or w[1].endswith("/status") or "/events" in w[1]]
     assert ours == [], ours
+    assert new == [], new  # Kopf itself has nothing to write either
 
 
 async def test_mlflow_down_retries_then_recovers(apiserver, mlflow_url_server, registered):
