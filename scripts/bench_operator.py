@@ -128,8 +128,13 @@ async def bench(args) -> dict:
                     await asyncio.sleep(2)
                     rss, hwm = rss_mib(op.pid)
             finally:
+                # Keep serving the API while the operator shuts down (it still talks to it).
                 os.killpg(op.pid, signal.SIGTERM)
-                op.wait(30)
+                try:
+                    await asyncio.to_thread(op.wait, 60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(op.pid, signal.SIGKILL)
+                    op.wait()
     finally:
         mlflow.stop()
     q = statistics.quantiles(latencies, n=100, method="inclusive")
