@@ -114,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-version", default=None)
     s.add_argument("--http-port", type=int, default=8080)
     s.add_argument("--grpc-port", type=int, default=8081, help="0 disables gRPC")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    # The shared ClusterServingRuntime runs one command for CPU and GPU models: the operator sets
+    # MODELOPS_DEVICE on GPU InferenceServices so they fail readiness rather than run on CPU.
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   default=os.environ.get("MODELOPS_DEVICE", "auto"))
     s.add_argument("--max-batch-size", type=int, default=64, help="dynamic batching limit; 1 disables it")
     s.add_argument("--batch-wait-ms", type=float, default=0.0)
     s.add_argument("--max-body-mb", type=float, default=16.0)
