@@ -11,22 +11,12 @@ import pytest
 import pytest_asyncio
 
 from .apiserver import ApiServerEmulator
-from .mlflow_proc import MlflowProcess
 
 
 @pytest.fixture(scope="session")
-def mlflow_url_server(request, tmp_path_factory):
-    """The suite-wide `mlflow_server` (tests/conftest.py) when there is one, else our own.
-
-    Either way the object has `.url`, `.stop()` and `.start()` (same port).
-    """
-    try:
-        return request.getfixturevalue("mlflow_server")
-    except pytest.FixtureLookupError:
-        server = MlflowProcess(tmp_path_factory.mktemp("mlflow-k8s"))
-        server.start()
-        request.addfinalizer(server.stop)
-        return server
+def mlflow_url_server(mlflow_server):
+    """The suite-wide MLflow server (tests/conftest.py): `.url`, `.stop()`, `.start()` (same port)."""
+    return mlflow_server
 
 
 @pytest.fixture(scope="session")
