@@ -121,8 +121,9 @@ def run_demo(work_dir: Path, requests: int = 2000, keep_running: bool = False) -
     try:
         tracking = server.url
         print("[2/4] training and registering demo models (2 versions each, alias champion -> v2)", flush=True)
-        # MLflow prints run links on stdout for every logged model: keep them in a log file.
-        with open(work_dir / "register.log", "w") as log, contextlib.redirect_stdout(log):
+        # MLflow prints run links and registrations for every logged model: keep them in a log file.
+        with open(work_dir / "register.log", "w") as log, contextlib.redirect_stdout(log), \
+                contextlib.redirect_stderr(log):
             versions = _register_all(tracking)
         registry = Registry(tracking)
 
