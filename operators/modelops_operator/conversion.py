@@ -10,6 +10,8 @@ Both first reuse a result already published for the same version and options.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 from modelops import errors
@@ -96,8 +98,15 @@ class JobConversion:
                     f"{resolved.label}; see its logs")
             return Outcome(served=found)
         if state == "Failed":
-            raise errors.ConversionError(
-                f"conversion Job {name} failed: {self._failure_message(ns, name, job)}")
+            message = self._failure_message(ns, name, job)
+            reported = CLI_ERROR.search(message)
+            if reported is None:
+                raise errors.ConversionError(f"conversion Job {name} failed: {message}")
+            error = errors.from_reason(reported["reason"], f"conversion Job {name}: {reported['message']}")
+            if error.retryable:
+                # The Job met a passing condition (MLflow down): the next pass starts a new one.
+                self.kube.delete(JOBS.path(ns, name))
+            raise error
         return Outcome(running=True)
 
     def _failure_message(self, ns: str, name: str, job: dict) -> str:
@@ -109,6 +118,10 @@ class JobConversion:
                     return msg.strip()[-2000:]
         cond = next((c for c in job.get("status", {}).get("conditions", []) if c.get("type") == "Failed"), {})
         return cond.get("message") or cond.get("reason") or "unknown error"
+
+
+# The converter CLI's failure line: `modelops: <Reason>: <message>` (see modelops.cli).
+CLI_ERROR = re.compile(r"^modelops: (?P<reason>[A-Z]\w+): (?P<message>.+)$", re.M)
 
 
 def job_state(job: dict) -> str:

@@ -122,3 +122,23 @@ class InvalidSpec(ModelOpsError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}", field=field)
         self.field = field
+
+
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
+def from_reason(reason: str, message: str) -> ModelOpsError:
+    """Rebuild an error reported across a process boundary by its reason.
+
+    A conversion Job's last line is `modelops: <Reason>: <message>` (the CLI's format); the
+    operator turns it back into the same error so its condition says ParityFailed, not a
+    generic Job failure, and a retryable one is retried.
+    """
+    for cls in _subclasses(ModelOpsError):
+        if cls.reason == reason:
+            return InvalidSpec("spec", message) if cls is InvalidSpec else cls(message)
+    return ConversionError(message)

@@ -263,3 +263,33 @@ async def test_job_conversion_mode(apiserver, mlflow_url_server, registered):
         uri = await eventually(lambda: storage_uri(apiserver, "jobbed"), what="InferenceService after the Job")
         assert "onnx-fp32-" in uri
         await eventually(lambda: status(apiserver, "jobbed").get("stable", {}).get("version") == registered["v1"])
+
+
+async def test_failed_job_reports_the_converters_reason(apiserver, mlflow_url_server, registered):
+    """A Job whose converter refused the model stalls with that reason, not a generic failure."""
+    async with running_operator(config_for(apiserver, mlflow_url_server, conversion="job",
+                                           converter_image="converter:test")):
+        await create_md(apiserver, md_body("refused", {"name": registered["name"], "version": registered["v1"]},
+                                           conversion={"opset": 17, "tolerance": {"rtol": 0.002, "atol": 0.00002}}))
+        job = await eventually(lambda: next((o.raw for (r, ns, _), o in apiserver.objects.items()
+                                             if r == apiserver.resource(JOBS) and not o.deleted
+                                             and o.raw["metadata"]["labels"].get(builders.LABEL_DEPLOYMENT)
+                                             == "refused"), None), what="Job")
+        name = job["metadata"]["name"]
+        # Play the Job controller: the converter's pod ends with the CLI's one-line reason.
+        line = "modelops: ParityFailed: ONNX output diverges from the original model: max_abs_err=0.01"
+        await api(apiserver, "POST", f"/api/v1/namespaces/{NS}/pods", {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{name}-abcde", "namespace": NS, "labels": {"job-name": name}},
+            "spec": {"containers": [{"name": "convert", "image": "converter:test"}]},
+            "status": {"containerStatuses": [{"name": "convert", "state": {
+                "terminated": {"exitCode": 4, "message": f"converting...\n{line}\n"}}}]}},
+            content_type="application/json")
+        await api(apiserver, "PATCH", f"/apis/batch/v1/namespaces/{NS}/jobs/{name}/status",
+                  {"status": {"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+                                                            "reason": "BackoffLimitExceeded"}]}})
+        stalled = await eventually(lambda: condition(apiserver, "refused", "Stalled").get("status") == "True"
+                                   and condition(apiserver, "refused", "Stalled"), what="Stalled")
+        assert stalled["reason"] == "ParityFailed" and "max_abs_err=0.01" in stalled["message"]
+        assert status(apiserver, "refused")["phase"] == "Failed"
+        assert apiserver.get(ISVC, NS, "refused") is None
