@@ -7,7 +7,7 @@ COPY pyproject.toml ./
 COPY platform ./platform
 COPY operators ./operators
 RUN pip install --no-cache-dir --prefix=/install \
-      --extra-index-url https://download.pytorch.org/whl/cpu .
+      --extra-index-url https://download.pytorch.org/whl/cpu '.[convert]'
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local

@@ -5,7 +5,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY platform ./platform
 COPY operators ./operators
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --prefix=/install '.[operator]'
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local

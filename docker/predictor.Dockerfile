@@ -1,5 +1,6 @@
 # The KServe predictor (ClusterServingRuntime modelops-onnxruntime): onnxruntime-gpu on CUDA.
 # `modelops serve` refuses to fall back to CPU when the InferenceService asked for a GPU.
+# The base install only: no torch, no MLflow (the model arrives as ONNX in /mnt/models).
 # Build: docker build -f docker/predictor.Dockerfile -t ghcr.io/modelops/modelops-predictor:0.1.0 .
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
 RUN apt-get update \
@@ -12,7 +13,7 @@ COPY pyproject.toml ./
 COPY platform ./platform
 COPY operators ./operators
 # onnxruntime-gpu installs the same `onnxruntime` module: remove the CPU build first.
-RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu . \
+RUN pip install --no-cache-dir . \
  && pip uninstall -y onnxruntime \
  && pip install --no-cache-dir "onnxruntime-gpu==1.32.*" \
  && rm -rf /src
