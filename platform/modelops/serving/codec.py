@@ -41,8 +41,6 @@ def _from_json_data(spec: TensorSpec, shape: tuple, data) -> np.ndarray:
     if arr.size != count:
         raise InvalidRequest(f"input '{spec.name}': shape {list(shape)} needs {count} elements, "
                              f"data has {arr.size}")
-    if dtype.kind == "f" and isinstance(data, list) and arr.size and not np.all(np.isfinite(arr)):
-        pass  # NaN/inf are legal floats; the model decides what they mean
     return arr.reshape(shape)
 
 

@@ -112,11 +112,6 @@ class OnnxModel(Model):
             return await self._batcher.submit(feeds)
         return self.run(feeds)
 
-    def metadata(self) -> dict:
-        return {"name": self.name, "versions": [self.version] if self.version else [],
-                "platform": "onnxruntime", "inputs": [s.to_json() for s in self.inputs],
-                "outputs": [s.to_json() for s in self.outputs]}
-
     def get_input_types(self) -> list[dict]:
         return [s.to_json() for s in self.inputs]
 
