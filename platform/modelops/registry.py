@@ -71,7 +71,7 @@ class ResolvedModel:
 
     uri: str  # what the user asked for
     run_id: str | None
-    artifact_uri: str  # where the MLflow model's files are (download source)
+    artifact_uri: str  # the pinned model URI (models:/NAME/VERSION or runs:/...); download() finds the files
     name: str | None = None
     version: str | None = None
     alias: str | None = None
@@ -88,6 +88,10 @@ class ResolvedModel:
     def label(self) -> str:
         """Short human name: `name v3` or the run URI."""
         return f"{self.name} v{self.version}" if self.name else self.uri
+
+
+class _Missing(Exception):
+    """Internal: a version/alias look-up found nothing (which part is missing is asked next)."""
 
 
 def _is_not_found(exc: MlflowException) -> bool:
@@ -112,14 +116,17 @@ class Registry:
         self.tracking_uri = tracking_uri.rstrip("/")
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         self._probe_timeout = probe_timeout
+        self._http: httpx.Client | None = None
 
     # --- reachability -----------------------------------------------------------------------
     def check_reachable(self) -> None:
         """Fail fast with `RegistryUnavailable` instead of waiting on MLflow's own retries."""
         if not self.tracking_uri.startswith(("http://", "https://")):
             return
+        if self._http is None:  # keep-alive: a fresh connection per probe costs ~30 ms
+            self._http = httpx.Client(timeout=self._probe_timeout)
         try:
-            r = httpx.get(f"{self.tracking_uri}/health", timeout=self._probe_timeout)
+            r = self._http.get(f"{self.tracking_uri}/health")
         except httpx.HTTPError as exc:
             raise errors.RegistryUnavailable(
                 f"MLflow tracking server {self.tracking_uri} is unreachable: {exc}",
@@ -131,7 +138,7 @@ class Registry:
                 tracking_uri=self.tracking_uri,
             )
 
-    def _call(self, what: str, fn, *args, not_found: errors.ModelOpsError | None = None):
+    def _call(self, what: str, fn, *args, not_found: Exception | None = None):
         try:
             return fn(*args)
         except MlflowException as exc:
@@ -167,31 +174,27 @@ class Registry:
         if (version is None) == (alias is None):
             raise errors.InvalidSpec("model", "give exactly one of version or alias")
         self.check_reachable()
-        self._call(
-            "get_registered_model", self.client.get_registered_model, name,
-            not_found=errors.ModelNotFound(f"registered model {name!r} not found in MLflow", name=name),
-        )
-        if alias is not None:
-            mv = self._call(
-                "get_model_version_by_alias", self.client.get_model_version_by_alias, name, alias,
-                not_found=errors.AliasNotFound(
-                    f"alias {alias!r} of registered model {name!r} not found in MLflow",
-                    name=name, alias=alias),
+        # One call on the happy path; which thing is missing is asked only when one is.
+        try:
+            if alias is not None:
+                mv = self._call("get_model_version_by_alias", self.client.get_model_version_by_alias,
+                                name, alias, not_found=_Missing())
+            else:
+                mv = self._call("get_model_version", self.client.get_model_version, name, str(version),
+                                not_found=_Missing())
+        except _Missing:
+            self._call(
+                "get_registered_model", self.client.get_registered_model, name,
+                not_found=errors.ModelNotFound(f"registered model {name!r} not found in MLflow", name=name),
             )
-        else:
-            mv = self._call(
-                "get_model_version", self.client.get_model_version, name, str(version),
-                not_found=errors.VersionNotFound(
-                    f"version {version} of registered model {name!r} not found in MLflow",
-                    name=name, version=str(version)),
-            )
-        artifact_uri = self._call(
-            "get_model_version_download_uri", self.client.get_model_version_download_uri,
-            name, mv.version,
-        )
+            if alias is not None:
+                raise errors.AliasNotFound(f"alias {alias!r} of registered model {name!r} not found in MLflow",
+                                           name=name, alias=alias) from None
+            raise errors.VersionNotFound(f"version {version} of registered model {name!r} not found in MLflow",
+                                         name=name, version=str(version)) from None
         uri = f"models:/{name}@{alias}" if alias else f"models:/{name}/{mv.version}"
         return ResolvedModel(
-            uri=uri, run_id=mv.run_id or None, artifact_uri=artifact_uri, name=name,
+            uri=uri, run_id=mv.run_id or None, artifact_uri=f"models:/{name}/{mv.version}", name=name,
             version=str(mv.version), alias=alias, source=mv.source, tags=dict(mv.tags or {}),
         )
 
@@ -212,10 +215,14 @@ class Registry:
 
         dst = Path(dst or tempfile.mkdtemp(prefix="modelops-src-"))
         dst.mkdir(parents=True, exist_ok=True)
+        source = resolved.artifact_uri
+        if resolved.name and resolved.version:  # where the version's files are, asked only to download
+            source = self._call("get_model_version_download_uri", self.client.get_model_version_download_uri,
+                                resolved.name, resolved.version)
         local = self._call(
             "download_artifacts", mlflow.artifacts.download_artifacts,
-            resolved.artifact_uri, None, None, str(dst), self.tracking_uri,
-            not_found=errors.ModelNotFound(f"artifacts of {resolved.label} not found at {resolved.artifact_uri}"),
+            source, None, None, str(dst), self.tracking_uri,
+            not_found=errors.ModelNotFound(f"artifacts of {resolved.label} not found at {source}"),
         )
         local = Path(local)
         if not (local / "MLmodel").exists():
