@@ -44,10 +44,12 @@ def _served(result, version: str, spec: DeploymentSpec, config: OperatorConfig) 
                   cached=bool(result.cached))
 
 
-def published(registry, resolved, spec: DeploymentSpec, config: OperatorConfig) -> Served | None:
+def published(registry, resolved, spec: DeploymentSpec, config: OperatorConfig, *,
+              fresh: bool = True) -> Served | None:
     from modelops.conversion import find_published
 
-    result = find_published(registry, resolved, conversion_options(spec))
+    # fresh: the reconciler resolved the version in this pass, so its tags are current.
+    result = find_published(registry, resolved, conversion_options(spec), fresh=fresh)
     return None if result is None else _served(result, resolved.version, spec, config)
 
 
@@ -91,7 +93,8 @@ class JobConversion:
             return Outcome(running=True)
         state = job_state(job)
         if state == "Complete":
-            found = published(registry, resolved, spec, self.config)
+            # The Job may have finished after this pass resolved the version: read the tags again.
+            found = published(registry, resolved, spec, self.config, fresh=False)
             if found is None:
                 raise errors.ConversionError(
                     f"conversion Job {name} finished but published no result for "

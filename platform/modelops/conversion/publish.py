@@ -45,10 +45,15 @@ def provenance(resolved: ResolvedModel) -> dict:
             "artifact_uri": resolved.artifact_uri}
 
 
-def find_published(registry: Registry, resolved: ResolvedModel,
-                   options: ConversionOptions) -> ConversionResult | None:
-    """The published result for this version and options, from the version's tags, or None."""
-    raw = registry.version_tags(resolved).get(options_tag(options))
+def find_published(registry: Registry, resolved: ResolvedModel, options: ConversionOptions,
+                   *, fresh: bool = False) -> ConversionResult | None:
+    """The published result for this version and options, from the version's tags, or None.
+
+    fresh=True trusts the tags `resolved` came with (just resolved: saves an MLflow round trip);
+    otherwise the tags are read again, since a conversion may have published since.
+    """
+    tags = resolved.tags if fresh and resolved.tags else registry.version_tags(resolved)
+    raw = tags.get(options_tag(options))
     if not raw:
         return None
     record = json.loads(raw)
