@@ -318,3 +318,16 @@ def test_cached_conversion_is_faster(mlp_converted, mlp_model, registry):
     t = time.perf_counter()
     convert_and_publish(registry, registry.resolve(mlp_model.uri()))
     assert time.perf_counter() - t < max(1.0, mlp_converted.seconds / 2)
+
+
+def test_find_published_fresh_trusts_the_resolved_tags_only_when_asked(cnn_model, registry):
+    """fresh=True saves a round trip using the tags the version was resolved with; a resolution
+    from before a publish does not see it, a re-read does."""
+    options = ConversionOptions(opset=17, samples=8)  # options no other test publishes
+    before = registry.resolve(cnn_model.uri())
+    assert find_published(registry, before, options, fresh=True) is None
+    published = convert_and_publish(registry, before, options)
+    assert find_published(registry, before, options, fresh=True) is None  # stale tags, by design
+    assert find_published(registry, before, options).sha256 == published.sha256
+    now = registry.resolve(cnn_model.uri())
+    assert find_published(registry, now, options, fresh=True).sha256 == published.sha256

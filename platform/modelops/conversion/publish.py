@@ -52,7 +52,7 @@ def find_published(registry: Registry, resolved: ResolvedModel, options: Convers
     fresh=True trusts the tags `resolved` came with (just resolved: saves an MLflow round trip);
     otherwise the tags are read again, since a conversion may have published since.
     """
-    tags = resolved.tags if fresh and resolved.tags else registry.version_tags(resolved)
+    tags = resolved.tags if fresh else registry.version_tags(resolved)
     raw = tags.get(options_tag(options))
     if not raw:
         return None
