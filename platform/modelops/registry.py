@@ -139,26 +139,23 @@ class Registry:
             )
 
     def _call(self, what: str, fn, *args, not_found: Exception | None = None):
+        """Call MLflow; not-found becomes `not_found`, a dead server `RegistryUnavailable`."""
         try:
             return fn(*args)
         except MlflowException as exc:
             if not_found is not None and _is_not_found(exc):
                 raise not_found from exc
-            if _is_unreachable(exc):
-                raise errors.RegistryUnavailable(
-                    f"MLflow tracking server {self.tracking_uri} is unreachable ({what}): {exc}"
-                ) from exc
-            raise errors.RegistryError(f"MLflow {what} failed: {exc}") from exc
+            if not _is_unreachable(exc):
+                raise errors.RegistryError(f"MLflow {what} failed: {exc}") from exc
+            cause = exc
         except (OSError, httpx.HTTPError) as exc:
-            raise errors.RegistryUnavailable(
-                f"MLflow tracking server {self.tracking_uri} is unreachable ({what}): {exc}"
-            ) from exc
+            cause = exc
         except Exception as exc:  # requests' ConnectionError and friends
-            if _is_unreachable(exc):
-                raise errors.RegistryUnavailable(
-                    f"MLflow tracking server {self.tracking_uri} is unreachable ({what}): {exc}"
-                ) from exc
-            raise
+            if not _is_unreachable(exc):
+                raise
+            cause = exc
+        raise errors.RegistryUnavailable(
+            f"MLflow tracking server {self.tracking_uri} is unreachable ({what}): {cause}") from cause
 
     # --- resolution -------------------------------------------------------------------------
     def resolve(self, uri: str | ModelRef) -> ResolvedModel:

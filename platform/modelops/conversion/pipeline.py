@@ -44,10 +44,9 @@ def cache_key(source_digest: str, options: ConversionOptions) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _run_parity(model_path: Path, exported, example, options: ConversionOptions) -> ParityReport:
+def _run_parity(session: ort.InferenceSession, exported, example, options: ConversionOptions) -> ParityReport:
     rtol, atol = options.tolerance
     report = ParityReport(rtol=rtol, atol=atol)
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     feeds = []
     if example:
@@ -117,16 +116,16 @@ def convert_model_dir(
                 transforms.to_int8(optimized, final)
             else:
                 shutil.copyfile(optimized, final)
-            transforms.check(final)
+            final_model = transforms.check(final)
             timings["optimize_s"] = time.perf_counter() - t
             session = ort.InferenceSession(str(final), providers=["CPUExecutionProvider"])
             # The torch.export-based exporter needs opset >= 18 and may not convert down.
-            report["opset"] = transforms.default_opset(final)
+            report["opset"] = transforms.default_opset(final_model)
             report["opset_requested"] = options.opset
             report["inputs"] = [TensorSpec.from_ort(i).to_json() for i in session.get_inputs()]
             report["outputs"] = [TensorSpec.from_ort(o).to_json() for o in session.get_outputs()]
             t = time.perf_counter()
-            parity = _run_parity(final, exported, source.input_example, options)
+            parity = _run_parity(session, exported, source.input_example, options)
             timings["parity_s"] = time.perf_counter() - t
         except errors.ModelOpsError as exc:
             report.update(error=str(exc), reason=exc.reason, timings=timings)

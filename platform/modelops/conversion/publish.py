@@ -63,20 +63,21 @@ def find_published(registry: Registry, resolved: ResolvedModel, options: Convers
                             parity=record.get("parity", {}), cached=True, report=record)
 
 
-def publish_tags(report: dict, uri: str | None) -> tuple[dict, dict]:
+def publish_tags(report: dict, uri: str | None, options: ConversionOptions) -> dict:
+    """The model-version tags for one conversion report: headline tags plus its per-options record."""
     parity = report.get("parity", {})
     summary = {k: parity.get(k) for k in ("max_abs_err", "max_rel_err", "rtol", "atol", "samples", "passed")}
-    tags = {TAG_STATUS: report["status"], TAG_PARITY: summary}
     record = {"status": report["status"], "precision": report.get("precision"),
               "opset": report.get("opset"), "parity": summary}
+    tags = {TAG_STATUS: report["status"], TAG_PARITY: summary}
     if report["status"] == "passed":
-        tags.update({TAG_ONNX_URI: uri, TAG_SHA256: report["sha256"]})
+        tags.update({TAG_ONNX_URI: uri, TAG_SHA256: report["sha256"], TAG_ERROR: ""})
         record.update(uri=uri, sha256=report["sha256"])
-        tags[TAG_ERROR] = ""
     else:
         tags[TAG_ERROR] = str(report.get("error", ""))[:4000]
         record.update(error=tags[TAG_ERROR])
-    return tags, record
+    tags[options_tag(options)] = record
+    return tags
 
 
 def convert_and_publish(registry: Registry, resolved: ResolvedModel,
@@ -102,8 +103,7 @@ def convert_and_publish(registry: Registry, resolved: ResolvedModel,
     except errors.ConversionError as exc:
         failed = json.loads((out / "conversion.json").read_text()) if (out / "conversion.json").exists() \
             else {"status": "failed", "error": str(exc)}
-        tags, record = publish_tags(failed, None)
-        tags[options_tag(options)] = record
+        tags = publish_tags(failed, None, options)
         if registry.version_tags(resolved).get(TAG_STATUS) == "passed":
             # An earlier good result stays the headline (status, parity, uri, sha256 belong
             # together); this failure is kept in its per-options record and the error tag.
@@ -116,8 +116,6 @@ def convert_and_publish(registry: Registry, resolved: ResolvedModel,
     finally:
         shutil.rmtree(work / "source", ignore_errors=True)
     uri = registry.log_artifacts(resolved, out, artifact_path)
-    tags, record = publish_tags(report, uri)
-    tags[options_tag(options)] = record
-    registry.set_tags(resolved, tags)
+    registry.set_tags(resolved, publish_tags(report, uri, options))
     return ConversionResult(onnx_uri=uri, sha256=report["sha256"], parity=report["parity"],
                             cached=report.get("cached", False), report=report, local_dir=out)

@@ -19,8 +19,7 @@ def check(path: Path) -> onnx.ModelProto:
     return model
 
 
-def default_opset(path: Path) -> int:
-    model = onnx.load(str(path), load_external_data=False)
+def default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 

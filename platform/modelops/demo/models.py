@@ -60,17 +60,21 @@ def _classification_data(seed: int, n: int, features: int, classes: int):
     return x, y
 
 
-def train_mlp(seed: int = 0, epochs: int = 30, cls: type[MLP] = MLP) -> MLP:
-    torch.manual_seed(seed)
-    x, y = _classification_data(seed, 512, MLP_FEATURES, 3)
-    model = cls()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+def _fit(model: nn.Module, opt: torch.optim.Optimizer, x: np.ndarray, y: np.ndarray, steps: int):
+    """Full-batch cross-entropy steps; returns the model in eval mode."""
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    for _ in range(epochs):
+    for _ in range(steps):
         opt.zero_grad()
         nn.functional.cross_entropy(model(xt), yt).backward()
         opt.step()
     return model.eval()
+
+
+def train_mlp(seed: int = 0, epochs: int = 30, cls: type[MLP] = MLP) -> MLP:
+    torch.manual_seed(seed)
+    x, y = _classification_data(seed, 512, MLP_FEATURES, 3)
+    model = cls()
+    return _fit(model, torch.optim.Adam(model.parameters(), lr=1e-2), x, y, epochs)
 
 
 def train_cnn(seed: int = 0, steps: int = 10) -> SmallCNN:
@@ -79,13 +83,7 @@ def train_cnn(seed: int = 0, steps: int = 10) -> SmallCNN:
     x = rng.normal(size=(64, *CNN_SHAPE)).astype(np.float32)
     y = rng.integers(0, 10, size=64)
     model = SmallCNN()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(xt), yt).backward()
-        opt.step()
-    return model.eval()
+    return _fit(model, torch.optim.SGD(model.parameters(), lr=1e-2), x, y, steps)
 
 
 def train_sklearn_pipeline(seed: int = 0, kind: str = "logreg"):

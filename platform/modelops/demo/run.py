@@ -26,10 +26,7 @@ import numpy as np
 
 from ..local.processes import spawn, stop
 
-MODELS = {  # registered model -> flavor
-    "demo-mlp": "pytorch",
-    "demo-pipeline": "sklearn",
-}
+DEMO_MODELS = ("demo-mlp", "demo-pipeline")  # a PyTorch MLP, a scikit-learn pipeline
 
 
 @dataclass
@@ -67,7 +64,7 @@ def _register_all(tracking: str) -> list[tuple[str, str]]:
         out.append(("demo-pipeline", models.register_sklearn_pipeline(tracking, "demo-pipeline",
                                                                       seed=version_seed, kind=kind)))
     client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
-    for name in MODELS:
+    for name in DEMO_MODELS:
         client.set_registered_model_alias(name, "champion", "2")
     return out
 
