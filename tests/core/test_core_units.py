@@ -468,3 +468,26 @@ class TestDynamicBatcher:
         assert rec.calls == [2]
         np.testing.assert_array_equal(first[0], [[2, 2]])
         np.testing.assert_array_equal(second[0], [[0, 0]])
+
+
+def test_grpc_path_checks_what_the_rest_path_checks():
+    """decode_infer_request shares the REST checks: duplicates and batch disagreement included."""
+    from kserve import InferInput, InferRequest
+
+    from modelops.errors import InvalidRequest
+    from modelops.serving.codec import decode_infer_request
+    from modelops.tensors import TensorSpec
+
+    specs = [TensorSpec("a", np.dtype(np.float32), (-1, 2)), TensorSpec("b", np.dtype(np.float32), (-1, 2))]
+
+    def tensor(name, rows):
+        t = InferInput(name, [rows, 2], "FP32")
+        t.set_data_from_numpy(np.zeros((rows, 2), np.float32), binary_data=False)
+        return t
+
+    ok = decode_infer_request(InferRequest("m", [tensor("a", 3), tensor("b", 3)]), specs)
+    assert ok["a"].shape == (3, 2) and ok["b"].dtype == np.float32
+    with pytest.raises(InvalidRequest, match="disagree on the batch size"):
+        decode_infer_request(InferRequest("m", [tensor("a", 3), tensor("b", 2)]), specs)
+    with pytest.raises(InvalidRequest, match="given twice"):
+        decode_infer_request(InferRequest("m", [tensor("a", 3), tensor("a", 3)]), specs)

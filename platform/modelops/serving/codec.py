@@ -31,6 +31,29 @@ def _check_shape(spec: TensorSpec, shape: list) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def _input_spec(by_name: dict, feeds: dict, name, datatype, where: str = "") -> TensorSpec:
+    """The model input a request tensor names, after checking name, uniqueness and datatype."""
+    spec = by_name.get(name)
+    if spec is None:
+        raise InvalidRequest(f"{where}unknown input name {name!r}; model inputs: {sorted(by_name)}")
+    if name in feeds:
+        raise InvalidRequest(f"input '{name}' given twice")
+    if datatype not in V2_TO_NUMPY:
+        raise InvalidRequest(f"input '{name}': unknown datatype {datatype!r}")
+    if datatype != spec.datatype:
+        raise InvalidRequest(f"input '{name}': datatype {datatype} does not match the model's {spec.datatype}")
+    return spec
+
+
+def _check_complete(specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> None:
+    missing = [s.name for s in specs if s.name not in feeds]
+    if missing:
+        raise InvalidRequest(f"missing model inputs: {missing}")
+    batches = {a.shape[0] for a in feeds.values() if a.ndim}
+    if len(batches) > 1:
+        raise InvalidRequest(f"inputs disagree on the batch size: {sorted(batches)}")
+
+
 def _from_json_data(spec: TensorSpec, shape: tuple, data) -> np.ndarray:
     count = math.prod(shape)
     dtype = spec.dtype
@@ -79,16 +102,7 @@ def decode_request(body: bytes, specs: list[TensorSpec], json_length: int | None
         if not isinstance(item, dict):
             raise InvalidRequest(f"inputs[{i}] must be an object with name, shape, datatype, data")
         name = item.get("name")
-        spec = by_name.get(name)
-        if spec is None:
-            raise InvalidRequest(f"inputs[{i}]: unknown input name {name!r}; model inputs: {sorted(by_name)}")
-        if name in feeds:
-            raise InvalidRequest(f"input '{name}' given twice")
-        datatype = item.get("datatype")
-        if datatype not in V2_TO_NUMPY:
-            raise InvalidRequest(f"input '{name}': unknown datatype {datatype!r}")
-        if datatype != spec.datatype:
-            raise InvalidRequest(f"input '{name}': datatype {datatype} does not match the model's {spec.datatype}")
+        spec = _input_spec(by_name, feeds, name, item.get("datatype"), where=f"inputs[{i}]: ")
         shape = _check_shape(spec, item.get("shape"))
         size = (item.get("parameters") or {}).get("binary_data_size")
         if size is not None:
@@ -105,12 +119,7 @@ def decode_request(body: bytes, specs: list[TensorSpec], json_length: int | None
             feeds[name] = _from_json_data(spec, shape, item["data"])
     if binary is not None and offset != len(binary):
         raise InvalidRequest(f"{len(binary) - offset} unused bytes after the binary inputs")
-    missing = [s.name for s in specs if s.name not in feeds]
-    if missing:
-        raise InvalidRequest(f"missing model inputs: {missing}")
-    batches = {a.shape[0] for a in feeds.values() if a.ndim}
-    if len(batches) > 1:
-        raise InvalidRequest(f"inputs disagree on the batch size: {sorted(batches)}")
+    _check_complete(specs, feeds)
     return feeds, req
 
 
@@ -150,26 +159,16 @@ def encode_response(model_name: str, names: list[str], outputs: list[np.ndarray]
 def decode_infer_request(request, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     """The same checks for a `kserve.InferRequest` (gRPC, and KServe's own REST decoding)."""
     by_name = {s.name: s for s in specs}
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for item in request.inputs:
-        spec = by_name.get(item.name)
-        if spec is None:
-            raise InvalidRequest(f"unknown input name {item.name!r}; model inputs: {sorted(by_name)}")
-        if item.datatype != spec.datatype:
-            raise InvalidRequest(f"input '{item.name}': datatype {item.datatype} does not match the "
-                                 f"model's {spec.datatype}")
+        spec = _input_spec(by_name, feeds, item.name, item.datatype)
         shape = _check_shape(spec, [int(d) for d in item.shape])
         try:
-            arr = np.asarray(item.as_numpy(), dtype=spec.dtype)
+            data = item.as_numpy()
         except Exception as exc:
             raise InvalidRequest(f"input '{item.name}': data is not a valid {spec.datatype} tensor: {exc}") from None
-        if arr.size != math.prod(shape):
-            raise InvalidRequest(f"input '{item.name}': shape {list(shape)} needs {math.prod(shape)} "
-                                 f"elements, data has {arr.size}")
-        feeds[item.name] = arr.reshape(shape)
-    missing = [s.name for s in specs if s.name not in feeds]
-    if missing:
-        raise InvalidRequest(f"missing model inputs: {missing}")
+        feeds[item.name] = _from_json_data(spec, shape, data)
+    _check_complete(specs, feeds)
     return feeds
 
 
