@@ -47,9 +47,12 @@ class OnnxModel(Model):
         self.session: ort.InferenceSession | None = None
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
-        self.output_names: list[str] = []
         self.not_ready_reason: str | None = None
         self._batcher: DynamicBatcher | None = None
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
 
     # --- lifecycle --------------------------------------------------------------------------
     def load(self) -> bool:
@@ -67,7 +70,6 @@ class OnnxModel(Model):
             return self._not_ready(f"cannot load the ONNX model from {self.model_dir}: {exc}")
         self.inputs = [TensorSpec.from_ort(i) for i in self.session.get_inputs()]
         self.outputs = [TensorSpec.from_ort(o) for o in self.session.get_outputs()]
-        self.output_names = [o.name for o in self.outputs]
         self._warm_up()
         batchable = all(s.shape and s.shape[0] == -1 for s in self.inputs + self.outputs)
         if self.batching and self.batching.max_batch_size > 1 and batchable:
