@@ -328,17 +328,20 @@ def test_grpc_rejects_a_malformed_request(mlp_server):
     assert mlp_server.alive()
 
 
-def test_metrics(mlp_server, mlp_ref):
+def test_metrics(mlp_server, mlp_ref, mlp_converted):
+    version = mlp_converted.version  # the `version` label tells canary and stable apart
     before = metric_value(mlp_server.metrics(), "modelops_predictor_requests_total",
-                          model="mlp", protocol="rest", code="200")
+                          model="mlp", version=version, protocol="rest", code="200")
     x = np.zeros((1, 16), np.float32)
     for _ in range(3):
         outputs_of(mlp_server.infer({"inputs": [v2_input(x)]}))
     text = mlp_server.metrics()
     assert "modelops_predictor_requests_total" in text
-    after = metric_value(text, "modelops_predictor_requests_total", model="mlp", protocol="rest", code="200")
+    after = metric_value(text, "modelops_predictor_requests_total", model="mlp", version=version,
+                         protocol="rest", code="200")
     assert after == before + 3
-    assert metric_value(text, "modelops_predictor_request_seconds_count", model="mlp", protocol="rest") >= 3
+    assert metric_value(text, "modelops_predictor_request_seconds_count", model="mlp", version=version,
+                        protocol="rest") >= 3
     assert "modelops_predictor_batch_rows" in text
 
 

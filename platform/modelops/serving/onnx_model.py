@@ -130,11 +130,11 @@ class OnnxModel(Model):
             else:
                 feeds = codec.decode_v1(payload, self.inputs)
         except InvalidRequest as exc:
-            metrics.REQUESTS.labels(self.name, protocol, "400").inc()
+            metrics.REQUESTS.labels(self.name, self.version or "", protocol, "400").inc()
             raise InvalidInput(str(exc)) from None
         outputs = await self.infer(feeds)
-        metrics.REQUESTS.labels(self.name, protocol, "200").inc()
-        metrics.LATENCY.labels(self.name, protocol).observe(time.perf_counter() - t0)
+        metrics.REQUESTS.labels(self.name, self.version or "", protocol, "200").inc()
+        metrics.LATENCY.labels(self.name, self.version or "", protocol).observe(time.perf_counter() - t0)
         if protocol == "v1":
             return {"predictions": outputs[0].tolist()}
         infer_outputs = []

@@ -132,8 +132,10 @@ class PredictorASGI:
 
     async def infer(self, name: str, scope, receive, send) -> None:
         t0 = time.perf_counter()
+        version = ""
         try:
             model = self._model(name)
+            version = model.version or ""
             json_length = None
             for key, value in scope["headers"]:
                 if key == codec.BINARY_HEADER.encode():
@@ -156,10 +158,10 @@ class PredictorASGI:
             payload, head_len = codec.encode_response(
                 name, names, outputs, header.get("id"), codec.wants_binary(header), model.version)
         except ModelOpsError as exc:
-            metrics.REQUESTS.labels(name, "rest", str(exc.http_status)).inc()
+            metrics.REQUESTS.labels(name, version, "rest", str(exc.http_status)).inc()
             return await _send_error(send, exc)
-        metrics.REQUESTS.labels(name, "rest", "200").inc()
-        metrics.LATENCY.labels(name, "rest").observe(time.perf_counter() - t0)
+        metrics.REQUESTS.labels(name, version, "rest", "200").inc()
+        metrics.LATENCY.labels(name, version, "rest").observe(time.perf_counter() - t0)
         if head_len is None:
             return await _send(send, 200, payload)
         await _send(send, 200, payload, [(b"content-type", b"application/octet-stream"),
