@@ -26,3 +26,25 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tracking_uri(mlflow_server) -> str:
     return mlflow_server.url
+
+
+@pytest.fixture(scope="session")
+def control_plane():
+    """The real Kubernetes control plane (../shared/k8s) with KServe's CRDs installed.
+
+    Started once per session (reused if already running from the same state dir: MODELOPS_K8S_DIR,
+    default .work/k8s; port MODELOPS_K8S_PORT, default 6443) and stopped at the end if started here.
+    """
+    from sharedenv import require_shared, start_control_plane, stop_control_plane
+
+    crds = require_shared("kserve-crds", "the real Kubernetes API server tier")
+    cp, started = start_control_plane()
+    try:
+        # Server-side apply: KServe's CRDs are too large for kubectl's last-applied annotation.
+        cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
+        cp.wait_established("inferenceservices.serving.kserve.io", "servingruntimes.serving.kserve.io",
+                            "clusterservingruntimes.serving.kserve.io")
+        yield cp
+    finally:
+        if started:
+            stop_control_plane(cp)
