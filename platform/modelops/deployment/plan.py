@@ -29,6 +29,7 @@ class Served:
     sha256: str
     options: str  # ConversionSpec.fingerprint
     cached: bool = False
+    storage_note: str = ""  # how storage_uri was derived, when that needs saying (not persisted)
 
     def to_status(self) -> dict:
         return {"version": self.version, "onnxUri": self.onnx_uri, "storageUri": self.storage_uri,
@@ -295,6 +296,8 @@ def _plan_deployed(inp: Inputs, old_stable: Served | None, target: Served) -> Pl
         extra += (Event("Normal", "Converted", converted[2]),)
     if old_stable is None or old_stable.version != target.version or old_stable.options != target.options:
         extra += (Event("Normal", "Deployed", f"InferenceService now serves {label} from {target.storage_uri}"),)
+        if target.storage_note:
+            extra += (Event("Normal", "ArtifactProxy", target.storage_note),)
     if svc.ready and svc.storage_uri == target.storage_uri:
         status["phase"] = "Ready"
         if svc.url:
