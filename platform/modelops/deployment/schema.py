@@ -341,6 +341,7 @@ _canary_status = {
         "startedAt": {"type": "string", "format": "date-time"},
         "lastStepAt": {"type": "string", "format": "date-time"},
         "lastAnalysisAt": {"type": "string", "format": "date-time"},
+        "nextAnalysisAt": {"type": "string", "format": "date-time"},
         "reason": {"type": "string", "description": "Why the rollout is where it is (CamelCase)."},
         "message": {"type": "string"},
         "analysis": {
