@@ -248,3 +248,31 @@ def test_cel_rules_evaluate_as_written():
         assert cel_errors(value, steps) == [], value
     for value in bad:
         assert cel_errors(value, steps), value
+
+
+def test_status_canary_schema_matches_the_engine_state(md_schema):
+    """Every field the rollout engine persists is in the CRD's status.canary (no pruning), and a
+    full state validates against it."""
+    from datetime import datetime, timezone
+
+    from modelops.rollout import Phase, RolloutState
+    from modelops.rollout.state import GateWait, Notification, RolledBack
+
+    from .schemas import schema_errors
+
+    assert [p.value for p in Phase] == schema.ROLLOUT_PHASES
+    t = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    state = RolloutState(
+        phase=Phase.AWAITING_PROMOTION, stable_version="1", version="2", weight=100, step=2, failed_checks=1,
+        inconclusive_checks=1, started_at=t, last_step_at=t, last_analysis_at=t, next_analysis_at=t,
+        reason="GateClosed", message="m",
+        analysis={"version": "2", "at": "2025-01-01T00:00:00Z", "outcome": "Passed", "message": "ok",
+                  "checks": [{"name": "successRate", "outcome": "Passed", "value": 1.0, "message": ""}]},
+        gate=GateWait("confirmPromotion", "2", t, False, "409"),
+        rolled_back=RolledBack("3", 2, t, "AnalysisFailed", "successRate"), hook_seq=4, delivered={"a": 3},
+        outbox=(Notification(4, "Promoted", "2", "1", 100, t, "Analysis", "m", None),))
+    raw = state.to_status()
+    canary = md_schema["properties"]["status"]["properties"]["canary"]
+    assert set(raw) <= set(canary["properties"]), set(raw) - set(canary["properties"])
+    assert set(raw["outbox"][0]) <= set(canary["properties"]["outbox"]["items"]["properties"])
+    assert schema_errors({"canary": raw}, md_schema["properties"]["status"]) == []
