@@ -267,3 +267,32 @@ def test_the_engine_driven_by_prometheus_in_real_time(prometheus, fleet, traffic
         elapsed = (log[-1][0] - log[0][0]).total_seconds()
         assert elapsed < policy.failure_limit * interval + 2, elapsed
         assert state.phase == Phase.ROLLED_BACK and state.stable_version == "1" and state.failed_checks == 2
+
+
+def test_runtime_failures_are_counted_500s_and_read_by_scrape_provider(tmp_path):
+    """No Prometheus needed: a tiny model of ours, its poisoned copy, two real predictors."""
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "relu",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 16])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 16])])
+    good = tmp_path / "good"
+    good.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(good / "model.onnx"))
+    bad = poisoned_copy(good / "model.onnx", tmp_path / "bad")
+    stable = Predictor(good, MODEL, tmp_path, "--model-version", "1", "--max-batch-size", "1")
+    canary = Predictor(bad, MODEL, tmp_path, "--model-version", "2", "--max-batch-size", "1")
+    try:
+        r = canary.infer({"inputs": [v2_input(features(0))]})
+        assert r.status_code == 500 and r.json()["reason"] == "InferenceFailed", r.text
+        assert canary.alive()  # the server stays up
+        provider = ScrapeProvider([f"{stable.url}/metrics", f"{canary.url}/metrics"])
+        provider.scrape()
+        assert send(stable, 40) == {200: 40} and send(canary, 40) == {200: 32, 500: 8}
+        provider.scrape()
+        spec = AnalysisSpec(success_rate_min=0.95, success_rate_max_drop=0.01, min_requests=20)
+        result = analyse(spec, provider, Target(MODEL, "2", "1", 60, 50), now())
+        assert result.outcome == Outcome.FAILED and result.deciding.name == "successRate"
+        assert {c.name: c.value for c in result.checks}["successRate"] == pytest.approx(0.8)
+        assert analyse(spec, provider, Target(MODEL, "1", None, 60, 50), now()).outcome == Outcome.PASSED
+    finally:
+        stable.stop()
+        canary.stop()
