@@ -107,6 +107,22 @@ def rollout_ticks(pol: RolloutPolicy, status: dict, times: list[float], obs=Obse
         yield status
 
 
+def test_targets_from_spec():
+    from modelops.deployment.spec import parse_spec
+    from modelops.rollout.hooks import gates_from_spec, webhooks_from_spec
+
+    spec = parse_spec({"model": {"name": "m", "version": "1"}, "hooks": {
+        "webhooks": [{"name": "a", "url": "http://x", "secretRef": {"name": "s", "key": "k"}},
+                     {"name": "b", "url": "http://y", "events": ["Failed"]}],
+        "gates": [{"name": "g", "url": "http://z", "type": "preRollout"}]}})
+    secrets = {("s", "k"): b"key"}
+    hooks = webhooks_from_spec(spec.hooks, lambda ref: secrets[(ref.name, ref.key)])
+    assert hooks == [Webhook("a", "http://x", frozenset({"Started", "StepAdvanced", "Promoted", "RolledBack",
+                                                         "Failed"}), b"key"),
+                     Webhook("b", "http://y", frozenset({"Failed"}), None)]
+    assert gates_from_spec(spec.hooks, lambda ref: None) == [Gate("g", "http://z", "preRollout", None)]
+
+
 def test_pure_parts():
     body = b'{"a":1}'
     assert verify(SECRET, body, sign(SECRET, body))

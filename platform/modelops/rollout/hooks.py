@@ -103,6 +103,16 @@ class Gate:
     secret: bytes | None = None
 
 
+def webhooks_from_spec(hooks, secret: Callable[[object], bytes | None]) -> list[Webhook]:
+    """`spec.hooks.webhooks` (a `HooksSpec`) as delivery targets; `secret(SecretRef)` reads a key."""
+    return [Webhook(w.name, w.url, frozenset(w.events), secret(w.secret_ref) if w.secret_ref else None)
+            for w in hooks.webhooks]
+
+
+def gates_from_spec(hooks, secret: Callable[[object], bytes | None]) -> list[Gate]:
+    return [Gate(g.name, g.url, g.type, secret(g.secret_ref) if g.secret_ref else None) for g in hooks.gates]
+
+
 # --- gates -----------------------------------------------------------------------------------
 async def call_gates(client: httpx.AsyncClient, gates: Iterable[Gate], gate_type: str, *, deployment: str,
                      model: str, version: str, stable_version: str | None, weight: int,
