@@ -107,6 +107,13 @@ class DeviceUnavailable(ServingError):
     http_status = 503
 
 
+class InferenceFailed(ServingError):
+    """onnxruntime failed while running a valid request (a model that breaks on some inputs)."""
+
+    reason = "InferenceFailed"
+    http_status = 500
+
+
 class ModelNotReady(ServingError):
     reason = "ModelNotReady"
     http_status = 503

@@ -12,7 +12,7 @@ import onnxruntime as ort
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 
-from ..errors import InvalidRequest, ModelOpsError
+from ..errors import InferenceFailed, InvalidRequest, ModelOpsError
 from ..tensors import TensorSpec
 from . import codec, metrics
 from .batching import BatchingConfig, DynamicBatcher
@@ -110,9 +110,15 @@ class OnnxModel(Model):
         return self.session.run(None, feeds)
 
     async def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if self._batcher is not None:
-            return await self._batcher.submit(feeds)
-        return self.run(feeds)
+        """Run the model; a runtime failure is `InferenceFailed` (a counted 500), never a bare crash."""
+        try:
+            if self._batcher is not None:
+                return await self._batcher.submit(feeds)
+            return self.run(feeds)
+        except ModelOpsError:
+            raise
+        except Exception as exc:
+            raise InferenceFailed(f"model '{self.name}' failed at run time: {exc}"[:2000]) from exc
 
     def get_input_types(self) -> list[dict]:
         return [s.to_json() for s in self.inputs]
@@ -132,7 +138,11 @@ class OnnxModel(Model):
         except InvalidRequest as exc:
             metrics.REQUESTS.labels(self.name, self.version or "", protocol, "400").inc()
             raise InvalidInput(str(exc)) from None
-        outputs = await self.infer(feeds)
+        try:
+            outputs = await self.infer(feeds)
+        except InferenceFailed:
+            metrics.REQUESTS.labels(self.name, self.version or "", protocol, "500").inc()
+            raise
         metrics.REQUESTS.labels(self.name, self.version or "", protocol, "200").inc()
         metrics.LATENCY.labels(self.name, self.version or "", protocol).observe(time.perf_counter() - t0)
         if protocol == "v1":
