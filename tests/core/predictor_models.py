@@ -85,3 +85,15 @@ def mixed_feeds(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {"x": rng.normal(size=(rows, 4)).astype(np.float32),
             "ids": rng.integers(-1000, 1000, size=(rows, 3)).astype(np.int64)}
+
+
+def gather_model(out_dir: Path) -> Path:
+    """`idx` INT64 [-1, 1] -> `out` = table[idx] (table of 10): an index out of range is a value
+    only the graph can refuse (onnxruntime's INVALID_ARGUMENT at run time)."""
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "idx"], ["out"], axis=0)], "gather",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor("table", TensorProto.FLOAT, [10], [float(i) for i in range(10)])],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), out_dir)

@@ -183,6 +183,9 @@ class PredictorASGI:
         t0 = time.perf_counter()
         label, read = "", False
         try:
+            # The body first (within the limit): whatever the answer, the connection stays usable.
+            body = await self._read_body(scope, receive)
+            read = True
             model = model_for(self.models, name, version)
             label = model.version or ""
             json_length = None
@@ -192,8 +195,6 @@ class PredictorASGI:
                         json_length = int(value)
                     except ValueError:
                         raise InvalidRequest(f"{codec.BINARY_HEADER} must be an integer") from None
-            body = await self._read_body(scope, receive)
-            read = True
             request = codec.decode_request(body, model.inputs, model.output_names, json_length)
             names, outputs = await model.answer(request)
             payload, head_len = codec.encode_response(
