@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +99,62 @@ def gather_model(out_dir: Path) -> Path:
         [helper.make_tensor("table", TensorProto.FLOAT, [10], [float(i) for i in range(10)])],
     )
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), out_dir)
+
+
+# --- a raw HTTP/1.1 connection: proves what happens to *this* connection ------------------------------
+class RawHTTP:
+    """One keep-alive connection, no retries and no reconnects: a dropped connection shows."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        self.buf = b""
+
+    def _read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            self.buf += chunk
+        head, self.buf = self.buf.split(marker, 1)
+        return head
+
+    def _read_exactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection mid-body")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def request(self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None):
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+        body = body or b""
+        lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}",
+                 "Content-Type: application/json", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        self.sock.sendall("\r\n".join(lines).encode() + b"\r\n\r\n" + body)
+        return self.response()
+
+    def peer_closed(self) -> bool:
+        self.sock.settimeout(2)
+        try:
+            return self.sock.recv(1) == b""
+        except (TimeoutError, socket.timeout):
+            return False
+        except ConnectionResetError:
+            return True
+
+    def response(self):
+        status_line, *header_lines = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+        hdrs = {}
+        for line in header_lines:
+            k, _, v = line.partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        return int(status_line.split()[1]), hdrs, self._read_exactly(int(hdrs.get("content-length", 0)))
+
+    def close(self):
+        self.sock.close()
+
+

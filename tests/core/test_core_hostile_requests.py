@@ -25,61 +25,10 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
 import predictor_models as pm
+from predictor_models import RawHTTP
 from test_core_serving import Predictor, metric_value
 
 VERSION = "7"
-
-
-# --- a raw HTTP/1.1 connection: proves what happens to *this* connection ------------------------------
-class RawHTTP:
-    def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-        self.buf = b""
-
-    def _read_until(self, marker: bytes) -> bytes:
-        while marker not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("server closed the connection")
-            self.buf += chunk
-        head, self.buf = self.buf.split(marker, 1)
-        return head
-
-    def _read_exactly(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("server closed the connection mid-body")
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def request(self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None):
-        if isinstance(body, dict):
-            body = json.dumps(body).encode()
-        body = body or b""
-        lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}",
-                 "Content-Type: application/json", *(f"{k}: {v}" for k, v in (headers or {}).items())]
-        self.sock.sendall("\r\n".join(lines).encode() + b"\r\n\r\n" + body)
-        status_line, *header_lines = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
-        hdrs = {}
-        for line in header_lines:
-            k, _, v = line.partition(":")
-            hdrs[k.strip().lower()] = v.strip()
-        payload = self._read_exactly(int(hdrs.get("content-length", 0)))
-        return int(status_line.split()[1]), hdrs, payload
-
-    def peer_closed(self) -> bool:
-        self.sock.settimeout(2)
-        try:
-            return self.sock.recv(1) == b""
-        except (TimeoutError, socket.timeout):
-            return False
-        except ConnectionResetError:
-            return True
-
-    def close(self):
-        self.sock.close()
 
 
 # --- servers ----------------------------------------------------------------------------------------------
@@ -222,7 +171,7 @@ def test_an_early_refusal_closes_the_connection_explicitly(mixed):
     conn = RawHTTP(mixed.http_port)
     try:
         conn.sock.sendall(b"POST /v2/models/mixed/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n")
-        status, headers, payload = _response(conn)
+        status, headers, payload = conn.response()
         assert status == 413 and "limit" in json.loads(payload)["error"]
         assert headers["connection"].lower() == "close" and conn.peer_closed()
     finally:
@@ -234,12 +183,6 @@ def test_an_early_refusal_closes_the_connection_explicitly(mixed):
         assert conn.request("POST", INFER, good())[0] == 200
     finally:
         conn.close()
-
-
-def _response(conn: RawHTTP):
-    status_line, *header_lines = conn._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
-    hdrs = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
-    return int(status_line.split()[1]), hdrs, conn._read_exactly(int(hdrs.get("content-length", 0)))
 
 
 # --- element policy: the same on REST and gRPC, for every datatype -------------------------------------
