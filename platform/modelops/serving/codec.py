@@ -72,7 +72,7 @@ def _input_spec(by_name: dict, feeds: dict, name, datatype, where: str) -> Tenso
     if not isinstance(datatype, str):
         raise InvalidRequest(f"input '{name}': datatype must be a string, got {_short(datatype)}")
     if datatype not in V2_TO_NUMPY:
-        raise InvalidRequest(f"input '{name}': unknown datatype {_short(datatype)}; "
+        raise InvalidRequest(f"input '{name}': unknown datatype {datatype[:32]!r}; "
                              f"V2 datatypes: {', '.join(V2_TO_NUMPY)}")
     if datatype != spec.datatype:
         raise InvalidRequest(f"input '{name}': datatype {datatype} does not match the model's {spec.datatype}")
