@@ -74,6 +74,14 @@ class InvalidOnnxModel(ConversionError):
     reason = "InvalidOnnxModel"
 
 
+class UntrustedArtifact(ConversionError):
+    """A model artifact that could run code or read outside its directory when loaded: a pickle
+    naming an untrusted global, a skops type not trusted at log time, ONNX external data or a
+    symlink that escapes the model directory. Refused before anything is deserialized."""
+
+    reason = "UntrustedArtifact"
+
+
 class ParityFailed(ConversionError):
     """The ONNX model does not reproduce the original model's outputs within tolerance."""
 

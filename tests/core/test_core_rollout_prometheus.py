@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
+from bad_model import poisoned_copy
 from onnx import TensorProto, helper
 
 from modelops.deployment.spec import AnalysisSpec, CheckSpec
@@ -35,35 +37,6 @@ MODEL = "fraud"  # the served name: the InferenceService's, shared by every vers
 POISON = 100.0
 ERRORS_500 = ('sum(increase(modelops_predictor_requests_total{model="$model",version="$version",code="500"}'
               '[$window])) or vector(0)')
-
-
-def poisoned_copy(model_file: Path, out_dir: Path) -> Path:
-    """The same model plus a guard that fails at run time when input[:, 0] > 50 (seeded, ours)."""
-    m = onnx.load(str(model_file))
-    g = m.graph
-    x = g.input[0].name
-    out = g.output[0].name
-    for node in g.node:  # the old output becomes an intermediate value
-        node.output[:] = [f"{out}__pre" if o == out else o for o in node.output]
-    consts = [
-        helper.make_tensor("guard_starts", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("guard_ends", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("guard_axes", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("guard_limit", TensorProto.FLOAT, [], [50.0]),
-        helper.make_tensor("guard_table", TensorProto.FLOAT, [1], [0.0]),  # only index 0 exists
-    ]
-    g.initializer.extend(consts)
-    g.node.extend([
-        helper.make_node("Slice", [x, "guard_starts", "guard_ends", "guard_axes"], ["guard_first"]),
-        helper.make_node("Greater", ["guard_first", "guard_limit"], ["guard_big"]),
-        helper.make_node("Cast", ["guard_big"], ["guard_idx"], to=TensorProto.INT64),
-        helper.make_node("Gather", ["guard_table", "guard_idx"], ["guard_zero"], axis=0),  # idx 1 -> error
-        helper.make_node("Add", [f"{out}__pre", "guard_zero"], [out]),
-    ])
-    onnx.checker.check_model(m)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    onnx.save(m, str(out_dir / "model.onnx"))
-    return out_dir
 
 
 @pytest.fixture(scope="module")
