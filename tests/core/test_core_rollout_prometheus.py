@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from bad_model import poisoned_copy
+
+
 from onnx import TensorProto, helper
 
 from modelops.deployment.spec import AnalysisSpec, CheckSpec
