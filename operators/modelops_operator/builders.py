@@ -110,7 +110,8 @@ def build_inference_service(md: dict, spec: DeploymentSpec, served: Served, *,
             isvc_spec["canary"] = [{"trafficPercent": weight, "predictor": _placement(spec, {
                 "name": predictor_name(canary.version),
                 "minReplicas": min(p.min_replicas, 1),
-                "model": _predictor_model(spec, canary, runtime)})}]
+                # KServe's canary list types `model` as a container: it needs a name
+                "model": {"name": "kserve-container", **_predictor_model(spec, canary, runtime)}})}]
     if knative:
         annotations[ANNOTATION_DEPLOYMENT_MODE] = "Knative"
     return {

@@ -164,3 +164,40 @@ def test_storage_location_uses_the_mlflow_artifact_proxy_without_a_rewrite():
         storage_location("file:///mlruns/1/x", (), "http://m")
     with pytest.raises(ValueError):
         parse_rewrites(["nonsense"])
+
+
+CANARY = Served(version="4", onnx_uri="s3://mlflow/1/def/artifacts/modelops/onnx",
+                storage_uri="s3://mlflow/1/def/artifacts/modelops/onnx", sha256="e" * 64, options="x")
+
+
+def test_standard_mode_canary(isvc_schema):
+    isvc = builders.build_inference_service(MD, GPU_SPEC, SERVED, canary=CANARY, weight=10)
+    assert schema_errors(isvc, isvc_schema) == []
+    pred, (canary,) = isvc["spec"]["predictor"], isvc["spec"]["canary"]
+    assert pred["name"] == "v3" and canary["predictor"]["name"] == "v4" and canary["trafficPercent"] == 10
+    assert canary["predictor"]["model"]["storageUri"] == CANARY.storage_uri
+    # KServe's rules: the canary's floor is not above the stable's, no autoscaling fields; one GPU
+    # replica floor, not a copy of the stable fleet
+    assert canary["predictor"]["minReplicas"] <= pred["minReplicas"] and "maxReplicas" not in canary["predictor"]
+    assert canary["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    envs = {e["name"]: e["value"] for e in canary["predictor"]["model"]["env"]}
+    assert envs["MODELOPS_MODEL_VERSION"] == "4"
+    # the canary ends (promotion or rollback): the patch removes every canary field
+    plain = builders.build_inference_service(MD, GPU_SPEC, CANARY)
+    body = {k: plain[k] for k in ("metadata", "spec")}
+    patch = diffing.deep_merge(diffing.merge_patch(isvc, body, diffing.IS_OWNED_MAPS) or {},
+                               diffing.drop_owned_absent(body, isvc, diffing.IS_OWNED_MAPS))
+    assert patch["spec"]["canary"] is None and patch["spec"]["predictor"]["name"] is None
+    assert patch["metadata"]["annotations"]["modelops.dev/canary-model"] is None
+
+
+def test_knative_mode_canary(isvc_schema):
+    spec = parse_spec({"model": {"name": "churn", "version": "4"}, "predictor": {"deploymentMode": "Knative"}})
+    isvc = builders.build_inference_service(MD, spec, SERVED, canary=CANARY, weight=50)
+    assert schema_errors(isvc, isvc_schema) == []
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+    pred = isvc["spec"]["predictor"]
+    assert pred["canaryTrafficPercent"] == 50 and pred["model"]["storageUri"] == CANARY.storage_uri
+    assert "canary" not in isvc["spec"]
+    done = builders.build_inference_service(MD, spec, CANARY)
+    assert "canaryTrafficPercent" not in done["spec"]["predictor"]
