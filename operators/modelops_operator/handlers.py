@@ -22,6 +22,7 @@ import kopf
 
 from modelops.deployment import GROUP, PLURAL, VERSION
 from modelops.deployment.plan import ACTIVE_ROLLOUT_PHASES
+from modelops.rollout.hooks import WebhookDispatcher
 
 from . import builders
 from .config import OperatorConfig
@@ -48,6 +49,19 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: OperatorConfig) -> None:
     locks: dict[tuple[str, str], asyncio.Lock] = {}
 
+    async def delivered(deployment: str, webhook: str, seq: int) -> None:
+        namespace, name = deployment.split("/", 1)
+        async with locks.setdefault((namespace, name), asyncio.Lock()):
+            await asyncio.to_thread(reconciler.acknowledge, namespace, name, webhook, seq)
+
+    dispatcher: list[WebhookDispatcher] = []  # made in the operator's event loop, on first use
+
+    def dispatch(owed) -> None:
+        if not dispatcher:
+            dispatcher.append(WebhookDispatcher(on_delivered=delivered, base_delay=config.backoff_base / 5,
+                                                max_delay=config.backoff_max))
+        dispatcher[0].submit(owed.deployment, owed.model, owed.webhooks, owed.pending, owed.delivered)
+
     async def run_pass(namespace: str, name: str, *, resolve: bool, retry: int = 0,
                        strict: bool = False) -> None:
         lock = locks.setdefault((namespace, name), asyncio.Lock())
@@ -64,6 +78,8 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: Op
                 kopf.event(result.body, type=ev.type, reason=ev.reason, message=ev.message)
         if result.wrote:
             log.info("%s/%s: wrote %s", namespace, name, ", ".join(result.wrote))
+        if result.deliveries is not None:  # never blocks: one ordered worker per webhook
+            dispatch(result.deliveries)
         if result.retry is not None:
             delay = config.backoff(retry)
             if strict:

@@ -30,6 +30,7 @@ class Result:
     retry: Failure | None = None  # retryable: back off and try again
     stalled: Failure | None = None  # permanent: do not retry this generation
     wrote: tuple[str, ...] = ()  # what was written (for logs and tests)
+    deliveries: object = None  # rollout.Deliveries: webhook notifications still owed
 
 
 def now_rfc3339() -> str:
@@ -151,7 +152,9 @@ class Reconciler:
         """`strategy: canary`: one step of the rollout engine, the InferenceService it implies, and
         the status saying so. Every piece of rollout state is in `status.canary`."""
         status = inputs.status
-        step = rollout.step_deployment(md, spec, status, target, self.config, now=inputs.now)
+        ns = md["metadata"]["namespace"]
+        step = rollout.step_deployment(md, spec, status, target, self.config, now=inputs.now,
+                                       secret_reader=rollout.secret_reader(self.kube, ns))
         observation, changed = self.apply_service(md, spec, step.stable, step.canary, step.weight)
         p = plan_rollout(replace(inputs, service=observation), step.stable, step.canary, step.state,
                          step.notifications, promoted=step.promoted)
@@ -178,9 +181,28 @@ class Reconciler:
     def _finish(self, md: dict, p: Plan, wrote: tuple[str, ...], stalled: Failure | None) -> Result:
         old = md.get("status") or {}
         patch = diffing.status_patch(old, p.status)
+        meta = md["metadata"]
         if patch:
-            meta = md["metadata"]
             self.kube.merge_patch(MODELDEPLOYMENTS.path(meta["namespace"], meta["name"], "status"),
                                   {"status": patch})
             wrote = wrote + ("status",)
-        return Result(body=md, events=p.events, retry=p.retry, stalled=stalled, wrote=wrote)
+        owed = None
+        try:
+            spec = parse_spec(md.get("spec"))
+            owed = rollout.deliveries(md, spec, p.status.get("canary"), rollout.secret_reader(self.kube, meta["namespace"]))
+        except Exception as exc:  # an invalid spec, or a signing Secret we cannot read: say so, go on
+            log.warning("%s/%s: webhooks not delivered: %s", meta["namespace"], meta["name"], exc)
+        return Result(body=md, events=p.events, retry=p.retry, stalled=stalled, wrote=wrote, deliveries=owed)
+
+    def acknowledge(self, namespace: str, name: str, webhook: str, seq: int) -> bool:
+        """Record a webhook delivery in status.canary (so a restart resumes after it)."""
+        md = self.kube.get(MODELDEPLOYMENTS.path(namespace, name))
+        if md is None:
+            return False
+        status = md.get("status") or {}
+        new = rollout.acknowledged(parse_spec(md.get("spec")), status.get("canary"), webhook, seq)
+        if new is None:
+            return False
+        patch = diffing.status_patch(status.get("canary") or {}, new)
+        self.kube.merge_patch(MODELDEPLOYMENTS.path(namespace, name, "status"), {"status": {"canary": patch}})
+        return True

@@ -107,6 +107,65 @@ def step_deployment(md: dict, spec: DeploymentSpec, status: dict, target: Served
     )
 
 
+def secret_reader(kube, namespace: str):
+    """Reads `SecretRef(name, key)` from `namespace` (webhook and gate signing keys). Needs `get`
+    on that Secret for the operator's ServiceAccount: grant it per Secret (a Role with
+    resourceNames), the shipped RBAC reads no Secrets."""
+    import base64
+
+    from .kube import Resource
+
+    secrets = Resource("", "v1", "secrets")
+
+    def read(ref) -> bytes:
+        obj = kube.get(secrets.path(namespace, ref.name))
+        if obj is None:
+            raise LookupError(f"Secret {namespace}/{ref.name} not found")
+        value = (obj.get("data") or {}).get(ref.key)
+        if value is None:
+            raise LookupError(f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
+        return base64.b64decode(value)
+
+    return read
+
+
+@dataclass(frozen=True)
+class Deliveries:
+    """What the webhook dispatcher should hold for one ModelDeployment after a pass."""
+
+    deployment: str  # namespace/name
+    model: str
+    webhooks: tuple
+    pending: tuple  # (webhook name, Notification)
+    delivered: dict
+
+
+def deliveries(md: dict, spec: DeploymentSpec, canary_status: dict | None, read_secret) -> Deliveries | None:
+    """The notifications still owed to `spec.hooks.webhooks` (from the persisted outbox)."""
+    from modelops.rollout.engine import pending
+    from modelops.rollout.hooks import webhooks_from_spec
+
+    if not spec.hooks.webhooks or not canary_status:
+        return None
+    state = RolloutState.from_status(canary_status)
+    owed = pending(state, RolloutPolicy.from_spec(spec))
+    if not owed:
+        return None
+    meta = md["metadata"]
+    hooks = webhooks_from_spec(spec.hooks, read_secret)  # raises when a signing Secret is unreadable
+    return Deliveries(f"{meta['namespace']}/{meta['name']}", spec.model.name, tuple(hooks), tuple(owed),
+                      dict(state.delivered))
+
+
+def acknowledged(spec: DeploymentSpec, canary_status: dict | None, webhook: str, seq: int) -> dict | None:
+    """The new status.canary once `webhook` got every notification up to `seq`; None: unchanged."""
+    from modelops.rollout.engine import acknowledge
+
+    state = RolloutState.from_status(canary_status)
+    new = acknowledge(state, webhook, seq, RolloutPolicy.from_spec(spec))
+    return None if new == state else new.to_status()
+
+
 def _no_secrets(ref) -> bytes:
     raise PermissionError(f"Secret {getattr(ref, 'name', ref)!r} given but the operator reads no Secrets here")
 
