@@ -27,9 +27,11 @@ def targets() -> dict[Path, str]:
     crd_text = HEADER.format(source="modelops.deployment.schema") + yaml.safe_dump(crd(), sort_keys=False, width=100)
     runtime_text = HEADER.format(source="modelops_operator.builders") + yaml.safe_dump(
         build_cluster_serving_runtime(), sort_keys=False, width=100)
+    # The chart renders its copy through templates/crds.yaml (gated by `crds.install`, kept on
+    # uninstall, updated by `helm upgrade`), not from a `crds/` folder that Helm never upgrades.
     return {
         ROOT / "manifests/crds/modeldeployments.modelops.dev.yaml": crd_text,
-        ROOT / "helm/modelops/crds/modeldeployments.modelops.dev.yaml": crd_text,
+        ROOT / "helm/modelops/files/crds/modeldeployments.modelops.dev.yaml": crd_text,
         ROOT / "manifests/runtime/clusterservingruntime.yaml": runtime_text,
     }
 
