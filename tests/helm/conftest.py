@@ -101,3 +101,24 @@ class Cluster:
 @pytest.fixture(scope="session")
 def cluster(control_plane) -> Cluster:
     return Cluster(control_plane, uuid.uuid4().hex[:5])
+
+
+@pytest.fixture(scope="session")
+def published_model(tracking_uri, tmp_path_factory) -> dict:
+    """A registered torch MLP: v1 converted and published (fp32 defaults), v2 not converted;
+    alias `champion` on v1. What an operator in job mode reuses without running a Job."""
+    from mlflow.tracking import MlflowClient
+
+    from modelops.conversion import ConversionOptions, convert_and_publish
+    from modelops.demo.models import register_torch_mlp
+    from modelops.registry import Registry
+
+    name = f"helm-mlp-{uuid.uuid4().hex[:6]}"
+    v1 = register_torch_mlp(tracking_uri, name, seed=0)
+    v2 = register_torch_mlp(tracking_uri, name, seed=1)
+    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(name, "champion", v1)
+    registry = Registry(tracking_uri)
+    result = convert_and_publish(registry, registry.resolve_version(name, version=v1), ConversionOptions(),
+                                 work_dir=tmp_path_factory.mktemp("convert"))
+    return {"name": name, "v1": v1, "v2": v2, "onnx_uri": result.onnx_uri, "sha256": result.sha256,
+            "tracking_uri": tracking_uri}
