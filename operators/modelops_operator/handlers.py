@@ -75,7 +75,9 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: Op
     def login(**kwargs):
         if config.api_url:
             return kopf.ConnectionInfo(server=config.api_url, insecure=True)
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        # The official client's loaders (client certificates, exec plugins, in-cluster tokens),
+        # the same configuration as the operator's own calls; Kopf logs in again on a 401.
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)

@@ -1,19 +1,30 @@
-"""A small Kubernetes REST adapter: get/create/merge-patch/delete of JSON objects.
+"""The operator's Kubernetes calls: get/list/create/merge-patch/delete of JSON objects as dicts.
 
-Plain HTTP (httpx) rather than the generated client: the operator handles every object as a dict
-(KServe resources have no generated models), needs explicit merge patches, and must work the
-same against a real API server and the kmock emulator in tests.
+Everything on the wire is the official `kubernetes` client's: its kubeconfig and in-cluster
+loaders (client certificates as files or `-data`, bearer tokens, `exec` credential plugins whose
+tokens it refreshes when they expire, rotating service-account tokens, contexts, proxies, TLS
+server names) and its HTTP layer. This module only keeps the operator's dict-in/dict-out shape
+(KServe's resources have no generated models) and maps failures to `ApiError`.
+
+Writes to objects that others also write (an InferenceService: KServe's controller, users) carry
+the `resourceVersion` they were computed from, so a concurrent change answers 409 Conflict
+instead of being silently overwritten; `apply_merge` re-reads and retries.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+log = logging.getLogger("modelops.operator")
+
+MERGE_PATCH = "application/merge-patch+json"
 
 
 class ApiError(Exception):
@@ -51,82 +62,111 @@ JOBS = Resource("batch", "v1", "jobs")
 PODS = Resource("", "v1", "pods")
 
 
+def load_configuration(api_url: str | None = None) -> client.Configuration:
+    """The client configuration: an explicit URL without auth (`kubectl proxy`, the test
+    emulator), else in-cluster (service-account token re-read as it rotates), else the current
+    kubeconfig context ($KUBECONFIG or ~/.kube/config): the same order as Kopf's own login."""
+    cfg = client.Configuration()
+    if api_url:
+        cfg.host = api_url.rstrip("/")
+    else:
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=cfg)
+    # Reconcile passes run in up to 16 worker threads; keep a connection for each.
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, 32)
+    return cfg
+
+
 class Kube:
-    def __init__(self, base_url: str, *, token_file: str | None = None, token: str | None = None,
-                 verify: bool | str = True, cert: tuple[str, str] | None = None, timeout: float = 30):
-        self._token_file = token_file
-        self._token = token
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), verify=verify, cert=cert, timeout=timeout)
+    def __init__(self, configuration: client.Configuration, *, timeout: float = 30):
+        self.api = client.ApiClient(configuration)
+        self.timeout = timeout
 
     @classmethod
     def from_environment(cls, api_url: str | None = None) -> Kube:
-        """Explicit URL (tests, `kubectl proxy`), else in-cluster, else the current kubeconfig."""
-        if api_url:
-            return cls(api_url)
-        if os.environ.get("KUBERNETES_SERVICE_HOST") and (SA_DIR / "token").exists():
-            host = os.environ["KUBERNETES_SERVICE_HOST"]
-            port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-            host = f"[{host}]" if ":" in host else host
-            return cls(f"https://{host}:{port}", token_file=str(SA_DIR / "token"),
-                       verify=str(SA_DIR / "ca.crt"))
-        from kubernetes import client, config  # only to read kubeconfig files
-
-        cfg = client.Configuration()
-        config.load_kube_config(client_configuration=cfg)
-        auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
-        token = auth.split(" ", 1)[-1] if auth else None
-        verify: bool | str = cfg.ssl_ca_cert or True if cfg.verify_ssl else False
-        cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file and cfg.key_file else None
-        return cls(cfg.host, token=token, verify=verify, cert=cert)
+        return cls(load_configuration(api_url))
 
     def close(self) -> None:
-        self._http.close()
+        self.api.close()
 
-    def _headers(self, content_type: str | None = None) -> dict:
+    def _request(self, method: str, path: str, *, body=None, params: dict | None = None,
+                 content_type: str = "application/json") -> tuple[int, dict | None]:
+        """(status, decoded body); 404 is returned, every other error status raises ApiError."""
         headers = {"Accept": "application/json"}
-        token = self._token
-        if self._token_file:  # bound service-account tokens rotate: re-read every time
-            token = Path(self._token_file).read_text().strip()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        if content_type:
+        if body is not None:
             headers["Content-Type"] = content_type
-        return headers
-
-    def _request(self, method: str, path: str, *, json=None, params=None,
-                 content_type: str | None = None) -> httpx.Response:
         try:
-            r = self._http.request(method, path, json=json, params=params,
-                                   headers=self._headers(content_type))
-        except httpx.HTTPError as exc:
+            # param_serialize adds the credentials (and runs the client's token refresh hook).
+            request = self.api.param_serialize(method, path, query_params=list((params or {}).items()),
+                                               header_params=headers, body=body,
+                                               auth_settings=["BearerToken"])
+            response = self.api.call_api(*request, _request_timeout=self.timeout)
+            data = response.read()
+        except ApiException as exc:  # raised by the client for some transport-level failures
+            status, data = exc.status or 0, (exc.body or str(exc.reason or exc).encode())
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ApiError(0, f"{method} {path}: {exc}") from exc
-        if r.status_code >= 400 and r.status_code != 404:
-            try:
-                message = r.json().get("message", r.text)
-            except ValueError:
-                message = r.text
-            raise ApiError(r.status_code, f"{method} {path}: {message}")
-        return r
+        else:
+            status = response.status
+        if isinstance(data, str):
+            data = data.encode()
+        try:
+            decoded = json.loads(data) if data else None
+        except ValueError:
+            decoded = None
+        if status >= 400 and status != 404:
+            message = decoded.get("message") if isinstance(decoded, dict) else None
+            raise ApiError(status, f"{method} {path}: {message or data[:500].decode(errors='replace')}")
+        return status, decoded
 
     def get(self, path: str) -> dict | None:
-        r = self._request("GET", path)
-        return None if r.status_code == 404 else r.json()
+        status, body = self._request("GET", path)
+        return None if status == 404 else body
 
     def list(self, path: str, label_selector: str | None = None) -> list[dict]:
         params = {"labelSelector": label_selector} if label_selector else None
-        r = self._request("GET", path, params=params)
-        return [] if r.status_code == 404 else r.json().get("items", [])
+        status, body = self._request("GET", path, params=params)
+        return [] if status == 404 else (body or {}).get("items", [])
 
     def create(self, path: str, body: dict) -> dict:
-        r = self._request("POST", path, json=body)
-        if r.status_code == 404:
+        status, created = self._request("POST", path, body=body)
+        if status == 404:
             raise ApiError(404, f"POST {path}: resource type not found (is its CRD installed?)")
-        return r.json()
+        return created
 
-    def merge_patch(self, path: str, body: dict) -> dict | None:
-        r = self._request("PATCH", path, json=body, content_type="application/merge-patch+json")
-        return None if r.status_code == 404 else r.json()
+    def merge_patch(self, path: str, body: dict, resource_version: str | None = None) -> dict | None:
+        """JSON merge patch; with `resource_version` the server refuses (409) a changed object."""
+        if resource_version is not None:
+            meta = dict(body.get("metadata") or {}, resourceVersion=resource_version)
+            body = {**body, "metadata": meta}
+        status, patched = self._request("PATCH", path, body=body, content_type=MERGE_PATCH)
+        return None if status == 404 else patched
 
     def delete(self, path: str) -> bool:
-        r = self._request("DELETE", path, json={"propagationPolicy": "Background"})
-        return r.status_code != 404
+        status, _ = self._request("DELETE", path, body={"propagationPolicy": "Background"})
+        return status != 404
+
+    def apply_merge(self, path: str, create_path: str, desired: dict,
+                    diff: Callable[[dict], dict | None], attempts: int = 5) -> tuple[dict, bool]:
+        """Make the object at `path` match: create it, or merge-patch what `diff(observed)` says,
+        under the observed `resourceVersion`; on 409 re-read and recompute. (object, wrote?)."""
+        for attempt in range(attempts):
+            observed = self.get(path)
+            try:
+                if observed is None:
+                    return self.create(create_path, desired), True
+                patch = diff(observed)
+                if not patch:
+                    return observed, False
+                version = observed["metadata"].get("resourceVersion")
+                patched = self.merge_patch(path, patch, resource_version=version)
+                if patched is None:  # deleted in between: create it on the next attempt
+                    continue
+                return patched, True
+            except ApiError as exc:
+                if exc.status != 409 or attempt == attempts - 1:
+                    raise
+                log.info("%s changed concurrently (%s); re-reading", path, exc)
+        raise ApiError(409, f"{path}: still conflicting after {attempts} attempts")

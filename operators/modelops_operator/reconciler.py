@@ -72,20 +72,19 @@ class Reconciler:
         return self._registries[uri]
 
     def apply_service(self, md: dict, spec: DeploymentSpec, served) -> tuple[ServiceObservation, bool]:
-        """Make the InferenceService match; write only when something differs."""
+        """Make the InferenceService match; write only what differs, under its resourceVersion
+        (KServe's controller writes the same object: a conflict is re-read and retried)."""
         desired = builders.build_inference_service(md, spec, served, runtime=self.config.runtime)
         ns, name = md["metadata"]["namespace"], md["metadata"]["name"]
-        observed = self.kube.get(INFERENCESERVICES.path(ns, name))
-        if observed is None:
-            observed = self.kube.create(INFERENCESERVICES.path(ns), desired)
-            return service_observation(observed, changed=True), True
         body = {k: desired[k] for k in ("metadata", "spec")}
-        patch = diffing.merge_patch(observed, body, diffing.IS_OWNED_MAPS) or {}
-        patch = diffing.deep_merge(patch, diffing.drop_owned_absent(body, observed, diffing.IS_OWNED_MAPS))
-        if not patch:
-            return service_observation(observed, changed=False), False
-        observed = self.kube.merge_patch(INFERENCESERVICES.path(ns, name), patch) or observed
-        return service_observation(observed, changed=True), True
+
+        def diff(observed: dict) -> dict | None:
+            patch = diffing.merge_patch(observed, body, diffing.IS_OWNED_MAPS) or {}
+            return diffing.deep_merge(patch, diffing.drop_owned_absent(body, observed, diffing.IS_OWNED_MAPS))
+
+        observed, changed = self.kube.apply_merge(INFERENCESERVICES.path(ns, name), INFERENCESERVICES.path(ns),
+                                                  desired, diff)
+        return service_observation(observed, changed=changed), changed
 
     # --- the pass ---------------------------------------------------------------------------
     def reconcile(self, namespace: str, name: str, *, resolve: bool) -> Result:
