@@ -107,9 +107,10 @@ def test_namespaced_install_pods_are_admitted(cluster, namespaced_release):
         sa = cluster.get("serviceaccount", "modelops-converter", "-n", ns)
         assert sa["automountServiceAccountToken"] is False
     assert cluster.get("clusterrole", name) is None
-    assert cluster.get("clusterrole", f"{name}-crds")["rules"] == [
+    assert cluster.get("clusterrole", f"{name}-discovery")["rules"] == [
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
-         "verbs": ["get", "list", "watch"]}]
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]
 
 
 def test_gpu_install_and_a_gpu_predictor_pod_are_admitted(cluster, default_release):
@@ -210,8 +211,9 @@ def test_least_privilege_namespaced(cluster, namespaced_release):
     assert not can("list", "modeldeployments.modelops.dev", None)
     for ns in (None, *watched, r.namespace, other):
         assert not can("get", "secrets", ns) and not can("list", "secrets", ns)
-    assert not can("list", "namespaces", None)
-    assert not can("create", "pods", watched[0])
+    assert can("list", "namespaces", None)  # Kopf's discovery: names only
+    assert not can("delete", "namespaces", None) and not can("update", "namespaces", None)
+    assert not can("create", "pods", watched[0]) and not can("get", "configmaps", watched[0])
 
 
 def test_upgrade_updates_the_crd(cluster, default_release, tmp_path):

@@ -209,9 +209,10 @@ def test_namespaced_rbac_is_least_privilege():
     objs = render(example_values("namespaced"))
     namespaces = example_values("namespaced")["operator"]["namespaces"]
     cluster_rules = [r for o in of_kind(objs, "ClusterRole") for r in o["rules"]]
-    # Cluster-wide: only reading CRDs (cluster-scoped by nature; Kopf's discovery).
+    # Cluster-wide: only reading CRDs and listing Namespaces (cluster-scoped kinds; Kopf's discovery).
     assert granted(cluster_rules) == {("apiextensions.k8s.io", "customresourcedefinitions", v)
-                                      for v in ("get", "list", "watch")}
+                                      for v in ("get", "list", "watch")} | {("", "namespaces", v)
+                                                                            for v in ("list", "watch")}
     roles = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in of_kind(objs, "Role")}
     bindings = of_kind(objs, "RoleBinding")
     for ns in namespaces:
