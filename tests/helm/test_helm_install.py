@@ -253,3 +253,30 @@ def test_uninstall_keeps_crds_and_modeldeployments(cluster, default_release):
     assert cluster.get("modeldeployment", "kept", "-n", ns)["spec"]["model"]["name"] == "kept"
     assert cluster.get("deployment", f"{default_release.name}-operator", "-n", default_release.namespace) is None
     assert cluster.get("clusterrole", f"{default_release.name}-operator") is None
+
+
+def test_kubectl_install_and_the_namespaced_overlay(cluster):
+    """`kubectl apply --server-side -f manifests/install.yaml`, then `-k manifests/overlays/namespaced`.
+    (Last: it takes over the CRD's fields from Helm; --force-conflicts for that.)"""
+    from .conftest import REPO_ROOT
+
+    apply = ("apply", "--server-side", "--force-conflicts")
+    cluster.kubectl(*apply, "-f", str(REPO_ROOT / "manifests/install.yaml"))
+    ns = "modelops-system"
+    assert cluster.get("namespace", ns)["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert_refused_in(cluster, ns)
+    release = Release(cluster, "modelops", ns, {})
+    wait_operator_pods(cluster, release, 1)
+    overlay = yaml.safe_load((REPO_ROOT / "helm/examples/values-namespaced.yaml").read_text())
+    for watched in overlay["operator"]["namespaces"]:
+        cluster.restricted_namespace(watched)
+    cluster.kubectl(*apply, "-k", str(REPO_ROOT / "manifests/overlays/namespaced"))
+    for watched in overlay["operator"]["namespaces"]:
+        assert cluster.get("role", "modelops-operator", "-n", watched) is not None
+    dep = cluster.get("deployment", "modelops-operator", "-n", ns)
+    assert "--namespace" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    cluster.wait_for(
+        lambda: len(cluster.items("replicasets", "-n", ns, "-l", "app.kubernetes.io/instance=modelops")) == 2,
+        what="the overlay's new ReplicaSet")
+    refused = [e for e in cluster.items("events", "-n", ns) if e["reason"] == "FailedCreate"]
+    assert not refused, refused[0]["message"]
