@@ -5,7 +5,7 @@
     python scripts/gen_crd.py --check  # exit 1 if a file differs from its source
 
 Source: `modelops.deployment.schema.crd()`, whatever it holds. The chart renders its copy through
-a template; `scripts/render_manifests.py` renders the rest of `manifests/` from the chart.
+a template; then `scripts/render_manifests.py` runs too (the rest of `manifests/`, from the chart).
 """
 
 from __future__ import annotations
@@ -47,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text)
     for path in stale:
         print(f"{'stale' if args.check else 'wrote'}: {path.relative_to(ROOT)}")
-    return 1 if (args.check and stale) else 0
+    # manifests/install.yaml and the kustomize base carry the CRD too: render them from the chart.
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import render_manifests
+
+    rendered = render_manifests.main(["--check"] if args.check else [])
+    return 1 if (args.check and (stale or rendered)) else 0
 
 
 if __name__ == "__main__":

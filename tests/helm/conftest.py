@@ -51,12 +51,24 @@ class Cluster:
 
     def adopt(self, kind: str, name: str, release: str, namespace: str) -> None:
         """Hand a cluster-scoped object created outside Helm (another test tier applied the CRD
-        with kubectl) to `release`, Helm's documented adoption, so installing it does not conflict."""
+        with kubectl) to `release`: Helm's documented adoption (its annotations and label), and no
+        other server-side-apply field manager left to conflict with Helm's apply."""
         if self.get(kind, name) is None:
             return
         self.kubectl("annotate", "--overwrite", kind, name, f"meta.helm.sh/release-name={release}",
                      f"meta.helm.sh/release-namespace={namespace}")
         self.kubectl("label", "--overwrite", kind, name, "app.kubernetes.io/managed-by=Helm")
+        # kubectl's server-side apply owns the fields it applied: Helm's apply of other values
+        # (a new schema, another release's labels) would conflict. Leave them unowned.
+        obj = json.loads(self.kubectl("get", kind, name, "-o", "json", "--show-managed-fields").stdout)
+        fields = obj["metadata"].get("managedFields") or []
+        kept = [m for m in fields if not m["manager"].startswith("kubectl") and m["manager"] != "before-first-apply"]
+        if len(kept) != len(fields):
+            kept = kept or [{"manager": "adopted-by-helm", "operation": "Update", "apiVersion": obj["apiVersion"],
+                             "fieldsType": "FieldsV1",
+                             "fieldsV1": {"f:metadata": {"f:annotations": {"f:meta.helm.sh/release-name": {}}}}}]
+            self.kubectl("patch", kind, name, "--type=json", "-p", json.dumps(
+                [{"op": "replace", "path": "/metadata/managedFields", "value": kept}]))
 
     def token_kubeconfig(self, namespace: str, service_account: str, path: Path) -> Path:
         """A kubeconfig authenticating as the ServiceAccount (`kubectl create token`)."""

@@ -41,8 +41,8 @@ def wait_operator_pods(cluster, release: Release, replicas: int) -> list[dict]:
     selector = f"app.kubernetes.io/instance={release.name},app.kubernetes.io/component=operator"
 
     def pods():
-        (rs,) = cluster.items("replicasets", "-n", release.namespace, "-l", selector) or [None]
-        if rs is not None:
+        sets = cluster.items("replicasets", "-n", release.namespace, "-l", selector)
+        for rs in sets:
             refused = [e for e in cluster.events(release.namespace, rs["metadata"]["name"])
                        if e["reason"] == "FailedCreate"]
             assert not refused, refused[0]["message"]
@@ -227,6 +227,7 @@ def test_upgrade_updates_the_crd(cluster, default_release, tmp_path):
     spec_schema["properties"]["upgradeProbe"] = {"type": "string", "description": "added by an upgrade"}
     crd_file.write_text(yaml.safe_dump(crd, sort_keys=False))
     cfg = cluster.helm(default_release.namespace)
+    cluster.adopt("crd", CRD_NAME, default_release.name, default_release.namespace)  # if kubectl applied it since
     try:
         rel = cfg.upgrade(helm.Chart.load(str(chart_dir)), default_release.name, default_release.values,
                           namespace=default_release.namespace, timeout=120)
@@ -261,8 +262,9 @@ def test_kubectl_install_and_the_namespaced_overlay(cluster):
     from .conftest import REPO_ROOT
 
     apply = ("apply", "--server-side", "--force-conflicts")
-    cluster.kubectl(*apply, "-f", str(REPO_ROOT / "manifests/install.yaml"))
     ns = "modelops-system"
+    cluster.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=true", "--timeout=90s")
+    cluster.kubectl(*apply, "-f", str(REPO_ROOT / "manifests/install.yaml"))
     assert cluster.get("namespace", ns)["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert_refused_in(cluster, ns)
     release = Release(cluster, "modelops", ns, {})
