@@ -1,14 +1,18 @@
 #!/usr/bin/env python
-"""Benchmark the operator against kmock's Kubernetes emulator and a real MLflow server.
+"""Benchmark the operator against a Kubernetes API (kmock's emulator, or the real control plane
+of ../shared/k8s) and a real MLflow server.
 
 1. Latency: ModelDeployment created -> InferenceService created, with the conversion already
    published (cache hit), one object at a time; p50/p99 over N objects (default 100).
 2. Memory: the operator's RSS once it manages M ModelDeployments (default 1000), all reconciled.
 
-The operator runs as its own process (`python -m modelops_operator.main --api-url ...`, default
-`job` conversion mode) so its RSS is measured alone; the emulator and MLflow run beside it.
+The operator runs as its own process (`python -m modelops_operator.main`, default `job`
+conversion mode) so its RSS is measured alone; the API server and MLflow run beside it. With
+`--api real` the operator authenticates with the control plane's admin client certificate, and
+"InferenceService created" is when a watch on InferenceServices reports it (the emulator records
+the create request itself). `--api both` runs the two one after the other, in one invocation.
 
-    python scripts/bench_operator.py [--latency-objects 100] [--memory-objects 1000]
+    python scripts/bench_operator.py [--api emulator|real|both] [--latency-objects 100] [--memory-objects 1000]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -86,57 +91,135 @@ async def wait_for(check, timeout: float) -> None:
         await asyncio.sleep(0.002)
 
 
-async def bench(args) -> dict:
-    from modelops.local.mlflow_server import MlflowServer
+class EmulatorBackend:
+    name = "emulator"
 
-    work = Path(tempfile.mkdtemp(prefix="bench-operator-"))
-    mlflow = MlflowServer(work / "mlflow").start()
-    try:
-        model, version = prepare_model(mlflow.url)
-        async with TimedEmulator() as api, kmock.Server(api):
-            url = str(api.url).rstrip("/")
-            env = {**os.environ, "MODELOPS_MLFLOW_TRACKING_URI": mlflow.url,
-                   "MODELOPS_STORAGE_URI_REWRITES": "mlflow-artifacts:/=s3://mlflow/,file://=pvc://mlflow"}
-            op = subprocess.Popen(
-                [sys.executable, "-m", "modelops_operator.main", "--all-namespaces", "--conversion", "job",
-                 "--api-url", url, "--liveness", "", "--resolve-interval", "3600"],
-                env=env, stdout=open(work / "operator.log", "wb"), stderr=subprocess.STDOUT,
-                start_new_session=True)
+    async def __aenter__(self):
+        self.api = TimedEmulator()
+        await self.api.__aenter__()
+        self.server = kmock.Server(self.api)
+        await self.server.__aenter__()
+        self.url = str(self.api.url).rstrip("/")
+        self.client = httpx.AsyncClient(base_url=self.url)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.client.aclose()
+        await self.server.__aexit__(*exc)
+        await self.api.__aexit__(*exc)
+
+    def operator_args(self) -> tuple[list[str], dict]:
+        return ["--api-url", self.url], {}
+
+    @property
+    def isvc_created(self) -> dict[str, float]:
+        return self.api.isvc_created
+
+    async def ready(self) -> None:
+        await wait_for(lambda: self.api.md_watched, timeout=120)
+        await asyncio.sleep(1)
+
+    async def create(self, body: dict) -> None:
+        r = await self.client.post("/apis/modelops.dev/v1alpha1/namespaces/bench/modeldeployments", json=body)
+        r.raise_for_status()
+
+
+class RealBackend:
+    """The real kube-apiserver + etcd + controller-manager of ../shared/k8s, on its own port."""
+
+    name = "real"
+
+    async def __aenter__(self):
+        os.environ.setdefault("MODELOPS_K8S_DIR", tempfile.mkdtemp(prefix="bench-k8s-"))
+        os.environ.setdefault("MODELOPS_K8S_PORT", "6543")
+        from tests.sharedenv import SHARED, start_control_plane
+
+        self.cp, self.started = start_control_plane()
+        self.cp.kubectl("apply", "--server-side", "-f", str(SHARED / "kserve-crds"))
+        self.cp.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests/crds"))
+        self.cp.wait_established("inferenceservices.serving.kserve.io", "modeldeployments.modelops.dev")
+        self.cp.kubectl("create", "namespace", "bench")
+        from kubernetes import client, config, watch
+
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=self.cp.kubeconfig, client_configuration=cfg, persist_config=False)
+        cfg.connection_pool_maxsize = 32
+        self.api = client.CustomObjectsApi(client.ApiClient(cfg))
+        self.isvc_created: dict[str, float] = {}
+        self.watch = watch.Watch()
+        self.watcher = threading.Thread(target=self._watch, daemon=True)
+        self.watcher.start()
+        return self
+
+    def _watch(self) -> None:
+        try:
+            for event in self.watch.stream(self.api.list_namespaced_custom_object, "serving.kserve.io",
+                                           "v1beta1", "bench", "inferenceservices", timeout_seconds=3600):
+                if event["type"] == "ADDED":
+                    self.isvc_created.setdefault(event["object"]["metadata"]["name"], time.perf_counter())
+        except Exception:  # stopped
+            pass
+
+    async def __aexit__(self, *exc):
+        self.watch.stop()
+        if self.started:
+            from tests.sharedenv import stop_control_plane
+
+            stop_control_plane(self.cp)
+
+    def operator_args(self) -> tuple[list[str], dict]:
+        return [], {"KUBECONFIG": self.cp.kubeconfig}
+
+    async def ready(self) -> None:
+        # The operator is up once it has reconciled a first object end to end.
+        await self.create(md("warm-up", *self.model))
+        await wait_for(lambda: "warm-up" in self.isvc_created, timeout=180)
+
+    async def create(self, body: dict) -> None:
+        await asyncio.to_thread(self.api.create_namespaced_custom_object, "modelops.dev", "v1alpha1",
+                                "bench", "modeldeployments", body)
+
+
+async def bench(args, backend_cls, mlflow, model: str, version: str, work: Path) -> dict:
+    async with backend_cls() as api:
+        api.model = (model, version)
+        extra, extra_env = api.operator_args()
+        env = {**os.environ, **extra_env, "MODELOPS_MLFLOW_TRACKING_URI": mlflow.url,
+               "MODELOPS_STORAGE_URI_REWRITES": "mlflow-artifacts:/=s3://mlflow/,file://=pvc://mlflow"}
+        op = subprocess.Popen(
+            [sys.executable, "-m", "modelops_operator.main", "--all-namespaces", "--conversion", "job",
+             *extra, "--liveness", "", "--resolve-interval", "3600"],
+            env=env, stdout=open(work / f"operator-{api.name}.log", "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        try:
+            # Operator startup (imports, discovery): wait until it serves.
+            await api.ready()
+            idle_rss, _ = rss_mib(op.pid)
+            base = len(api.isvc_created)
+            latencies = []
+            for i in range(args.latency_objects):
+                name = f"lat-{i:04d}"
+                start = time.perf_counter()
+                await api.create(md(name, model, version))
+                await wait_for(lambda: name in api.isvc_created, timeout=60)
+                latencies.append((api.isvc_created[name] - start) * 1000)
+
+            started = time.monotonic()
+            total = args.memory_objects
+            for i in range(total - args.latency_objects):
+                await api.create(md(f"mem-{i:04d}", model, version))
+            await wait_for(lambda: len(api.isvc_created) >= total + base, timeout=1800)
+            converge_s = time.monotonic() - started
+            await asyncio.sleep(2)
+            rss, hwm = rss_mib(op.pid)
+        finally:
+            # Keep serving the API while the operator shuts down (it still talks to it).
+            os.killpg(op.pid, signal.SIGTERM)
             try:
-                # Operator startup (imports, discovery): wait until it watches ModelDeployments.
-                await wait_for(lambda: api.md_watched, timeout=120)
-                await asyncio.sleep(1)
-                idle_rss, _ = rss_mib(op.pid)
-                async with httpx.AsyncClient(base_url=url) as client:
-                    path = "/apis/modelops.dev/v1alpha1/namespaces/bench/modeldeployments"
-                    latencies = []
-                    for i in range(args.latency_objects):
-                        name = f"lat-{i:04d}"
-                        start = time.perf_counter()
-                        r = await client.post(path, json=md(name, model, version))
-                        r.raise_for_status()
-                        await wait_for(lambda: name in api.isvc_created, timeout=60)
-                        latencies.append((api.isvc_created[name] - start) * 1000)
-
-                    started = time.monotonic()
-                    total = args.memory_objects
-                    for i in range(total - args.latency_objects):
-                        r = await client.post(path, json=md(f"mem-{i:04d}", model, version))
-                        r.raise_for_status()
-                    await wait_for(lambda: len(api.isvc_created) >= total, timeout=1800)
-                    converge_s = time.monotonic() - started
-                    await asyncio.sleep(2)
-                    rss, hwm = rss_mib(op.pid)
-            finally:
-                # Keep serving the API while the operator shuts down (it still talks to it).
-                os.killpg(op.pid, signal.SIGTERM)
-                try:
-                    await asyncio.to_thread(op.wait, 60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(op.pid, signal.SIGKILL)
-                    op.wait()
-    finally:
-        mlflow.stop()
+                await asyncio.to_thread(op.wait, 60)
+            except subprocess.TimeoutExpired:
+                os.killpg(op.pid, signal.SIGKILL)
+                op.wait()
     q = statistics.quantiles(latencies, n=100, method="inclusive")
     return {
         "latency_ms": {"objects": len(latencies), "p50": round(statistics.median(latencies), 1),
@@ -148,12 +231,27 @@ async def bench(args) -> dict:
     }
 
 
+async def run_all(args) -> dict:
+    from modelops.local.mlflow_server import MlflowServer
+
+    work = Path(tempfile.mkdtemp(prefix="bench-operator-"))
+    mlflow = MlflowServer(work / "mlflow").start()
+    try:
+        model, version = prepare_model(mlflow.url)
+        backends = {"emulator": [EmulatorBackend], "real": [RealBackend],
+                    "both": [EmulatorBackend, RealBackend]}[args.api]
+        return {b.name: await bench(args, b, mlflow, model, version, work) for b in backends}
+    finally:
+        mlflow.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--api", choices=["emulator", "real", "both"], default="both")
     ap.add_argument("--latency-objects", type=int, default=100)
     ap.add_argument("--memory-objects", type=int, default=1000)
     args = ap.parse_args()
-    print(json.dumps(asyncio.run(bench(args)), indent=2))
+    print(json.dumps(asyncio.run(run_all(args)), indent=2))
     return 0
 
 

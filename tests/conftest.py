@@ -29,6 +29,24 @@ def tracking_uri(mlflow_server) -> str:
 
 
 @pytest.fixture(scope="session")
+def prometheus(tmp_path_factory):
+    """A real Prometheus (Debian's package) on a free loopback port, scraping every second.
+
+    `.url`, `.add_target("127.0.0.1:PORT", **labels)`, `.wait_for_target(...)`, `.query(expr)`.
+    Skips with the reason where it is not installed (fails under CI=true).
+    """
+    from prometheus_server import PrometheusServer, prometheus_binary
+    from sharedenv import unavailable
+
+    if prometheus_binary() is None:
+        unavailable("the real-Prometheus tests need the `prometheus` binary "
+                    "(scripts/bootstrap.sh installs Debian's package when run as root)")
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def control_plane():
     """The real Kubernetes control plane (../shared/k8s) with KServe's CRDs installed.
 

@@ -23,6 +23,8 @@ LABEL_COMPONENT = "modelops.dev/component"
 ANNOTATION_SHA = "modelops.dev/onnx-sha256"
 ANNOTATION_MODEL = "modelops.dev/model"
 ANNOTATION_GENERATION = "modelops.dev/generation"
+ANNOTATION_CANARY = "modelops.dev/canary-model"
+ANNOTATION_DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 
 PREDICTOR_IMAGE = "ghcr.io/modelops/modelops-predictor:0.1.0"
 
@@ -40,10 +42,7 @@ def _label_value(text: str) -> str:
     return value or "x"
 
 
-def build_inference_service(md: dict, spec: DeploymentSpec, served: Served, *,
-                            runtime: str = DEFAULT_RUNTIME) -> dict:
-    """The KServe InferenceService serving `served` for ModelDeployment `md` (same name/ns)."""
-    meta = md["metadata"]
+def _predictor_model(spec: DeploymentSpec, served: Served, runtime: str) -> dict:
     p = spec.predictor
     limits = dict(p.limits)
     requests = dict(p.requests)
@@ -56,17 +55,64 @@ def build_inference_service(md: dict, spec: DeploymentSpec, served: Served, *,
         "modelFormat": {"name": "onnx"},
         "runtime": runtime,
         "storageUri": served.storage_uri,
-        # The predictor refuses to fall back to CPU when a GPU was asked for.
+        # The predictor refuses to fall back to CPU when a GPU was asked for; its metrics carry
+        # the MLflow version (`version` label), which canary analysis tells stable and canary by.
         "env": [{"name": "MODELOPS_DEVICE", "value": "cuda" if p.gpu > 0 else "cpu"},
+                {"name": "MODELOPS_MODEL_VERSION", "value": served.version},
                 {"name": "MODELOPS_MODEL_SHA256", "value": served.sha256}],
     }
     if resources:
         model["resources"] = resources
-    predictor: dict = {"minReplicas": p.min_replicas, "maxReplicas": p.max_replicas, "model": model}
+    return model
+
+
+def _placement(spec: DeploymentSpec, predictor: dict) -> dict:
+    p = spec.predictor
     if p.node_selector:
         predictor["nodeSelector"] = dict(p.node_selector)
     if p.tolerations:
         predictor["tolerations"] = [dict(t) for t in p.tolerations]
+    return predictor
+
+
+def predictor_name(version: str) -> str:
+    """The name of a version's predictor in KServe's Standard-mode canary list."""
+    return f"v{_label_value(version)}".lower()[:63]
+
+
+def build_inference_service(md: dict, spec: DeploymentSpec, served: Served, *,
+                            runtime: str = DEFAULT_RUNTIME, canary: Served | None = None,
+                            weight: int = 0) -> dict:
+    """The KServe InferenceService serving `served` (the stable version) for ModelDeployment `md`
+    (same name and namespace), plus `canary` at `weight` percent when a canary is in progress.
+
+    Standard (raw) mode: `spec.canary[]` holds the canary predictor with its `trafficPercent`;
+    both predictors are named (`v<version>`), as KServe requires for a canary. The canary gets at
+    most one replica floor and no autoscaling fields (KServe's rules), so a GPU canary needs one
+    GPU, not a copy of the stable fleet. Knative mode (`deploymentMode: Knative`): the predictor
+    is the canary's spec with `canaryTrafficPercent`; KServe keeps the previous rolled-out
+    revision for the rest.
+    """
+    meta = md["metadata"]
+    p = spec.predictor
+    knative = p.deployment_mode == "Knative"
+    shown = canary if (canary is not None and knative) else served
+    predictor: dict = _placement(spec, {"minReplicas": p.min_replicas, "maxReplicas": p.max_replicas,
+                                        "model": _predictor_model(spec, shown, runtime)})
+    isvc_spec: dict = {"predictor": predictor}
+    annotations = {ANNOTATION_MODEL: f"models:/{spec.model.name}/{served.version}", ANNOTATION_SHA: served.sha256}
+    if canary is not None:
+        annotations[ANNOTATION_CANARY] = f"models:/{spec.model.name}/{canary.version}"
+        if knative:
+            predictor["canaryTrafficPercent"] = weight
+        else:
+            predictor["name"] = predictor_name(served.version)
+            isvc_spec["canary"] = [{"trafficPercent": weight, "predictor": _placement(spec, {
+                "name": predictor_name(canary.version),
+                "minReplicas": min(p.min_replicas, 1),
+                "model": _predictor_model(spec, canary, runtime)})}]
+    if knative:
+        annotations[ANNOTATION_DEPLOYMENT_MODE] = "Knative"
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
@@ -75,11 +121,10 @@ def build_inference_service(md: dict, spec: DeploymentSpec, served: Served, *,
             "namespace": meta["namespace"],
             "labels": {**MANAGED_BY, LABEL_DEPLOYMENT: meta["name"],
                        LABEL_VERSION: _label_value(served.version)},
-            "annotations": {ANNOTATION_MODEL: f"models:/{spec.model.name}/{served.version}",
-                            ANNOTATION_SHA: served.sha256},
+            "annotations": annotations,
             "ownerReferences": [owner_reference(md)],
         },
-        "spec": {"predictor": predictor},
+        "spec": isvc_spec,
     }
 
 

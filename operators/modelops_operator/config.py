@@ -24,6 +24,8 @@ class OperatorConfig:
     backoff_max: float = 300.0
     api_url: str | None = None  # Kubernetes API server; None: in-cluster or KUBECONFIG
     work_dir: str | None = None  # scratch for in-process conversion
+    prometheus_url: str | None = None  # canary analysis; a ModelDeployment may override it
+    rollout_tick: float = 5.0  # seconds between passes of an active canary (analysis is due per interval)
     extra_env: dict = field(default_factory=dict)
 
     def backoff(self, retry: int) -> float:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from modelops import errors
 from modelops.deployment.plan import Served
 from modelops.deployment.spec import DeploymentSpec
-from modelops.deployment.storage import storage_uri
+from modelops.deployment.storage import storage_location
 
 from . import builders
 from .config import OperatorConfig
@@ -37,10 +37,11 @@ def conversion_options(spec: DeploymentSpec):
     return ConversionOptions(precision=c.precision, opset=c.opset, rtol=c.rtol, atol=c.atol)
 
 
-def _served(result, version: str, spec: DeploymentSpec, config: OperatorConfig) -> Served:
-    return Served(version=version, onnx_uri=result.onnx_uri,
-                  storage_uri=storage_uri(result.onnx_uri, config.storage_rewrites),
-                  sha256=result.sha256, options=spec.conversion.fingerprint,
+def _served(result, version: str, spec: DeploymentSpec, config: OperatorConfig,
+            tracking_uri: str | None) -> Served:
+    where = storage_location(result.onnx_uri, config.storage_rewrites, tracking_uri)
+    return Served(version=version, onnx_uri=result.onnx_uri, storage_uri=where.uri,
+                  storage_note=where.note, sha256=result.sha256, options=spec.conversion.fingerprint,
                   cached=bool(result.cached))
 
 
@@ -50,7 +51,7 @@ def published(registry, resolved, spec: DeploymentSpec, config: OperatorConfig, 
 
     # fresh: the reconciler resolved the version in this pass, so its tags are current.
     result = find_published(registry, resolved, conversion_options(spec), fresh=fresh)
-    return None if result is None else _served(result, resolved.version, spec, config)
+    return None if result is None else _served(result, resolved.version, spec, config, registry.tracking_uri)
 
 
 class InProcessConversion:
@@ -62,7 +63,7 @@ class InProcessConversion:
 
         result = convert_and_publish(registry, resolved, conversion_options(spec),
                                      work_dir=self.config.work_dir)
-        return Outcome(served=_served(result, resolved.version, spec, self.config))
+        return Outcome(served=_served(result, resolved.version, spec, self.config, registry.tracking_uri))
 
 
 class JobConversion:

@@ -11,6 +11,11 @@ from typing import Any
 
 # Maps (by path) whose keys the operator owns entirely in an InferenceService.
 IS_OWNED_MAPS = (
+    # canary fields: removed when the canary ends (promotion or rollback)
+    ("spec", "canary"),
+    ("spec", "predictor", "canaryTrafficPercent"),
+    ("spec", "predictor", "name"),
+    ("metadata", "annotations", "modelops.dev/canary-model"),
     ("spec", "predictor", "nodeSelector"),
     ("spec", "predictor", "model", "resources", "requests"),
     ("spec", "predictor", "model", "resources", "limits"),

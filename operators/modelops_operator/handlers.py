@@ -21,6 +21,7 @@ import logging
 import kopf
 
 from modelops.deployment import GROUP, PLURAL, VERSION
+from modelops.deployment.plan import ACTIVE_ROLLOUT_PHASES
 
 from . import builders
 from .config import OperatorConfig
@@ -106,6 +107,15 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: Op
                 work.cancel()
         if work.done() and not work.cancelled():
             work.result()
+
+    def rollout_active(status, **_) -> bool:
+        return ((status or {}).get("canary") or {}).get("phase") in ACTIVE_ROLLOUT_PHASES
+
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.rollout_tick, initial_delay=config.rollout_tick,
+                when=rollout_active, registry=registry)
+    async def rollout_tick(name, namespace, **_):
+        # The engine decides when an analysis is due; this only gives it the chance. No MLflow.
+        await run_pass(namespace, name, resolve=False)
 
     @kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices",
                    labels={builders.LABEL_DEPLOYMENT: kopf.PRESENT}, registry=registry)

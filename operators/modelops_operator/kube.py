@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,7 +74,9 @@ def load_configuration(api_url: str | None = None) -> client.Configuration:
         try:
             config.load_incluster_config(client_configuration=cfg)
         except config.ConfigException:
-            config.load_kube_config(client_configuration=cfg)
+            # $KUBECONFIG as it is now (the client reads it once, at import); never write back.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                    client_configuration=cfg, persist_config=False)
     # Reconcile passes run in up to 16 worker threads; keep a connection for each.
     cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, 32)
     return cfg

@@ -48,6 +48,11 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
                     metavar="FROM=TO",
                     help="map an MLflow artifact URI prefix to one KServe can download, "
                          "e.g. mlflow-artifacts:/=s3://mlflow/ (env MODELOPS_STORAGE_URI_REWRITES)")
+    ap.add_argument("--prometheus-url", default=env.get("MODELOPS_PROMETHEUS_URL") or None,
+                    help="Prometheus for canary analysis (env MODELOPS_PROMETHEUS_URL); a ModelDeployment "
+                         "may override it in spec.rollout.analysis.prometheusUrl")
+    ap.add_argument("--rollout-tick", type=float, default=float(env.get("MODELOPS_ROLLOUT_TICK", "5")),
+                    help="seconds between passes of an active canary (its analysis runs every spec interval)")
     ap.add_argument("--converter-image", default=env.get("MODELOPS_CONVERTER_IMAGE", DEFAULT_CONVERTER_IMAGE))
     ap.add_argument("--converter-service-account", default=env.get("MODELOPS_CONVERTER_SERVICE_ACCOUNT"))
     ap.add_argument("--runtime", default=env.get("MODELOPS_RUNTIME", DEFAULT_RUNTIME),
@@ -71,6 +76,7 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
         conversion=args.conversion, resolve_interval=args.resolve_interval,
         storage_rewrites=rewrites, runtime=args.runtime, converter_image=args.converter_image,
         converter_service_account=args.converter_service_account, api_url=args.api_url,
+        prometheus_url=args.prometheus_url, rollout_tick=args.rollout_tick,
         extra_env={"liveness": args.liveness or None},
     )
 

@@ -12,11 +12,11 @@ import logging
 from dataclasses import dataclass, replace
 
 from modelops import errors
-from modelops.deployment.plan import (ApplyService, Convert, Event, Failure, Inputs, Plan,
-                                      ServiceObservation, plan, plan_invalid)
+from modelops.deployment.plan import (ApplyService, Convert, Event, Failure, Inputs, Plan, Served,
+                                      ServiceObservation, plan, plan_invalid, plan_rollout)
 from modelops.deployment.spec import DeploymentSpec, parse_spec
 
-from . import builders, diffing
+from . import builders, diffing, rollout
 from .config import OperatorConfig
 from .kube import INFERENCESERVICES, MODELDEPLOYMENTS, Kube
 
@@ -71,10 +71,12 @@ class Reconciler:
                 self._registries[uri] = Registry(uri)
         return self._registries[uri]
 
-    def apply_service(self, md: dict, spec: DeploymentSpec, served) -> tuple[ServiceObservation, bool]:
+    def apply_service(self, md: dict, spec: DeploymentSpec, served, canary=None,
+                      weight: int = 0) -> tuple[ServiceObservation, bool]:
         """Make the InferenceService match; write only what differs, under its resourceVersion
         (KServe's controller writes the same object: a conflict is re-read and retried)."""
-        desired = builders.build_inference_service(md, spec, served, runtime=self.config.runtime)
+        desired = builders.build_inference_service(md, spec, served, runtime=self.config.runtime,
+                                                   canary=canary, weight=weight)
         ns, name = md["metadata"]["namespace"], md["metadata"]["name"]
         body = {k: desired[k] for k in ("metadata", "spec")}
 
@@ -102,6 +104,7 @@ class Reconciler:
             return self._finish(md, plan_invalid(status, generation, failure, now), (), stalled=failure)
 
         inputs = Inputs(generation=generation, spec=spec, status=status, now=now)
+        canary_model = Served.from_status(status.get("canaryModel"))
         resolved = None
         if resolve:
             try:
@@ -110,6 +113,11 @@ class Reconciler:
                 inputs = replace(inputs, resolved_version=resolved.version)
             except errors.ModelOpsError as exc:
                 inputs = replace(inputs, error=Failure.from_error(exc))
+        # The canary in progress is the converted target: no conversion look-up for it.
+        target_version = inputs.resolved_version or status.get("resolvedVersion")
+        if canary_model is not None and canary_model.version == target_version and \
+                canary_model.options == spec.conversion.fingerprint:
+            inputs = replace(inputs, conversion=canary_model)
 
         wrote: list[str] = []
         done: set[type] = set()
@@ -121,6 +129,12 @@ class Reconciler:
             done.add(type(action))
             if isinstance(action, Convert):
                 inputs = self._convert(md, spec, registry, resolved, inputs)
+            elif isinstance(action, ApplyService) and spec.rollout.strategy == "canary":
+                target = None if inputs.error is not None else action.served
+                p, changed = self._rollout(md, spec, registry, inputs, target)
+                if changed:
+                    wrote.append("inferenceservice")
+                break
             elif isinstance(action, ApplyService):
                 observation, changed = self.apply_service(md, spec, action.served)
                 if changed:
@@ -131,6 +145,25 @@ class Reconciler:
             stalled = next((Failure(c["reason"], c.get("message", ""), False)
                             for c in p.status["conditions"] if c["type"] == "Stalled"), None)
         return self._finish(md, p, tuple(wrote), stalled=stalled)
+
+    def _rollout(self, md: dict, spec: DeploymentSpec, registry, inputs: Inputs,
+                 target: Served | None) -> tuple[Plan, bool]:
+        """`strategy: canary`: one step of the rollout engine, the InferenceService it implies, and
+        the status saying so. Every piece of rollout state is in `status.canary`."""
+        status = inputs.status
+        step = rollout.step_deployment(md, spec, status, target, self.config, now=inputs.now)
+        observation, changed = self.apply_service(md, spec, step.stable, step.canary, step.weight)
+        p = plan_rollout(replace(inputs, service=observation), step.stable, step.canary, step.state,
+                         step.notifications, promoted=step.promoted)
+        if inputs.error is not None:  # keep saying what went wrong with the newest version
+            failed = plan(replace(inputs, service=observation))
+            p = replace(p, retry=failed.retry, events=p.events + failed.events)
+            if failed.status.get("phase") == "Failed":
+                p.status.update(phase="Failed", failed=failed.status.get("failed"))
+                p.status["conditions"] = [c for c in failed.status["conditions"]] + \
+                    [c for c in p.status["conditions"] if c["type"] in ("Progressing", "RolledBack")]
+        rollout.record_history(registry, md, spec, step.transitions, inputs.now)
+        return p, changed
 
     def _convert(self, md, spec, registry, resolved, inputs: Inputs) -> Inputs:
         try:

@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve DIR/model.onnx with the KServe-compatible predictor")
     s.add_argument("model_dir")
     s.add_argument("--name", required=True)
-    s.add_argument("--model-version", default=None)
+    s.add_argument("--model-version", default=os.environ.get("MODELOPS_MODEL_VERSION") or None,
+                   help="the MLflow version served: metadata and the metrics' `version` label "
+                        "(env MODELOPS_MODEL_VERSION, set by the operator)")
     s.add_argument("--http-port", type=int, default=8080)
     s.add_argument("--grpc-port", type=int, default=8081, help="0 disables gRPC")
     # The shared ClusterServingRuntime runs one command for CPU and GPU models: the operator sets

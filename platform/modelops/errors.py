@@ -74,6 +74,14 @@ class InvalidOnnxModel(ConversionError):
     reason = "InvalidOnnxModel"
 
 
+class UntrustedArtifact(ConversionError):
+    """A model artifact that could run code or read outside its directory when loaded: a pickle
+    naming an untrusted global, a skops type not trusted at log time, ONNX external data or a
+    symlink that escapes the model directory. Refused before anything is deserialized."""
+
+    reason = "UntrustedArtifact"
+
+
 class ParityFailed(ConversionError):
     """The ONNX model does not reproduce the original model's outputs within tolerance."""
 
@@ -105,6 +113,13 @@ class DeviceUnavailable(ServingError):
 
     reason = "DeviceUnavailable"
     http_status = 503
+
+
+class InferenceFailed(ServingError):
+    """onnxruntime failed while running a valid request (a model that breaks on some inputs)."""
+
+    reason = "InferenceFailed"
+    http_status = 500
 
 
 class ModelNotReady(ServingError):

@@ -264,6 +264,23 @@ class Registry:
         run = self._call("get_run", self.client.get_run, resolved.run_id)
         return dict(run.data.tags)
 
+    def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        """Tag a registered model version."""
+        for key, value in tags.items():
+            self._call("set_model_version_tag", self.client.set_model_version_tag, name, str(version), key, value)
+
+    def get_version_tags(self, name: str, version: str) -> dict[str, str]:
+        mv = self._call("get_model_version", self.client.get_model_version, name, str(version),
+                        not_found=errors.VersionNotFound(
+                            f"version {version} of registered model {name!r} not found in MLflow",
+                            name=name, version=str(version)))
+        return dict(mv.tags or {})
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point `alias` of registered model `name` at `version`."""
+        self._call("set_registered_model_alias", self.client.set_registered_model_alias, name, alias,
+                   str(version))
+
     def log_artifacts(self, resolved: ResolvedModel, local_dir: str | Path, artifact_path: str) -> str:
         """Log a directory next to the source model (its run) and return its artifact URI.
 

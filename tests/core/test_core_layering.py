@@ -42,3 +42,12 @@ from modelops.registry import Registry
 print("ok")
 """)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_rollout_engine_needs_no_kubernetes_kopf_or_mlflow():
+    """The engine, analysis, providers and hooks are pure modelops: local mode runs them too."""
+    r = run_without(("kopf", "kubernetes", "mlflow", "torch"), """
+import modelops.rollout, modelops.rollout.providers, modelops.rollout.hooks, modelops.rollout.history
+print("ok")
+""")
+    assert r.returncode == 0, r.stderr[-2000:]

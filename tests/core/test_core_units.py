@@ -41,15 +41,15 @@ def _inp(name="input", datatype="FP32", shape=(1, 4), data=None, **extra):
 # --- codec.decode_request -----------------------------------------------------------------------
 class TestDecodeRequest:
     def test_json_request_decodes_to_typed_arrays(self):
-        feeds, header = codec.decode_request(
-            _body(_inp(shape=[2, 4], data=list(range(8))), id="r1"), [X])
-        assert header["id"] == "r1"
-        arr = feeds["input"]
+        request = codec.decode_request(
+            _body(_inp(shape=[2, 4], data=list(range(8))), id="r1"), [X], ["y"])
+        assert request.id == "r1" and request.outputs is None and not request.binary
+        arr = request.feeds["input"]
         assert arr.dtype == np.float32 and arr.shape == (2, 4)
         np.testing.assert_array_equal(arr, np.arange(8, dtype=np.float32).reshape(2, 4))
 
     def test_nested_data_is_accepted_in_row_major_order(self):
-        feeds, _ = codec.decode_request(_body(_inp(shape=[2, 4], data=[[0, 1, 2, 3], [4, 5, 6, 7]])), [X])
+        feeds = codec.decode_request(_body(_inp(shape=[2, 4], data=[[0, 1, 2, 3], [4, 5, 6, 7]])), [X], ["y"]).feeds
         np.testing.assert_array_equal(feeds["input"].ravel(), np.arange(8))
 
     def test_binary_extension(self):
@@ -57,14 +57,14 @@ class TestDecodeRequest:
         ids = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int64)
         head = _body(_inp(shape=[2, 4], parameters={"binary_data_size": x.nbytes}),
                      _inp("ids", "INT64", [2, 3], parameters={"binary_data_size": ids.nbytes}))
-        feeds, _ = codec.decode_request(head + x.tobytes() + ids.tobytes(), [X, IDS], json_length=len(head))
+        feeds = codec.decode_request(head + x.tobytes() + ids.tobytes(), [X, IDS], ["y"], json_length=len(head)).feeds
         np.testing.assert_array_equal(feeds["input"], x)
         np.testing.assert_array_equal(feeds["ids"], ids)
 
     def test_binary_and_json_inputs_mix(self):
         x = np.ones((1, 4), np.float32)
         head = _body(_inp(parameters={"binary_data_size": 16}), _inp("ids", "INT64", [1, 3], data=[7, 8, 9]))
-        feeds, _ = codec.decode_request(head + x.tobytes(), [X, IDS], json_length=len(head))
+        feeds = codec.decode_request(head + x.tobytes(), [X, IDS], ["y"], json_length=len(head)).feeds
         assert feeds["ids"].tolist() == [[7, 8, 9]]
 
     @pytest.mark.parametrize(
@@ -78,8 +78,8 @@ class TestDecodeRequest:
             (_body(_inp(shape=[-1, 4], data=[0] * 4)), [X], "non-negative integers"),
             (_body(_inp(shape="1,4", data=[0] * 4)), [X], "shape must be a list"),
             (_body(_inp(shape=[2, 4], data=[0] * 4)), [X], "needs 8 elements, data has 4"),
-            (_body(_inp(data=["a", "b", "c", "d"])), [X], "not a valid FP32 tensor"),
-            (_body(_inp(data=[[0, 1], [2]])), [X], "not a valid FP32 tensor"),
+            (_body(_inp(data=["a", "b", "c", "d"])), [X], "element 0 is a string (\"a\"); FP32 takes JSON numbers"),
+            (_body(_inp(data=[[0, 1], [2]])), [X], "ragged nested list"),
             (b"not json", [X], "not valid JSON"),
             (b"[1, 2, 3]", [X], "must be a JSON object"),
             (b'{"id": "x"}', [X], "'inputs' list"),
@@ -100,7 +100,7 @@ class TestDecodeRequest:
     )
     def test_malformed_requests_name_the_problem(self, body, specs, fragment):
         with pytest.raises(errors.InvalidRequest) as exc:
-            codec.decode_request(body, specs)
+            codec.decode_request(body, specs, ["y"])
         assert fragment in str(exc.value)
         assert exc.value.http_status == 400
 
@@ -115,12 +115,12 @@ class TestDecodeRequest:
     def test_binary_size_mismatches(self, size, payload, fragment):
         head = _body(_inp(parameters={"binary_data_size": size}))
         with pytest.raises(errors.InvalidRequest, match=fragment):
-            codec.decode_request(head + b"\0" * payload, [X], json_length=len(head))
+            codec.decode_request(head + b"\0" * payload, [X], ["y"], json_length=len(head))
 
     @pytest.mark.parametrize("json_length", [0, -1, 10_000])
     def test_header_length_out_of_range(self, json_length):
         with pytest.raises(errors.InvalidRequest, match="inference-header-content-length"):
-            codec.decode_request(_body(_inp(data=[0] * 4)), [X], json_length=json_length)
+            codec.decode_request(_body(_inp(data=[0] * 4)), [X], ["y"], json_length=json_length)
 
 
 class TestEncodeResponse:
@@ -137,7 +137,7 @@ class TestEncodeResponse:
     def test_binary_response(self):
         a = np.arange(6, dtype=np.float32).reshape(2, 3)
         b = np.array([1, 0], dtype=np.int64)
-        body, head_len = codec.encode_response("m", ["a", "b"], [a, b], binary=True)
+        body, head_len = codec.encode_response("m", ["a", "b"], [a, b], binary=frozenset({"a", "b"}))
         head = orjson.loads(body[:head_len])
         sizes = [o["parameters"]["binary_data_size"] for o in head["outputs"]]
         assert sizes == [a.nbytes, b.nbytes] and len(body) == head_len + sum(sizes)
@@ -148,12 +148,15 @@ class TestEncodeResponse:
 
     @pytest.mark.parametrize(
         ("header", "wanted"),
-        [({}, False), ({"parameters": {"binary_data_output": True}}, True),
-         ({"outputs": [{"name": "y", "parameters": {"binary_data": True}}]}, True),
-         ({"outputs": [{"name": "y"}]}, False), ({"outputs": ["y"]}, False)],
+        [({}, set()), ({"parameters": {"binary_data_output": True}}, {"y", "z"}),
+         ({"outputs": [{"name": "y", "parameters": {"binary_data": True}}]}, {"y"}),
+         ({"parameters": {"binary_data_output": True}, "outputs": [{"name": "y", "parameters": {"binary_data": False}},
+                                                                  {"name": "z"}]}, {"z"}),
+         ({"outputs": [{"name": "y"}]}, set())],
     )
-    def test_wants_binary(self, header, wanted):
-        assert codec.wants_binary(header) is wanted
+    def test_binary_outputs(self, header, wanted):
+        body = _body(_inp(data=[0] * 4), **header)
+        assert codec.decode_request(body, [X], ["y", "z"]).binary == wanted
 
 
 class TestDecodeV1:
@@ -169,7 +172,8 @@ class TestDecodeV1:
         [({"inputs": []}, [X], "'instances' list"), (b"{nope", [X], "not valid JSON"),
          ({"instances": [[1, 2, 3]]}, [X], "dimension 1 is 3"),
          ({"instances": [[1, 2, 3, 4]]}, [X, IDS], "single-input"),
-         ({"instances": [["a", 1, 2, 3]]}, [X], "not a valid FP32")],
+         ({"instances": [["a", 1, 2, 3]]}, [X], "FP32 takes JSON numbers"),
+         ({"instances": [[None, 1, 2, 3]]}, [X], "element 0 is null")],
     )
     def test_invalid(self, body, specs, fragment):
         with pytest.raises(errors.InvalidRequest, match=fragment):
@@ -433,7 +437,7 @@ class TestDynamicBatcher:
         for x, (y, _) in zip(inputs, results):
             np.testing.assert_array_equal(y, x * 2)
 
-    def test_a_failing_batch_fails_its_callers_and_the_batcher_recovers(self):
+    def test_a_failing_batch_fails_only_the_request_that_caused_it(self):
         rec = _Recorder(fail_when=lambda x: bool((x < 0).any()))
         batcher = DynamicBatcher(rec, BatchingConfig(max_batch_size=64))
 
@@ -448,8 +452,11 @@ class TestDynamicBatcher:
             bad, good = self._run(main())
         finally:
             batcher.close()
-        assert all(isinstance(r, RuntimeError) for r in bad)  # batched together, failed together
+        # batched together; the call failed, each was rerun alone: only the culprit fails
+        assert isinstance(bad[0], RuntimeError)
+        np.testing.assert_array_equal(bad[1][0], np.full((1, 2), 2, np.float32))
         np.testing.assert_array_equal(good[0], np.full((2, 2), 2, np.float32))
+        assert rec.calls == [1, 2]  # the good one alone, then the next batch
 
     def test_max_wait_collects_a_batch(self):
         rec = _Recorder()
@@ -471,23 +478,25 @@ class TestDynamicBatcher:
 
 
 def test_grpc_path_checks_what_the_rest_path_checks():
-    """decode_infer_request shares the REST checks: duplicates and batch disagreement included."""
-    from kserve import InferInput, InferRequest
+    """decode_grpc shares the REST checks: duplicates and batch disagreement included."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
     from modelops.errors import InvalidRequest
-    from modelops.serving.codec import decode_infer_request
+    from modelops.serving.codec import decode_grpc
     from modelops.tensors import TensorSpec
 
     specs = [TensorSpec("a", np.dtype(np.float32), (-1, 2)), TensorSpec("b", np.dtype(np.float32), (-1, 2))]
 
-    def tensor(name, rows):
-        t = InferInput(name, [rows, 2], "FP32")
-        t.set_data_from_numpy(np.zeros((rows, 2), np.float32), binary_data=False)
-        return t
+    def request(*tensors):
+        req = pb.ModelInferRequest(model_name="m")
+        for name, rows in tensors:
+            t = req.inputs.add(name=name, datatype="FP32", shape=[rows, 2])
+            t.contents.fp32_contents.extend([0.0] * rows * 2)
+        return req
 
-    ok = decode_infer_request(InferRequest("m", [tensor("a", 3), tensor("b", 3)]), specs)
+    ok = decode_grpc(request(("a", 3), ("b", 3)), specs, ["y"]).feeds
     assert ok["a"].shape == (3, 2) and ok["b"].dtype == np.float32
     with pytest.raises(InvalidRequest, match="disagree on the batch size"):
-        decode_infer_request(InferRequest("m", [tensor("a", 3), tensor("b", 2)]), specs)
+        decode_grpc(request(("a", 3), ("b", 2)), specs, ["y"])
     with pytest.raises(InvalidRequest, match="given twice"):
-        decode_infer_request(InferRequest("m", [tensor("a", 3), tensor("a", 3)]), specs)
+        decode_grpc(request(("a", 3), ("a", 3)), specs, ["y"])

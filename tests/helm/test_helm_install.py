@@ -109,7 +109,7 @@ def test_namespaced_install_pods_are_admitted(cluster, namespaced_release):
     assert cluster.get("clusterrole", name) is None
     assert cluster.get("clusterrole", f"{name}-discovery")["rules"] == [
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
-         "verbs": ["get", "list", "watch"]},
+         "verbs": ["list", "watch"]},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]
 
 

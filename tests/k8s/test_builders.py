@@ -7,7 +7,8 @@ import pytest
 
 from modelops.deployment.plan import Served
 from modelops.deployment.spec import parse_spec
-from modelops.deployment.storage import UnsupportedArtifactStore, parse_rewrites, storage_uri
+from modelops.deployment.storage import (StorageLocation, UnsupportedArtifactStore, parse_rewrites,
+                                        storage_location, storage_uri)
 from modelops_operator import builders, diffing
 
 from .schemas import kserve_schema, schema_errors
@@ -143,5 +144,23 @@ def test_storage_uri_passthrough_and_rewrites():
     assert storage_uri("file:///mlruns/1/x", rewrites) == "pvc://mlruns/1/x"
     with pytest.raises(UnsupportedArtifactStore, match="storage-uri-rewrite"):
         storage_uri("mlflow-artifacts:/1/abc")
+
+
+def test_storage_location_uses_the_mlflow_artifact_proxy_without_a_rewrite():
+    proxied = storage_location("mlflow-artifacts:/1/abc/artifacts/modelops/onnx-fp32-k", (),
+                               "http://mlflow.mlflow:5000/")
+    assert proxied.uri == ("http://mlflow.mlflow:5000/api/2.0/mlflow-artifacts/artifacts/"
+                           "1/abc/artifacts/modelops/onnx-fp32-k/model.onnx")
+    assert "artifact proxy" in proxied.note and "storage-uri-rewrite" in proxied.note
+    # the host form MLflow also writes; the operator's tracking URI is what it knows to work
+    assert storage_location("mlflow-artifacts://other:5000/1/x", (), "https://ml.example").uri == \
+        "https://ml.example/api/2.0/mlflow-artifacts/artifacts/1/x/model.onnx"
+    # a rewrite wins (direct store access), and says nothing
+    rewrites = parse_rewrites(["mlflow-artifacts:/=s3://mlflow/artifacts/"])
+    assert storage_location("mlflow-artifacts:/1/x", rewrites, "http://m") == \
+        StorageLocation("s3://mlflow/artifacts/1/x")
+    # file:// is not served by the tracking server: still a clear error
+    with pytest.raises(UnsupportedArtifactStore, match="storage-uri-rewrite"):
+        storage_location("file:///mlruns/1/x", (), "http://m")
     with pytest.raises(ValueError):
         parse_rewrites(["nonsense"])

@@ -42,7 +42,24 @@ def valid_md() -> dict:
                           "nodeSelector": {"gpu": "a100"},
                           "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
                                            "effect": "NoSchedule"}]},
-            "rollout": {"strategy": "canary", "steps": [10, 50, 100], "interval": "60s"},
+            "rollout": {
+                "strategy": "canary", "steps": [10, 50, 100], "interval": "60s", "paused": False,
+                "promoteAlias": "production",
+                "analysis": {
+                    "successRate": {"min": 0.99, "maxDrop": 0.01},
+                    "p99LatencyMs": {"max": 250.0, "maxRatio": 1.2},
+                    "minRequests": 20, "failureLimit": 2, "inconclusiveLimit": 3,
+                    "prometheusUrl": "http://prometheus.monitoring:9090",
+                    "checks": [{"name": "gpu-util", "query": "avg(gpu_util{model=\"$model\"})",
+                                "min": 0.1, "max": 0.95}],
+                },
+            },
+            "hooks": {
+                "webhooks": [{"name": "slack", "url": "https://hooks.example/modelops",
+                              "events": ["Started", "Promoted", "RolledBack"],
+                              "secretRef": {"name": "hook-secret", "key": "hmac"}}],
+                "gates": [{"name": "qa", "url": "http://qa.ml:8080/approve", "type": "confirmPromotion"}],
+            },
         },
     }
 
@@ -64,7 +81,7 @@ def test_crd_identity_printer_columns_and_status_subresource():
     (version,) = crd["spec"]["versions"]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Model", "Version", "Phase", "Canary %", "Ready", "Age"]
+    assert columns == ["Model", "Version", "Canary", "Phase", "Canary %", "Ready", "Age"]
 
 
 def test_schema_is_structural(md_schema):
@@ -154,6 +171,42 @@ MALFORMED = [
     ("too-many-steps", "spec.rollout.steps", list(range(1, 12)) + [100], "spec.rollout.steps"),
     ("bad-interval", "spec.rollout.interval", "soon", "spec.rollout.interval"),
     ("interval-without-unit", "spec.rollout.interval", "60", "spec.rollout.interval"),
+    ("bad-deployment-mode", "spec.predictor.deploymentMode", "Serverless", "spec.predictor.deploymentMode"),
+    ("paused-not-bool", "spec.rollout.paused", "yes", "spec.rollout.paused"),
+    ("promote-alias-latest", "spec.rollout.promoteAlias", "latest", "spec.rollout.promoteAlias"),
+    ("success-rate-over-1", "spec.rollout.analysis.successRate.min", 1.5, "spec.rollout.analysis.successRate.min"),
+    ("negative-max-drop", "spec.rollout.analysis.successRate.maxDrop", -0.1,
+     "spec.rollout.analysis.successRate.maxDrop"),
+    ("p99-ratio-below-1", "spec.rollout.analysis.p99LatencyMs.maxRatio", 0.5,
+     "spec.rollout.analysis.p99LatencyMs.maxRatio"),
+    ("negative-p99", "spec.rollout.analysis.p99LatencyMs.max", -1.0, "spec.rollout.analysis.p99LatencyMs.max"),
+    ("failure-limit-zero", "spec.rollout.analysis.failureLimit", 0, "spec.rollout.analysis.failureLimit"),
+    ("inconclusive-limit-zero", "spec.rollout.analysis.inconclusiveLimit", 0,
+     "spec.rollout.analysis.inconclusiveLimit"),
+    ("negative-min-requests", "spec.rollout.analysis.minRequests", -5, "spec.rollout.analysis.minRequests"),
+    ("prometheus-url-not-http", "spec.rollout.analysis.prometheusUrl", "prom:9090",
+     "spec.rollout.analysis.prometheusUrl"),
+    ("check-without-bounds", "spec.rollout.analysis.checks", [{"name": "c", "query": "up"}],
+     "spec.rollout.analysis.checks[0]"),
+    ("check-min-over-max", "spec.rollout.analysis.checks", [{"name": "c", "query": "up", "min": 2.0, "max": 1.0}],
+     "spec.rollout.analysis.checks[0]"),
+    ("check-without-query", "spec.rollout.analysis.checks", [{"name": "c", "min": 1.0}],
+     "spec.rollout.analysis.checks[0].query"),
+    ("check-bad-name", "spec.rollout.analysis.checks", [{"name": "Bad Name", "query": "up", "min": 1.0}],
+     "spec.rollout.analysis.checks[0].name"),
+    ("check-names-repeated", "spec.rollout.analysis.checks",
+     [{"name": "c", "query": "up", "min": 1.0}, {"name": "c", "query": "up", "max": 1.0}],
+     "spec.rollout.analysis.checks"),
+    ("webhook-bad-url", "spec.hooks.webhooks", [{"name": "w", "url": "ftp://x"}], "spec.hooks.webhooks[0].url"),
+    ("webhook-unknown-event", "spec.hooks.webhooks", [{"name": "w", "url": "http://x", "events": ["Deleted"]}],
+     "spec.hooks.webhooks[0].events[0]"),
+    ("webhook-secret-without-key", "spec.hooks.webhooks",
+     [{"name": "w", "url": "http://x", "secretRef": {"name": "s"}}], "spec.hooks.webhooks[0].secretRef.key"),
+    ("webhook-names-repeated", "spec.hooks.webhooks",
+     [{"name": "w", "url": "http://x"}, {"name": "w", "url": "http://y"}], "spec.hooks.webhooks"),
+    ("gate-unknown-type", "spec.hooks.gates", [{"name": "g", "url": "http://x", "type": "postRollout"}],
+     "spec.hooks.gates[0].type"),
+    ("gate-without-type", "spec.hooks.gates", [{"name": "g", "url": "http://x"}], "spec.hooks.gates[0].type"),
 ]
 
 
@@ -195,3 +248,31 @@ def test_cel_rules_evaluate_as_written():
         assert cel_errors(value, steps) == [], value
     for value in bad:
         assert cel_errors(value, steps), value
+
+
+def test_status_canary_schema_matches_the_engine_state(md_schema):
+    """Every field the rollout engine persists is in the CRD's status.canary (no pruning), and a
+    full state validates against it."""
+    from datetime import datetime, timezone
+
+    from modelops.rollout import Phase, RolloutState
+    from modelops.rollout.state import GateWait, Notification, RolledBack
+
+    from .schemas import schema_errors
+
+    assert [p.value for p in Phase] == schema.ROLLOUT_PHASES
+    t = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    state = RolloutState(
+        phase=Phase.AWAITING_PROMOTION, stable_version="1", version="2", weight=100, step=2, failed_checks=1,
+        inconclusive_checks=1, started_at=t, last_step_at=t, last_analysis_at=t, next_analysis_at=t,
+        reason="GateClosed", message="m",
+        analysis={"version": "2", "at": "2025-01-01T00:00:00Z", "outcome": "Passed", "message": "ok",
+                  "checks": [{"name": "successRate", "outcome": "Passed", "value": 1.0, "message": ""}]},
+        gate=GateWait("confirmPromotion", "2", t, False, "409"),
+        rolled_back=RolledBack("3", 2, t, "AnalysisFailed", "successRate"), hook_seq=4, delivered={"a": 3},
+        outbox=(Notification(4, "Promoted", "2", "1", 100, t, "Analysis", "m", None),))
+    raw = state.to_status()
+    canary = md_schema["properties"]["status"]["properties"]["canary"]
+    assert set(raw) <= set(canary["properties"]), set(raw) - set(canary["properties"])
+    assert set(raw["outbox"][0]) <= set(canary["properties"]["outbox"]["items"]["properties"])
+    assert schema_errors({"canary": raw}, md_schema["properties"]["status"]) == []

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from .. import errors
+from ..artifacts import check_onnx, inside
 from ..tensors import TensorSpec
 from .exported import Exported
 from .options import ConversionOptions
@@ -19,9 +20,10 @@ def export_onnx(source: SourceModel, options: ConversionOptions, out_path: Path)
     from mlflow.models import Model
 
     conf = Model.load(str(source.path)).flavors["onnx"]
-    src = source.path / conf.get("data", "model.onnx")
+    src = inside(source.path, conf.get("data", "model.onnx"), "the ONNX flavor's data")
     if not src.exists():
         raise errors.ConversionError(f"ONNX flavor points at {src.name}, which is missing")
+    check_onnx(src)  # not a model, or external data outside the directory: refused before loading
     # MLflow may store weights as external data beside model.onnx: inline them into one file.
     try:
         onnx.save_model(onnx.load(str(src)), str(out_path), save_as_external_data=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import errors
+from ..artifacts import inside
 from ..tensors import TensorSpec
 from .exported import Exported
 from .options import ConversionOptions
@@ -18,16 +19,57 @@ def _final_estimator(model):
     return steps[-1][1] if steps else model
 
 
+def _scikit_learn_class(name: str) -> bool:
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    if not (module == "sklearn" or module.startswith("sklearn.")):
+        return False
+    try:
+        obj = getattr(importlib.import_module(module), attr, None)
+    except Exception:
+        return False
+    return isinstance(obj, type)
+
+
+def load_sklearn_model(source: SourceModel):
+    """The MLflow scikit-learn model through skops, never pickle.
+
+    The model's own `skops_trusted_types` are not enough (a crafted MLmodel could list
+    `posix.system`): a type skops does not trust by default is accepted only when it is listed
+    there AND is a scikit-learn class (e.g. sklearn.tree._tree.Tree for tree ensembles).
+    """
+    import skops.io
+    from mlflow.models import Model
+
+    conf = Model.load(str(source.path)).flavors["sklearn"]
+    fmt = conf.get("serialization_format", "pickle")
+    if fmt != "skops":
+        raise errors.UntrustedArtifact(
+            f"the scikit-learn model is saved as {fmt}: unpickling it could run arbitrary code; log it "
+            "with serialization_format='skops' (MLflow's default) and skops_trusted_types")
+    path = inside(source.path, conf.get("pickled_model", "model.skops"), "the scikit-learn flavor's model file")
+    try:
+        untrusted = skops.io.get_untrusted_types(file=str(path))
+    except Exception as exc:
+        raise errors.UntrustedArtifact(f"{path.name} is not a skops file that can be checked: {exc}") from None
+    declared = set(conf.get("skops_trusted_types") or [])
+    refused = sorted(t for t in untrusted if t not in declared or not _scikit_learn_class(t))
+    if refused:
+        raise errors.UntrustedArtifact(
+            f"the scikit-learn model holds types skops does not trust: {refused[:5]}; only scikit-learn "
+            "classes listed in skops_trusted_types at log time are loaded")
+    try:
+        return skops.io.load(str(path), trusted=sorted(untrusted))
+    except Exception as exc:
+        raise errors.ConversionError(f"loading the scikit-learn model failed: {exc}") from exc
+
+
 def export_sklearn(source: SourceModel, options: ConversionOptions, out_path: Path) -> Exported:
-    import mlflow.sklearn
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, Int64TensorType
 
-    # Loading honours the skops_trusted_types recorded at log time; untrusted types fail here.
-    try:
-        model = mlflow.sklearn.load_model(str(source.path))
-    except Exception as exc:
-        raise errors.ConversionError(f"loading the scikit-learn model failed: {exc}") from exc
+    model = load_sklearn_model(source)
 
     inputs = source.inputs
     if not inputs:

@@ -75,7 +75,7 @@ def publish_tags(report: dict, uri: str | None, options: ConversionOptions) -> d
         record.update(uri=uri, sha256=report["sha256"])
     else:
         tags[TAG_ERROR] = str(report.get("error", ""))[:4000]
-        record.update(error=tags[TAG_ERROR])
+        record.update(error=tags[TAG_ERROR], reason=report.get("reason", "ConversionFailed"))
     tags[options_tag(options)] = record
     return tags
 
@@ -102,7 +102,7 @@ def convert_and_publish(registry: Registry, resolved: ResolvedModel,
         report = convert_model_dir(src, out, options, cache_dir=cache_dir, provenance=provenance(resolved))
     except errors.ConversionError as exc:
         failed = json.loads((out / "conversion.json").read_text()) if (out / "conversion.json").exists() \
-            else {"status": "failed", "error": str(exc)}
+            else {"status": "failed", "error": str(exc), "reason": exc.reason}
         tags = publish_tags(failed, None, options)
         if registry.version_tags(resolved).get(TAG_STATUS) == "passed":
             # An earlier good result stays the headline (status, parity, uri, sha256 belong

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import errors
+from ..artifacts import check_tree, inside
 from ..tensors import TensorSpec
 
 SUPPORTED_FLAVORS = ("onnx", "pytorch", "sklearn")
@@ -92,12 +93,16 @@ def load_source(path: str | Path) -> SourceModel:
     from mlflow.models import Model
 
     path = Path(path)
+    check_tree(path)  # a symlink out of the directory is refused before any file is read
     try:
         mlmodel = Model.load(str(path))
     except Exception as exc:
         raise errors.ConversionError(f"{path} is not an MLflow model directory: {exc}") from exc
     flavor = pick_flavor(mlmodel.flavors)
     inputs = _signature_inputs(mlmodel)
+    example_info = mlmodel.saved_input_example_info or {}
+    if example_info.get("artifact_path"):
+        inside(path, example_info["artifact_path"], "the input example")
     try:
         example = mlmodel.load_input_example(str(path))
     except Exception:  # an unreadable example is not fatal: samples come from the signature

@@ -29,6 +29,7 @@ class Served:
     sha256: str
     options: str  # ConversionSpec.fingerprint
     cached: bool = False
+    storage_note: str = ""  # how storage_uri was derived, when that needs saying (not persisted)
 
     def to_status(self) -> dict:
         return {"version": self.version, "onnxUri": self.onnx_uri, "storageUri": self.storage_uri,
@@ -189,6 +190,11 @@ def _base(inp: Inputs, stable: Served | None, target_version: str | None) -> dic
         out["url"] = inp.status["url"]
     if inp.status.get("failed"):
         out["failed"] = dict(inp.status["failed"])
+    # The canary rollout's state survives every other path (conversion, errors): only
+    # `plan_rollout` changes it.
+    for key in ("canary", "canaryModel"):
+        if inp.status.get(key):
+            out[key] = inp.status[key]
     return out
 
 
@@ -295,6 +301,8 @@ def _plan_deployed(inp: Inputs, old_stable: Served | None, target: Served) -> Pl
         extra += (Event("Normal", "Converted", converted[2]),)
     if old_stable is None or old_stable.version != target.version or old_stable.options != target.options:
         extra += (Event("Normal", "Deployed", f"InferenceService now serves {label} from {target.storage_uri}"),)
+        if target.storage_note:
+            extra += (Event("Normal", "ArtifactProxy", target.storage_note),)
     if svc.ready and svc.storage_uri == target.storage_uri:
         status["phase"] = "Ready"
         if svc.url:
@@ -312,6 +320,86 @@ def _plan_deployed(inp: Inputs, old_stable: Served | None, target: Served) -> Pl
             reconciling=("True", "Deploying", f"deploying {label}: {why}"),
             stalled=("False", "NoError", ""), converted=converted)
     return Plan(status=status, events=_events(inp, status, extra))
+
+
+# --- canary rollouts (the engine decided; this says it in the status) -----------------------------
+ACTIVE_ROLLOUT_PHASES = ("WaitingForGate", "Progressing", "Paused", "AwaitingPromotion")
+NOTIFY_EVENTS = {  # engine notification -> (Event type, Event reason)
+    "Started": ("Normal", "CanaryStarted"),
+    "StepAdvanced": ("Normal", "CanaryStepAdvanced"),
+    "Promoted": ("Normal", "Promoted"),
+    "RolledBack": ("Warning", "RolledBack"),
+    "Failed": ("Warning", "CanaryFailed"),
+}
+
+
+def plan_rollout(inp: Inputs, stable: Served, canary: Served | None, rollout: dict,
+                 notifications: tuple = (), promoted: bool = False) -> Plan:
+    """Status and Events of a `strategy: canary` deployment after the rollout engine's step.
+
+    `rollout` is the engine's state (`RolloutState.to_status()`, kept in `status.canary`);
+    `stable` and `canary` are what the InferenceService now serves; `notifications` the engine's
+    new transitions (one Event each); `promoted`: the stable version changed in this pass.
+    """
+    svc = inp.service
+    assert svc is not None
+    status = _base(inp, stable, inp.resolved_version or inp.status.get("resolvedVersion") or stable.version)
+    status.pop("failed", None)
+    status["canary"] = rollout
+    if canary is not None:
+        status["canaryModel"] = canary.to_status()
+    else:
+        status.pop("canaryModel", None)
+    label = _label(inp.spec, stable.version)
+    converted = ("True", "Converted", f"{_label(inp.spec, (canary or stable).version)} converted to ONNX "
+                 f"sha256 {(canary or stable).sha256[:12]}")
+    phase = rollout.get("phase")
+    message = rollout.get("message") or ""
+    # KServe reports the InferenceService ready for the spec we last wrote (stable, or in
+    # Knative mode the canary's spec in front of the previous revision).
+    ready_now = svc.ready and svc.storage_uri in {stable.storage_uri, canary and canary.storage_uri}
+    at = f" at {svc.url}" if svc.url else ""
+    if ready_now and svc.url:
+        status["url"] = svc.url
+    serving = f"serving {label}" + (f", canary v{canary.version} at {rollout.get('weight', 0)}%" if canary else "")
+    if phase in ACTIVE_ROLLOUT_PHASES:
+        status["phase"] = "Progressing"
+        progressing = ("True", rollout.get("reason") or "Progressing", message)
+        rolled_back = ("False", "Progressing", "")
+        reconciling = ("True", "Progressing", message)
+    elif phase == "RolledBack" and (rollout.get("rolledBack") or {}).get("version") == status.get("resolvedVersion"):
+        status["phase"] = "RolledBack"
+        rb = rollout.get("rolledBack") or {}
+        progressing = ("False", "RolledBack", message)
+        rolled_back = ("True", rb.get("reason") or "RolledBack", message)
+        reconciling = ("False", "RolledBack", "")
+    else:
+        status["phase"] = "Ready" if ready_now else "Deploying"
+        progressing = ("False", rollout.get("reason") or "Stable", message)
+        rolled_back = ("False", "NoRollback", "")
+        reconciling = ("False", "Reconciled", "") if ready_now else \
+            ("True", "Deploying", f"deploying {label}: {svc.message or 'waiting for the InferenceService'}")
+    ready = ("True", "Serving", serving + at) if ready_now else \
+        ("False", "Deploying", f"deploying {label}: {svc.message or 'waiting for the InferenceService'}")
+    status["conditions"] = _conditions(inp, ready=ready, reconciling=reconciling,
+                                       stalled=("False", "NoError", ""), converted=converted)
+    prev = inp.status.get("conditions") or []
+    status["conditions"] += [
+        _condition(prev, "Progressing", *progressing, inp.generation, inp.now),
+        _condition(prev, "RolledBack", *rolled_back, inp.generation, inp.now),
+    ]
+    extra: list[Event] = []
+    if promoted:
+        extra.append(Event("Normal", "Deployed", f"InferenceService now serves {label} from {stable.storage_uri}"))
+        if stable.storage_note:
+            extra.append(Event("Normal", "ArtifactProxy", stable.storage_note))
+    for n in notifications:
+        type_, reason = NOTIFY_EVENTS.get(n.event, ("Normal", n.event))
+        text = n.message + (f" (check {n.check})" if n.check and n.check not in n.message else "")
+        extra.append(Event(type_, reason, text))
+    # Phase Events only outside a rollout's own transitions (those have theirs).
+    events = _events(inp, status, tuple(extra)) if not notifications else tuple(extra)
+    return Plan(status=status, events=events)
 
 
 def plan_invalid(status: dict, generation: int, failure: Failure, now: str) -> Plan:

@@ -21,7 +21,17 @@ from . import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 PRECISIONS = ["fp32", "fp16", "int8"]
 STRATEGIES = ["canary", "replace"]
 PHASES = ["Pending", "Converting", "Deploying", "Progressing", "Ready", "RolledBack", "Failed"]
-CONDITION_TYPES = ["Ready", "Reconciling", "Stalled", "Converted"]
+CONDITION_TYPES = ["Ready", "Reconciling", "Stalled", "Converted", "Progressing", "RolledBack"]
+DEPLOYMENT_MODES = ["Standard", "Knative"]
+# The rollout engine's phases (`modelops.rollout.Phase`), shown in status.canary.phase.
+ROLLOUT_PHASES = ["Idle", "Stable", "WaitingForGate", "Progressing", "Paused", "AwaitingPromotion",
+                  "Promoted", "RolledBack"]
+HOOK_EVENTS = ["Started", "StepAdvanced", "Promoted", "RolledBack", "Failed"]
+GATE_TYPES = ["preRollout", "confirmPromotion"]
+CHECK_OUTCOMES = ["Passed", "Failed", "Inconclusive", "Skipped"]
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # a DNS label: hook and check names
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+URL_PATTERN = r"^https?://.+"
 
 # A Go duration as `time.ParseDuration` reads it, restricted to the units that make sense here.
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
@@ -37,6 +47,99 @@ _quantity_map = {
         "anyOf": [{"type": "integer"}, {"type": "string"}],
         "x-kubernetes-int-or-string": True,
         "pattern": QUANTITY_PATTERN,
+    },
+}
+
+_secret_ref = {
+    "type": "object",
+    "description": "A key of a Secret in the ModelDeployment's namespace.",
+    "required": ["name", "key"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": SECRET_NAME_PATTERN},
+        "key": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": r"^[-._a-zA-Z0-9]+$"},
+    },
+}
+
+_unique_names_rule = {"rule": "self.all(a, self.exists_one(b, b.name == a.name))",
+                      "message": "names must be unique"}
+
+_check = {
+    "type": "object",
+    "description": "A user PromQL check: the query's single value must lie within [min, max]. "
+                   "$model, $version, $stable_version, $namespace and $window are substituted.",
+    "required": ["name", "query"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 63, "pattern": NAME_PATTERN},
+        "query": {"type": "string", "minLength": 1, "maxLength": 4096},
+        "min": {"type": "number"},
+        "max": {"type": "number"},
+    },
+    "x-kubernetes-validations": [
+        {"rule": "has(self.min) || has(self.max)", "message": "a check needs min or max"},
+        {"rule": "!has(self.min) || !has(self.max) || self.min <= self.max",
+         "message": "a check's min must not exceed its max"},
+    ],
+}
+
+_analysis = {
+    "type": "object",
+    "description": "How each canary step is judged. Defaults: successRate.min 0.99, minRequests 10, "
+                   "failureLimit 2, inconclusiveLimit 3.",
+    "properties": {
+        "successRate": {
+            "type": "object",
+            "description": "Canary requests answered without a 5xx, as a fraction of all its requests.",
+            "properties": {
+                "min": {"type": "number", "minimum": 0, "maximum": 1,
+                        "description": "Absolute floor (default 0.99; 0 turns the check off)."},
+                "maxDrop": {"type": "number", "minimum": 0, "maximum": 1,
+                            "description": "At most this far below the stable version's rate."},
+            },
+        },
+        "p99LatencyMs": {
+            "type": "object",
+            "description": "The canary's 99th-percentile request latency.",
+            "properties": {
+                "max": {"type": "number", "minimum": 0, "description": "Absolute ceiling in ms."},
+                "maxRatio": {"type": "number", "minimum": 1, "maximum": 100,
+                             "description": "At most this multiple of the stable version's p99 (1.2)."},
+            },
+        },
+        "minRequests": {"type": "integer", "minimum": 0, "maximum": 1000000000,
+                        "description": "Canary requests needed in an interval before it can pass; "
+                                       "fewer is inconclusive."},
+        "failureLimit": {"type": "integer", "minimum": 1, "maximum": 100,
+                         "description": "Failed analyses of a canary before it is rolled back."},
+        "inconclusiveLimit": {"type": "integer", "minimum": 1, "maximum": 100,
+                              "description": "Inconclusive analyses in a row before it is rolled back."},
+        "prometheusUrl": {"type": "string", "maxLength": 2048, "pattern": URL_PATTERN,
+                          "description": "Overrides the operator's --prometheus-url."},
+        "checks": {"type": "array", "maxItems": 16, "items": _check,
+                   "x-kubernetes-validations": [_unique_names_rule]},
+    },
+}
+
+_webhook = {
+    "type": "object",
+    "required": ["name", "url"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 63, "pattern": NAME_PATTERN},
+        "url": {"type": "string", "maxLength": 2048, "pattern": URL_PATTERN},
+        "events": {"type": "array", "maxItems": 5, "items": {"type": "string", "enum": HOOK_EVENTS},
+                   "description": "Events to deliver (default: all)."},
+        "secretRef": _secret_ref,
+    },
+}
+
+_gate = {
+    "type": "object",
+    "required": ["name", "url", "type"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 63, "pattern": NAME_PATTERN},
+        "url": {"type": "string", "maxLength": 2048, "pattern": URL_PATTERN},
+        "type": {"type": "string", "enum": GATE_TYPES,
+                 "description": "preRollout: before any traffic moves; confirmPromotion: before promoting."},
+        "secretRef": _secret_ref,
     },
 }
 
@@ -87,7 +190,7 @@ SPEC_SCHEMA: dict = {
                                 "description": "MLflow tracking server; the operator's default otherwise."},
                 "credentialsSecret": {
                     "type": "string", "maxLength": 253,
-                    "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                    "pattern": SECRET_NAME_PATTERN,
                     "description": "Secret (same namespace) with MLflow/artifact-store credentials "
                                    "as environment variables, given to the conversion Job only.",
                 },
@@ -121,6 +224,8 @@ SPEC_SCHEMA: dict = {
                 "nodeSelector": {"type": "object", "maxProperties": 32,
                                  "additionalProperties": {"type": "string", "maxLength": 63}},
                 "tolerations": {"type": "array", "maxItems": 32, "items": _toleration},
+                "deploymentMode": {"type": "string", "enum": DEPLOYMENT_MODES, "default": "Standard",
+                                   "description": "KServe deployment mode of the InferenceService."},
             },
             "x-kubernetes-validations": [{
                 "rule": "!has(self.minReplicas) || !has(self.maxReplicas) "
@@ -146,6 +251,27 @@ SPEC_SCHEMA: dict = {
                 "interval": {"type": "string", "maxLength": 32, "pattern": DURATION_PATTERN,
                              "default": "60s",
                              "description": "Time between canary steps, a duration such as 60s or 5m."},
+                "paused": {"type": "boolean", "default": False,
+                           "description": "Hold a canary at its current weight (no analysis, no promotion)."},
+                "promoteAlias": {
+                    "type": "string", "minLength": 1, "maxLength": 255, "pattern": ALIAS_PATTERN,
+                    "description": "MLflow alias moved to a version when it is promoted (e.g. production).",
+                    "x-kubernetes-validations": [{
+                        "rule": "self != 'latest' && !self.matches('^[vV][0-9]+$')",
+                        "message": "promoteAlias must not be 'latest' nor look like a version (v3)",
+                    }],
+                },
+                "analysis": _analysis,
+            },
+        },
+        "hooks": {
+            "type": "object",
+            "description": "Notification webhooks and gates of canary rollouts.",
+            "properties": {
+                "webhooks": {"type": "array", "maxItems": 16, "items": _webhook,
+                             "x-kubernetes-validations": [_unique_names_rule]},
+                "gates": {"type": "array", "maxItems": 16, "items": _gate,
+                          "x-kubernetes-validations": [_unique_names_rule]},
             },
         },
     },
@@ -175,6 +301,91 @@ _served = {
     },
 }
 
+_check_result = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "outcome": {"type": "string", "enum": CHECK_OUTCOMES},
+        "value": {"type": "number"},
+        "message": {"type": "string"},
+    },
+}
+
+_notification = {
+    "type": "object",
+    "description": "A rollout transition waiting to be delivered to every webhook subscribed to it.",
+    "properties": {
+        "seq": {"type": "integer"},
+        "event": {"type": "string", "enum": HOOK_EVENTS},
+        "version": {"type": "string"},
+        "stableVersion": {"type": "string"},
+        "weight": {"type": "integer"},
+        "at": {"type": "string", "format": "date-time"},
+        "reason": {"type": "string"},
+        "message": {"type": "string"},
+        "check": {"type": "string"},
+    },
+}
+
+_canary_status = {
+    "type": "object",
+    "description": "The canary rollout's persisted state (modelops.rollout.RolloutState).",
+    "properties": {
+        "phase": {"type": "string", "enum": ROLLOUT_PHASES},
+        "version": {"type": "string", "description": "The canary's model version (none: no canary)."},
+        "stableVersion": {"type": "string", "description": "The version serving the rest of the traffic."},
+        "weight": {"type": "integer", "description": "Percent of traffic on the canary."},
+        "step": {"type": "integer", "description": "Index into spec.rollout.steps."},
+        "failedChecks": {"type": "integer", "description": "Failed analyses of this canary."},
+        "inconclusiveChecks": {"type": "integer", "description": "Inconclusive analyses in a row."},
+        "startedAt": {"type": "string", "format": "date-time"},
+        "lastStepAt": {"type": "string", "format": "date-time"},
+        "lastAnalysisAt": {"type": "string", "format": "date-time"},
+        "nextAnalysisAt": {"type": "string", "format": "date-time"},
+        "reason": {"type": "string", "description": "Why the rollout is where it is (CamelCase)."},
+        "message": {"type": "string"},
+        "analysis": {
+            "type": "object",
+            "description": "The last analysis: its outcome, the deciding check, every check.",
+            "properties": {
+                "version": {"type": "string"},
+                "at": {"type": "string", "format": "date-time"},
+                "outcome": {"type": "string", "enum": CHECK_OUTCOMES},
+                "check": {"type": "string"},
+                "message": {"type": "string"},
+                "checks": {"type": "array", "items": _check_result},
+            },
+        },
+        "gate": {
+            "type": "object",
+            "description": "The gate the rollout waits on.",
+            "properties": {
+                "type": {"type": "string", "enum": GATE_TYPES},
+                "version": {"type": "string"},
+                "askedAt": {"type": "string", "format": "date-time"},
+                "open": {"type": "boolean"},
+                "message": {"type": "string"},
+            },
+        },
+        "rolledBack": {
+            "type": "object",
+            "description": "The last rolled-back version: not tried again until the spec or the "
+                           "resolved version changes.",
+            "properties": {
+                "version": {"type": "string"},
+                "generation": {"type": "integer", "format": "int64"},
+                "at": {"type": "string", "format": "date-time"},
+                "reason": {"type": "string"},
+                "check": {"type": "string"},
+            },
+        },
+        "hookSeq": {"type": "integer", "description": "Sequence number of the last notification."},
+        "delivered": {"type": "object", "additionalProperties": {"type": "integer"},
+                      "description": "Per webhook: the last notification it acknowledged."},
+        "outbox": {"type": "array", "items": _notification},
+    },
+}
+
 STATUS_SCHEMA: dict = {
     "type": "object",
     "properties": {
@@ -186,8 +397,7 @@ STATUS_SCHEMA: dict = {
         },
         "resolvedVersion": {"type": "string", "description": "What the model reference resolved to last."},
         "stable": _served,
-        "canary": {"type": "object", "properties": {
-            "version": {"type": "string"}, "weight": {"type": "integer"}}},
+        "canary": _canary_status,
         "failed": {
             "type": "object",
             "description": "The last version+options that failed permanently: not retried until the spec or the alias changes.",
@@ -201,6 +411,7 @@ STATUS_SCHEMA: dict = {
 PRINTER_COLUMNS = [
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
     {"name": "Version", "type": "string", "jsonPath": ".status.stable.version"},
+    {"name": "Canary", "type": "string", "jsonPath": ".status.canary.version"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Canary %", "type": "integer", "jsonPath": ".status.canary.weight"},
     {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},

@@ -22,6 +22,10 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _QUANTITY = re.compile(schema.QUANTITY_PATTERN)
 _ALIAS = re.compile(schema.ALIAS_PATTERN)
 _VERSION = re.compile(r"^[1-9][0-9]{0,8}$")
+_NAME = re.compile(schema.NAME_PATTERN)
+_SECRET_NAME = re.compile(schema.SECRET_NAME_PATTERN)
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_URL = re.compile(schema.URL_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,32 @@ class PredictorSpec:
     limits: dict[str, str] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict, ...] = ()
+    deployment_mode: str = "Standard"  # KServe: Standard (raw) | Knative
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """A user PromQL check: its single value must lie within [min, max]."""
+
+    name: str
+    query: str
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """How a canary step is judged (`spec.rollout.analysis`); None turns a threshold off."""
+
+    success_rate_min: float | None = 0.99
+    success_rate_max_drop: float | None = None  # canary >= stable - drop
+    p99_latency_ms_max: float | None = None
+    p99_latency_max_ratio: float | None = None  # canary p99 <= ratio * stable p99
+    min_requests: int = 10
+    failure_limit: int = 2
+    inconclusive_limit: int = 3
+    checks: tuple[CheckSpec, ...] = ()
+    prometheus_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,10 +105,45 @@ class RolloutSpec:
     strategy: str = "replace"
     steps: tuple[int, ...] = (10, 50, 100)
     interval: str = "60s"
+    paused: bool = False
+    promote_alias: str | None = None
+    analysis: AnalysisSpec = AnalysisSpec()
 
     @property
     def interval_seconds(self) -> float:
         return parse_duration(self.interval)
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class WebhookSpec:
+    """A notification webhook: rollout transitions POSTed as JSON, HMAC-signed with the secret."""
+
+    name: str
+    url: str
+    events: tuple[str, ...] = tuple(schema.HOOK_EVENTS)
+    secret_ref: SecretRef | None = None
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """A gate: a non-2xx answer holds the rollout before it starts or before it promotes."""
+
+    name: str
+    url: str
+    type: str  # preRollout | confirmPromotion
+    secret_ref: SecretRef | None = None
+
+
+@dataclass(frozen=True)
+class HooksSpec:
+    webhooks: tuple[WebhookSpec, ...] = ()
+    gates: tuple[GateSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +153,7 @@ class DeploymentSpec:
     conversion: ConversionSpec = ConversionSpec()
     predictor: PredictorSpec = PredictorSpec()
     rollout: RolloutSpec = RolloutSpec()
+    hooks: HooksSpec = HooksSpec()
 
 
 def parse_duration(text: str) -> float:
@@ -132,6 +198,36 @@ def _str(value: Any, path: str, *, pattern: re.Pattern | None = None, max_len: i
     return value
 
 
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidSpec(path, f"must be true or false, got {value!r}")
+    return value
+
+
+def _list(value: Any, path: str, max_items: int) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidSpec(path, f"must be a list, got {type(value).__name__}")
+    if len(value) > max_items:
+        raise InvalidSpec(path, f"must have at most {max_items} items")
+    return value
+
+
+def _unique_names(items: list, path: str) -> None:
+    names = [i.name for i in items]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InvalidSpec(path, f"names must be unique ({', '.join(dupes)} repeated)")
+
+
+def _alias(value: Any, path: str) -> str:
+    alias = _str(value, path, pattern=_ALIAS, max_len=255)
+    if alias == "latest" or re.match(r"^[vV][0-9]+$", alias):
+        raise InvalidSpec(path, "must not be 'latest' nor look like a version (v3)")
+    return alias
+
+
 def _enum(value: Any, path: str, allowed: list[str]) -> str:
     if value not in allowed:
         raise InvalidSpec(path, f"must be one of {', '.join(allowed)}, got {value!r}")
@@ -162,9 +258,7 @@ def _model(raw: Any) -> ModelRef:
             version = str(version)  # tolerate an unquoted number outside the API server
         version = _str(version, "spec.model.version", pattern=_VERSION, max_len=9)
     if alias is not None:
-        alias = _str(alias, "spec.model.alias", pattern=_ALIAS, max_len=255)
-        if alias == "latest" or re.match(r"^[vV][0-9]+$", alias):
-            raise InvalidSpec("spec.model.alias", "must not be 'latest' nor look like a version (v3)")
+        alias = _alias(alias, "spec.model.alias")
     return ModelRef(name=name, version=version, alias=alias)
 
 
@@ -175,8 +269,7 @@ def _registry(raw: Any) -> RegistrySpec:
         uri = _str(uri, "spec.registry.trackingUri", pattern=re.compile(r"^https?://.+"), max_len=2048)
     secret = raw.get("credentialsSecret")
     if secret is not None:
-        secret = _str(secret, "spec.registry.credentialsSecret",
-                      pattern=re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))
+        secret = _str(secret, "spec.registry.credentialsSecret", pattern=_SECRET_NAME)
     return RegistrySpec(tracking_uri=uri, credentials_secret=secret)
 
 
@@ -221,6 +314,8 @@ def _predictor(raw: Any) -> PredictorSpec:
         limits=_quantities(resources.get("limits"), f"{p}.resources.limits"),
         node_selector=dict(selector),
         tolerations=tuple(dict(t) for t in tolerations),
+        deployment_mode=_enum(raw.get("deploymentMode", d.deployment_mode), f"{p}.deploymentMode",
+                              schema.DEPLOYMENT_MODES),
     )
 
 
@@ -239,7 +334,94 @@ def _rollout(raw: Any) -> RolloutSpec:
         raise InvalidSpec("spec.rollout.steps", "rollout.steps must end at 100")
     interval = raw.get("interval", d.interval)
     parse_duration(interval)
-    return RolloutSpec(strategy=strategy, steps=tuple(steps), interval=interval)
+    alias = raw.get("promoteAlias")
+    return RolloutSpec(
+        strategy=strategy, steps=tuple(steps), interval=interval,
+        paused=_bool(raw.get("paused", False), "spec.rollout.paused"),
+        promote_alias=None if alias is None else _alias(alias, "spec.rollout.promoteAlias"),
+        analysis=_analysis(raw.get("analysis")),
+    )
+
+
+def _optional_num(raw: dict, key: str, path: str, lo: float, hi: float) -> float | None:
+    return None if raw.get(key) is None else _num(raw[key], f"{path}.{key}", lo, hi)
+
+
+def _analysis(raw: Any) -> AnalysisSpec:
+    p = "spec.rollout.analysis"
+    raw = _obj(raw, p)
+    d = AnalysisSpec()
+    rate = _obj(raw.get("successRate"), f"{p}.successRate")
+    p99 = _obj(raw.get("p99LatencyMs"), f"{p}.p99LatencyMs")
+    checks = []
+    for i, c in enumerate(_list(raw.get("checks"), f"{p}.checks", 16)):
+        cp = f"{p}.checks[{i}]"
+        c = _obj(c, cp)
+        check = CheckSpec(
+            name=_str(c.get("name"), f"{cp}.name", pattern=_NAME, max_len=63),
+            query=_str(c.get("query"), f"{cp}.query", max_len=4096),
+            min=_optional_num(c, "min", cp, float("-inf"), float("inf")),
+            max=_optional_num(c, "max", cp, float("-inf"), float("inf")),
+        )
+        if check.min is None and check.max is None:
+            raise InvalidSpec(cp, "a check needs min or max")
+        if check.min is not None and check.max is not None and check.min > check.max:
+            raise InvalidSpec(cp, "a check's min must not exceed its max")
+        checks.append(check)
+    _unique_names(checks, f"{p}.checks")
+    url = raw.get("prometheusUrl")
+    return AnalysisSpec(
+        success_rate_min=(d.success_rate_min if rate.get("min") is None
+                          else _num(rate["min"], f"{p}.successRate.min", 0, 1)),
+        success_rate_max_drop=_optional_num(rate, "maxDrop", f"{p}.successRate", 0, 1),
+        p99_latency_ms_max=_optional_num(p99, "max", f"{p}.p99LatencyMs", 0, float("inf")),
+        p99_latency_max_ratio=_optional_num(p99, "maxRatio", f"{p}.p99LatencyMs", 1, 100),
+        min_requests=_int(raw.get("minRequests", d.min_requests), f"{p}.minRequests", 0, 10**9),
+        failure_limit=_int(raw.get("failureLimit", d.failure_limit), f"{p}.failureLimit", 1, 100),
+        inconclusive_limit=_int(raw.get("inconclusiveLimit", d.inconclusive_limit),
+                                f"{p}.inconclusiveLimit", 1, 100),
+        checks=tuple(checks),
+        prometheus_url=None if url is None else _str(url, f"{p}.prometheusUrl", pattern=_URL, max_len=2048),
+    )
+
+
+def _secret_ref(raw: Any, path: str) -> SecretRef | None:
+    if raw is None:
+        return None
+    raw = _obj(raw, path)
+    return SecretRef(name=_str(raw.get("name"), f"{path}.name", pattern=_SECRET_NAME),
+                     key=_str(raw.get("key"), f"{path}.key", pattern=_SECRET_KEY))
+
+
+def _hooks(raw: Any) -> HooksSpec:
+    p = "spec.hooks"
+    raw = _obj(raw, p)
+    webhooks = []
+    for i, w in enumerate(_list(raw.get("webhooks"), f"{p}.webhooks", 16)):
+        wp = f"{p}.webhooks[{i}]"
+        w = _obj(w, wp)
+        events = w.get("events")
+        if events is None:
+            events = list(schema.HOOK_EVENTS)
+        events = _list(events, f"{wp}.events", len(schema.HOOK_EVENTS))
+        for j, e in enumerate(events):
+            _enum(e, f"{wp}.events[{j}]", schema.HOOK_EVENTS)
+        webhooks.append(WebhookSpec(
+            name=_str(w.get("name"), f"{wp}.name", pattern=_NAME, max_len=63),
+            url=_str(w.get("url"), f"{wp}.url", pattern=_URL, max_len=2048),
+            events=tuple(events), secret_ref=_secret_ref(w.get("secretRef"), f"{wp}.secretRef")))
+    _unique_names(webhooks, f"{p}.webhooks")
+    gates = []
+    for i, g in enumerate(_list(raw.get("gates"), f"{p}.gates", 16)):
+        gp = f"{p}.gates[{i}]"
+        g = _obj(g, gp)
+        gates.append(GateSpec(
+            name=_str(g.get("name"), f"{gp}.name", pattern=_NAME, max_len=63),
+            url=_str(g.get("url"), f"{gp}.url", pattern=_URL, max_len=2048),
+            type=_enum(g.get("type"), f"{gp}.type", schema.GATE_TYPES),
+            secret_ref=_secret_ref(g.get("secretRef"), f"{gp}.secretRef")))
+    _unique_names(gates, f"{p}.gates")
+    return HooksSpec(webhooks=tuple(webhooks), gates=tuple(gates))
 
 
 def parse_spec(raw: Any) -> DeploymentSpec:
@@ -253,4 +435,5 @@ def parse_spec(raw: Any) -> DeploymentSpec:
         conversion=_conversion(raw.get("conversion")),
         predictor=_predictor(raw.get("predictor")),
         rollout=_rollout(raw.get("rollout")),
+        hooks=_hooks(raw.get("hooks")),
     )

@@ -6,14 +6,20 @@ KServe's storage initializer downloads `s3://`, `gs://`, `pvc://`, `https://` (A
 - MLflow with a direct artifact store (`--default-artifact-root s3://...`, or
   `--artifacts-destination s3://...` with `--no-serve-artifacts`): artifact URIs are already
   `s3://...` and pass through.
-- MLflow proxying artifacts (`mlflow-artifacts:/...`) or on a local/NFS path (`file:///...`): the
-  operator needs a rewrite rule mapping that prefix to where KServe can read the same bytes, e.g.
+- A rewrite rule maps a prefix to where KServe can read the same bytes directly, e.g.
   `mlflow-artifacts:/=s3://mlflow/artifacts/` or `file:///mlruns/=pvc://mlflow-artifacts/`.
+- MLflow proxying artifacts (`mlflow-artifacts:/...`, `mlflow server`'s default) with no rewrite:
+  the tracking server itself serves each file at `/api/2.0/mlflow-artifacts/artifacts/<path>`,
+  and KServe downloads `http(s)://` URLs of single files; the converted model is one
+  self-contained `model.onnx`, so `storageUri` is that file's URL on the tracking server.
 
-Anything else is a permanent error that names the URI and the fix.
+Anything else (`file:///...` with no rewrite, say) is a permanent error that names the URI and the fix.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
 
 from ..errors import ModelOpsError
 
@@ -35,8 +41,42 @@ def parse_rewrites(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, str],
     return tuple(sorted(pairs, key=lambda p: -len(p[0])))
 
 
+MODEL_FILE = "model.onnx"
+PROXY_PATH = "/api/2.0/mlflow-artifacts/artifacts/"
+
+
+@dataclass(frozen=True)
+class StorageLocation:
+    uri: str  # the KServe storageUri
+    note: str = ""  # how it was derived, when that needs saying (an Event)
+
+
+def proxied_artifact_url(artifact_uri: str, tracking_uri: str, file: str = MODEL_FILE) -> str:
+    """The tracking server's URL of `file` inside a `mlflow-artifacts:` directory."""
+    path = urlsplit(artifact_uri).path.strip("/")  # mlflow-artifacts:/p or mlflow-artifacts://host:port/p
+    return f"{tracking_uri.rstrip('/')}{PROXY_PATH}{quote(path)}/{quote(file)}"
+
+
+def storage_location(artifact_uri: str, rewrites: tuple[tuple[str, str], ...] = (),
+                     tracking_uri: str | None = None) -> StorageLocation:
+    """Where KServe should download the converted model from (see the module's docstring)."""
+    for src, dst in rewrites:
+        if artifact_uri.startswith(src):
+            return StorageLocation(dst + artifact_uri[len(src):])
+    if artifact_uri.startswith(KSERVE_SCHEMES):
+        return StorageLocation(artifact_uri)
+    if artifact_uri.startswith("mlflow-artifacts:") and tracking_uri and \
+            tracking_uri.startswith(("http://", "https://")):
+        url = proxied_artifact_url(artifact_uri, tracking_uri)
+        return StorageLocation(url, note=(
+            f"KServe downloads {MODEL_FILE} from the MLflow tracking server's artifact proxy ({url}): "
+            "no --storage-uri-rewrite matched the artifact URI; the tracking server must be "
+            "reachable from the predictor's namespace without credentials"))
+    return StorageLocation(storage_uri(artifact_uri, ()))
+
+
 def storage_uri(artifact_uri: str, rewrites: tuple[tuple[str, str], ...] = ()) -> str:
-    """The URI KServe should download the ONNX model directory from."""
+    """The URI KServe should download the ONNX model directory from (rewrites and direct stores)."""
     for src, dst in rewrites:
         if artifact_uri.startswith(src):
             return dst + artifact_uri[len(src):]

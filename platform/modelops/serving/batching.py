@@ -67,10 +67,22 @@ class DynamicBatcher:
                 feeds = {k: np.concatenate([item[0][k] for item in batch]) for k in batch[0][0]}
             try:
                 outputs = await loop.run_in_executor(self._executor, self._run, feeds)
-            except Exception as exc:  # every caller in the batch sees the failure
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+            except Exception as exc:
+                if len(batch) == 1:
+                    if not batch[0][2].done():
+                        batch[0][2].set_exception(exc)
+                    continue
+                # One request's values can fail the whole call (an index out of range): rerun
+                # each alone, so only the request that caused it sees the failure.
+                for item_feeds, _, fut in batch:
+                    try:
+                        result = await loop.run_in_executor(self._executor, self._run, item_feeds)
+                    except Exception as item_exc:
+                        if not fut.done():
+                            fut.set_exception(item_exc)
+                    else:
+                        if not fut.done():
+                            fut.set_result(result)
                 continue
             if self._on_batch:
                 self._on_batch(sum(item[1] for item in batch))

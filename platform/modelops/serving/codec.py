@@ -1,12 +1,28 @@
 """Open Inference Protocol v2 request decoding/validation and response encoding (pure).
 
-Every malformed request becomes `InvalidRequest` with a reason a client can act on. Supports
-the JSON form and the binary tensor extension (`Inference-Header-Content-Length`).
+One validation path for every protocol: the REST JSON body (and its binary tensor extension),
+the gRPC `ModelInferRequest` and KServe v1 `instances` are each checked for their own framing
+(JSON types, proto fields), then go through the same checks of names, datatypes, shapes,
+elements and requested outputs. Every violation is an `InvalidRequest` whose one-line message
+names the field; nothing a client sends reaches onnxruntime unchecked.
+
+Element policy (strict, the same for REST and gRPC):
+- FP16/FP32/FP64 take JSON numbers; a number outside the datatype's finite range (1e39 as
+  FP32) is refused, not turned into inf. Typed values (binary extension, gRPC contents) are
+  taken bit for bit, NaN and inf included: that is how a client sends a missing value.
+- INT*/UINT* take JSON integers within the datatype's range; a number written with a fraction
+  or exponent (1.5, 2.0, 1e3) is refused, and so are integers beyond 64 bits (JSON parsers
+  read those as floats, so they could never be exact).
+- BOOL takes true/false only; BYTES takes strings only (UTF-8 over gRPC and binary).
+- Refused everywhere: null, numeric strings ("1.5"), booleans as numbers, numbers as booleans,
+  tensors with no elements, unknown or duplicate requested outputs.
 """
 
 from __future__ import annotations
 
 import math
+import struct
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -16,11 +32,57 @@ from ..tensors import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
 
 BINARY_HEADER = "inference-header-content-length"
 
+_JSON_TYPE = {bool: "a boolean", int: "an integer", float: "a number with a fraction or exponent",
+              str: "a string", type(None): "null", list: "a nested list", dict: "an object"}
+_ALLOWED = {"f": (int, float), "i": (int,), "u": (int,), "b": (bool,), "O": (str,)}
+_TAKES = {"f": "JSON numbers", "i": "JSON integers", "u": "JSON integers", "b": "true/false",
+          "O": "strings"}
 
-def _check_shape(spec: TensorSpec, shape: list) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
-        raise InvalidRequest(f"input '{spec.name}': shape must be a list of non-negative integers, got {shape!r}")
+
+@dataclass
+class Decoded:
+    """A validated request: the feeds, and what to answer with."""
+
+    feeds: dict[str, np.ndarray]
+    outputs: list[str] | None = None  # requested outputs, in order; None: all of them
+    binary: frozenset[str] = frozenset()  # REST: outputs to send as binary tensors
+    id: str | None = None
+    raw: bool = False  # gRPC: the request used raw_input_contents
+
+
+def _short(value) -> str:
+    """A value as JSON (repr when JSON cannot say it), cut short: reasons stay one short line."""
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --- checks shared by every protocol --------------------------------------------------------------
+def _input_spec(by_name: dict, feeds: dict, name, datatype, where: str) -> TensorSpec:
+    """The model input a request tensor names, after checking name, uniqueness and datatype."""
+    if not isinstance(name, str):
+        raise InvalidRequest(f"{where}.name must be a string, got {_short(name)}")
+    spec = by_name.get(name)
+    if spec is None:
+        raise InvalidRequest(f"{where}: unknown input name {name[:64]!r}; model inputs: {sorted(by_name)}")
+    if name in feeds:
+        raise InvalidRequest(f"input '{name}' given twice")
+    if not isinstance(datatype, str):
+        raise InvalidRequest(f"input '{name}': datatype must be a string, got {_short(datatype)}")
+    if datatype not in V2_TO_NUMPY:
+        raise InvalidRequest(f"input '{name}': unknown datatype {datatype[:32]!r}; "
+                             f"V2 datatypes: {', '.join(V2_TO_NUMPY)}")
+    if datatype != spec.datatype:
+        raise InvalidRequest(f"input '{name}': datatype {datatype} does not match the model's {spec.datatype}")
+    return spec
+
+
+def _check_shape(spec: TensorSpec, shape) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise InvalidRequest(f"input '{spec.name}': shape must be a list of non-negative integers, "
+                             f"got {_short(shape)}")
     if len(shape) != len(spec.shape):
         raise InvalidRequest(f"input '{spec.name}': shape {shape} has rank {len(shape)}, "
                              f"model expects rank {len(spec.shape)} {list(spec.shape)}")
@@ -28,21 +90,15 @@ def _check_shape(spec: TensorSpec, shape: list) -> tuple[int, ...]:
         if want >= 0 and got != want:
             raise InvalidRequest(f"input '{spec.name}': dimension {i} is {got}, model expects {want} "
                                  f"(shape {list(spec.shape)}, -1 = any)")
+    if 0 in shape:
+        raise InvalidRequest(f"input '{spec.name}': shape {shape} has no elements")
     return tuple(shape)
 
 
-def _input_spec(by_name: dict, feeds: dict, name, datatype, where: str = "") -> TensorSpec:
-    """The model input a request tensor names, after checking name, uniqueness and datatype."""
-    spec = by_name.get(name)
-    if spec is None:
-        raise InvalidRequest(f"{where}unknown input name {name!r}; model inputs: {sorted(by_name)}")
-    if name in feeds:
-        raise InvalidRequest(f"input '{name}' given twice")
-    if datatype not in V2_TO_NUMPY:
-        raise InvalidRequest(f"input '{name}': unknown datatype {datatype!r}")
-    if datatype != spec.datatype:
-        raise InvalidRequest(f"input '{name}': datatype {datatype} does not match the model's {spec.datatype}")
-    return spec
+def _check_count(spec: TensorSpec, shape: tuple, count: int) -> None:
+    need = math.prod(shape)
+    if count != need:
+        raise InvalidRequest(f"input '{spec.name}': shape {list(shape)} needs {need} elements, data has {count}")
 
 
 def _check_complete(specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> None:
@@ -54,32 +110,165 @@ def _check_complete(specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> No
         raise InvalidRequest(f"inputs disagree on the batch size: {sorted(batches)}")
 
 
-def _from_json_data(spec: TensorSpec, shape: tuple, data) -> np.ndarray:
-    count = math.prod(shape)
+def _requested_outputs(names: list, output_names: list[str]) -> list[str]:
+    unknown = [n[:64] for n in names if n not in output_names]
+    if unknown:
+        raise InvalidRequest(f"unknown requested outputs {unknown}; model outputs: {output_names}")
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise InvalidRequest(f"output '{name}' requested twice")
+        seen.add(name)
+    return list(names)
+
+
+# --- elements ---------------------------------------------------------------------------------------
+def _flatten(data, where: str) -> list:
+    """A JSON tensor's elements in row-major order: a flat list, or nested lists of equal length."""
+    if not isinstance(data, list):
+        raise InvalidRequest(f"{where}: data must be a list, got {_short(data)}")
+    if not data or type(data[0]) is not list:
+        return data  # flat; a list hiding further on is caught by the element check
+    rows = data
+    while rows and type(rows[0]) is list:
+        width = len(rows[0])
+        if any(type(r) is not list or len(r) != width for r in rows):
+            raise InvalidRequest(f"{where}: data is a ragged nested list")
+        rows = [x for r in rows for x in r]
+    return rows
+
+
+def _bad_element(spec: TensorSpec, flat: list, allowed: tuple) -> InvalidRequest:
+    i, value = next((i, v) for i, v in enumerate(flat) if type(v) not in allowed)
+    return InvalidRequest(f"input '{spec.name}': element {i} is {_JSON_TYPE.get(type(value), type(value).__name__)} "
+                          f"({_short(value)}); {spec.datatype} takes {_TAKES[spec.dtype.kind]}")
+
+
+def _out_of_range(spec: TensorSpec, values) -> InvalidRequest:
     dtype = spec.dtype
+    if dtype.kind == "f":
+        info = np.finfo(dtype)
+        lo, hi = float(info.min), float(info.max)
+    else:
+        info = np.iinfo(dtype)
+        lo, hi = int(info.min), int(info.max)
+    for i, v in enumerate(values):
+        try:
+            inside = lo <= v <= hi and not (isinstance(v, float) and math.isinf(v))
+        except TypeError:
+            inside = False
+        if not inside:
+            return InvalidRequest(f"input '{spec.name}': element {i} ({_short(v)}) is out of the "
+                                  f"{spec.datatype} range [{lo:g}, {hi:g}]" if dtype.kind == "f" else
+                                  f"input '{spec.name}': element {i} ({_short(v)}) is out of the "
+                                  f"{spec.datatype} range [{lo}, {hi}]")
+    return InvalidRequest(f"input '{spec.name}': a value is out of the {spec.datatype} range")
+
+
+def _fast_numbers(spec: TensorSpec, flat: list) -> np.ndarray | None:
+    """The common case at C speed: numbers only (the caller knows the body has no booleans).
+    None when in doubt; the exact path then accepts the same values or says what is wrong."""
     try:
-        arr = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidRequest(f"input '{spec.name}': data is not a valid {spec.datatype} tensor: {exc}") from None
-    if arr.size != count:
-        raise InvalidRequest(f"input '{spec.name}': shape {list(shape)} needs {count} elements, "
-                             f"data has {arr.size}")
+        arr = np.array(flat)  # float64 for JSON floats, int64/uint64 for integers; else no decision
+    except (ValueError, OverflowError):
+        return None
+    kind, target = arr.dtype.kind, spec.dtype
+    if arr.ndim != 1:
+        return None
+    if target.kind == "f" and kind == "f":
+        with np.errstate(over="ignore"):
+            out = arr.astype(target)
+        return out if np.isfinite(out).all() else None
+    if target.kind in "iu" and kind in "iu" and arr.size:
+        info = np.iinfo(target)
+        if int(arr.min()) >= info.min and int(arr.max()) <= info.max:
+            return arr.astype(target)
+    return None
+
+
+def _from_json(spec: TensorSpec, shape: tuple, data, where: str, booleans: bool = True) -> np.ndarray:
+    flat = _flatten(data, where)
+    _check_count(spec, shape, len(flat))
+    kind = spec.dtype.kind
+    if not booleans and kind in "fiu":
+        arr = _fast_numbers(spec, flat)
+        if arr is not None:
+            return arr.reshape(shape)
+    allowed = _ALLOWED[kind]
+    if not set(map(type, flat)).issubset(allowed):
+        raise _bad_element(spec, flat, allowed)
+    if kind == "O":
+        arr = np.empty(len(flat), dtype=object)
+        arr[:] = flat
+        return arr.reshape(shape)
+    try:
+        with np.errstate(over="ignore"):
+            arr = np.array(flat, dtype=spec.dtype)
+    except OverflowError:
+        raise _out_of_range(spec, flat) from None
+    if kind == "f" and not np.isfinite(arr).all():
+        raise _out_of_range(spec, flat)
     return arr.reshape(shape)
 
 
+def _strings(items, spec: TensorSpec) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    try:
+        out[:] = [bytes(b).decode("utf-8") for b in items]
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"input '{spec.name}': BYTES element is not UTF-8: {exc.reason}") from None
+    return out
+
+
+def _split_bytes(spec: TensorSpec, raw: memoryview) -> list[memoryview]:
+    """The BYTES wire format: each element is a 4-byte little-endian length, then the bytes."""
+    items, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidRequest(f"input '{spec.name}': truncated BYTES element length at byte {offset}")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidRequest(f"input '{spec.name}': BYTES element of {length} bytes overruns the data")
+        items.append(raw[offset:offset + length])
+        offset += length
+    return items
+
+
 def _from_bytes(spec: TensorSpec, shape: tuple, raw: memoryview) -> np.ndarray:
+    if spec.dtype.kind == "O":
+        items = _split_bytes(spec, raw)
+        _check_count(spec, shape, len(items))
+        return _strings(items, spec).reshape(shape)
     need = math.prod(shape) * spec.dtype.itemsize
     if len(raw) != need:
         raise InvalidRequest(f"input '{spec.name}': shape {list(shape)} of {spec.datatype} needs {need} bytes, "
                              f"binary data has {len(raw)}")
-    return np.frombuffer(raw, dtype=spec.dtype).reshape(shape)
+    arr = np.frombuffer(raw, dtype=spec.dtype).reshape(shape)
+    if spec.dtype.kind == "b" and np.frombuffer(raw, dtype=np.uint8).max() > 1:
+        raise InvalidRequest(f"input '{spec.name}': BOOL bytes must be 0 or 1")
+    return arr
 
 
-def decode_request(body: bytes, specs: list[TensorSpec], json_length: int | None = None) -> tuple[dict, dict]:
-    """Decode a V2 infer request into named numpy arrays, checked against the model's inputs.
+# --- REST: JSON body, optionally followed by binary tensors -----------------------------------------
+def _object(value, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where} must be an object, got {_short(value)}")
+    return value
 
-    Returns (feeds, header) where header is the parsed JSON object (id, outputs, parameters).
-    """
+
+def _flag(params: dict, key: str, where: str) -> bool:
+    value = params.get(key, False)
+    if type(value) is not bool:
+        raise InvalidRequest(f"{where}.{key} must be true or false, got {_short(value)}")
+    return value
+
+
+def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str],
+                   json_length: int | None = None) -> Decoded:
+    """Decode and validate a V2 REST infer request (JSON, or the binary tensor extension)."""
     if json_length is not None:
         if not 0 < json_length <= len(body):
             raise InvalidRequest(f"{BINARY_HEADER} is {json_length}, body has {len(body)} bytes")
@@ -92,6 +281,13 @@ def decode_request(body: bytes, specs: list[TensorSpec], json_length: int | None
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(req, dict):
         raise InvalidRequest("request body must be a JSON object with an 'inputs' list")
+    # JSON spells booleans only as `true`/`false`: without those bytes, no element can be one.
+    booleans = b"true" in head or b"false" in head
+    request_id = req.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidRequest(f"id must be a string, got {_short(request_id)}")
+    params = _object(req.get("parameters"), "parameters")
+    binary_all = _flag(params, "binary_data_output", "parameters")
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidRequest("request needs a non-empty 'inputs' list")
@@ -99,49 +295,70 @@ def decode_request(body: bytes, specs: list[TensorSpec], json_length: int | None
     feeds: dict[str, np.ndarray] = {}
     offset = 0
     for i, item in enumerate(inputs):
+        where = f"inputs[{i}]"
         if not isinstance(item, dict):
-            raise InvalidRequest(f"inputs[{i}] must be an object with name, shape, datatype, data")
+            raise InvalidRequest(f"{where} must be an object with name, shape, datatype, data")
         name = item.get("name")
-        spec = _input_spec(by_name, feeds, name, item.get("datatype"), where=f"inputs[{i}]: ")
+        spec = _input_spec(by_name, feeds, name, item.get("datatype"), where)
         shape = _check_shape(spec, item.get("shape"))
-        size = (item.get("parameters") or {}).get("binary_data_size")
+        item_params = _object(item.get("parameters"), f"{where}.parameters")
+        size = item_params.get("binary_data_size")
         if size is not None:
             if binary is None:
                 raise InvalidRequest(f"input '{name}' has binary_data_size but the request has no "
                                      f"{BINARY_HEADER} header")
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                raise InvalidRequest(f"input '{name}': binary_data_size {size!r} exceeds the binary payload")
+            if type(size) is not int or size < 0 or offset + size > len(binary):
+                raise InvalidRequest(f"input '{name}': binary_data_size {_short(size)} exceeds the binary payload")
+            if "data" in item:
+                raise InvalidRequest(f"input '{name}' has both 'data' and binary_data_size")
             feeds[name] = _from_bytes(spec, shape, binary[offset:offset + size])
             offset += size
         else:
             if "data" not in item:
                 raise InvalidRequest(f"input '{name}': no 'data'")
-            feeds[name] = _from_json_data(spec, shape, item["data"])
+            feeds[name] = _from_json(spec, shape, item["data"], f"input '{name}'", booleans)
     if binary is not None and offset != len(binary):
         raise InvalidRequest(f"{len(binary) - offset} unused bytes after the binary inputs")
     _check_complete(specs, feeds)
-    return feeds, req
 
-
-def wants_binary(header: dict) -> bool:
-    params = header.get("parameters") or {}
-    if params.get("binary_data_output"):
-        return True
-    return any((o.get("parameters") or {}).get("binary_data") for o in header.get("outputs") or []
-               if isinstance(o, dict))
+    wanted = req.get("outputs")
+    if wanted is None:
+        return Decoded(feeds, None, frozenset(output_names) if binary_all else frozenset(), request_id)
+    if not isinstance(wanted, list):
+        raise InvalidRequest(f"outputs must be a list, got {_short(wanted)}")
+    names, binary_out = [], set()
+    for i, out in enumerate(wanted):
+        if not isinstance(out, dict):
+            raise InvalidRequest(f"outputs[{i}] must be an object with a name")
+        name = out.get("name")
+        if not isinstance(name, str):
+            raise InvalidRequest(f"outputs[{i}].name must be a string, got {_short(name)}")
+        out_params = _object(out.get("parameters"), f"outputs[{i}].parameters")
+        if "binary_data" in out_params:
+            if _flag(out_params, "binary_data", f"outputs[{i}].parameters"):
+                binary_out.add(name)
+        elif binary_all:
+            binary_out.add(name)
+        names.append(name)
+    return Decoded(feeds, _requested_outputs(names, output_names) or None, frozenset(binary_out), request_id)
 
 
 def encode_response(model_name: str, names: list[str], outputs: list[np.ndarray], request_id=None,
-                    binary: bool = False, model_version: str | None = None) -> tuple[bytes, int | None]:
+                    binary: frozenset[str] = frozenset(), model_version: str | None = None
+                    ) -> tuple[bytes, int | None]:
     """Encode outputs as V2 JSON (or JSON header + raw tensors); returns (body, json_length)."""
     entries, blobs = [], []
     for name, arr in zip(names, outputs):
         arr = np.ascontiguousarray(arr)
         entry = {"name": name, "datatype": NUMPY_TO_V2.get(arr.dtype, "BYTES"), "shape": list(arr.shape)}
-        if binary and arr.dtype != object:
+        if name in binary and arr.dtype != object:
             blob = arr.tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+        elif arr.dtype == object:  # BYTES: strings
+            entry["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()]
+        elif arr.dtype == np.float16:  # orjson has no float16: every FP16 value is exact in FP32
+            entry["data"] = arr.astype(np.float32).ravel()
         else:
             entry["data"] = arr.ravel()  # orjson serializes numpy arrays natively
         entries.append(entry)
@@ -156,37 +373,104 @@ def encode_response(model_name: str, names: list[str], outputs: list[np.ndarray]
     return head + b"".join(blobs), len(head)
 
 
-def decode_infer_request(request, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
-    """The same checks for a `kserve.InferRequest` (gRPC, and KServe's own REST decoding)."""
+# --- gRPC: ModelInferRequest -------------------------------------------------------------------------
+# The InferTensorContents field that carries each datatype (FP16 has none: raw contents only).
+GRPC_CONTENTS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+    "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+    "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+_GRPC_WIRE = {"int_contents": np.int32, "int64_contents": np.int64, "uint_contents": np.uint32,
+              "uint64_contents": np.uint64, "fp32_contents": np.float32, "fp64_contents": np.float64,
+              "bool_contents": np.bool_}
+
+
+def _from_contents(spec: TensorSpec, shape: tuple, contents) -> np.ndarray:
+    field = GRPC_CONTENTS.get(spec.datatype)
+    if field is None:
+        raise InvalidRequest(f"input '{spec.name}': {spec.datatype} data must be sent in raw_input_contents")
+    others = [f.name for f, _ in contents.ListFields() if f.name != field]
+    if others:
+        raise InvalidRequest(f"input '{spec.name}': {spec.datatype} data goes in contents.{field}, "
+                             f"got {', '.join(others)}")
+    values = getattr(contents, field)
+    _check_count(spec, shape, len(values))
+    if spec.dtype.kind == "O":
+        return _strings(values, spec).reshape(shape)
+    wire = np.array(values, dtype=_GRPC_WIRE[field])
+    if wire.dtype != spec.dtype:  # INT8/16 in int32, UINT8/16 in uint32: check the range
+        info = np.iinfo(spec.dtype)
+        if wire.min() < info.min or wire.max() > info.max:
+            raise _out_of_range(spec, wire.tolist())
+        wire = wire.astype(spec.dtype)
+    return wire.reshape(shape)
+
+
+def decode_grpc(request, specs: list[TensorSpec], output_names: list[str]) -> Decoded:
+    """Decode and validate a gRPC `ModelInferRequest` with the REST path's checks."""
+    if not request.inputs:
+        raise InvalidRequest("request needs a non-empty 'inputs' list")
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidRequest(f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents")
     by_name = {s.name: s for s in specs}
     feeds: dict[str, np.ndarray] = {}
-    for item in request.inputs:
-        spec = _input_spec(by_name, feeds, item.name, item.datatype)
-        shape = _check_shape(spec, [int(d) for d in item.shape])
-        try:
-            data = item.as_numpy()
-        except Exception as exc:
-            raise InvalidRequest(f"input '{item.name}': data is not a valid {spec.datatype} tensor: {exc}") from None
-        feeds[item.name] = _from_json_data(spec, shape, data)
+    for i, item in enumerate(request.inputs):
+        spec = _input_spec(by_name, feeds, item.name, item.datatype, f"inputs[{i}]")
+        shape = _check_shape(spec, list(item.shape))
+        if raw:
+            if item.HasField("contents"):
+                raise InvalidRequest(f"input '{item.name}' has both contents and raw_input_contents")
+            feeds[item.name] = _from_bytes(spec, shape, memoryview(raw[i]))
+        else:
+            feeds[item.name] = _from_contents(spec, shape, item.contents)
     _check_complete(specs, feeds)
-    return feeds
+    names = [o.name for o in request.outputs]
+    return Decoded(feeds, _requested_outputs(names, output_names) or None, frozenset(),
+                   request.id or None, raw=bool(raw))
 
 
-def decode_v1(body: dict, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+# --- KServe v1 ----------------------------------------------------------------------------------------
+def decode_v1(body, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     """KServe v1 `{"instances": [...]}` for single-input models (one row per instance)."""
     if isinstance(body, (bytes, str)):  # KServe passes non-JSON content types through undecoded
         try:
             body = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
-        raise InvalidRequest("v1 request needs an 'instances' list")
+    if not isinstance(body, dict) or not isinstance(body.get("instances"), list) or not body["instances"]:
+        raise InvalidRequest("v1 request needs a non-empty 'instances' list")
     if len(specs) != 1:
         raise InvalidRequest("v1 'instances' works for single-input models; use the v2 protocol")
     spec = specs[0]
-    try:
-        arr = np.asarray(body["instances"], dtype=spec.dtype)
-    except (ValueError, TypeError) as exc:
-        raise InvalidRequest(f"instances are not a valid {spec.datatype} tensor: {exc}") from None
-    _check_shape(spec, list(arr.shape))
-    return {spec.name: arr}
+    shape, level = [], body["instances"]
+    while isinstance(level, list):
+        shape.append(len(level))
+        level = level[0] if level else None
+    shape = _check_shape(spec, shape)
+    return {spec.name: _from_json(spec, shape, body["instances"], "instances")}
+
+
+def encode_grpc(pb, model_name: str, names: list[str], outputs: list[np.ndarray], request_id: str | None,
+                raw: bool, model_version: str | None):
+    """A `ModelInferResponse` (pb: KServe's generated module): raw contents when the request
+    used them (or an output has no typed field, FP16), typed contents otherwise."""
+    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version or "",
+                                     id=request_id or "")
+    raw = raw or any(a.dtype == np.float16 for a in outputs)
+    for name, arr in zip(names, outputs):
+        datatype = NUMPY_TO_V2.get(arr.dtype, "BYTES")
+        out = response.outputs.add(name=name, datatype=datatype, shape=list(arr.shape))
+        if datatype == "BYTES":
+            items = [v if isinstance(v, bytes) else str(v).encode() for v in arr.ravel()]
+            if raw:
+                response.raw_output_contents.append(
+                    b"".join(struct.pack("<I", len(v)) + v for v in items))
+            else:
+                out.contents.bytes_contents.extend(items)
+        elif raw:
+            response.raw_output_contents.append(np.ascontiguousarray(arr).tobytes())
+        else:
+            getattr(out.contents, GRPC_CONTENTS[datatype]).extend(arr.ravel().tolist())
+    return response

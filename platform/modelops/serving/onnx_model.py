@@ -11,8 +11,10 @@ import numpy as np
 import onnxruntime as ort
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-from ..errors import InvalidRequest, ModelOpsError
+from ..artifacts import check_onnx, check_tree
+from ..errors import InferenceFailed, InvalidRequest, ModelOpsError
 from ..tensors import TensorSpec
 from . import codec, metrics
 from .batching import BatchingConfig, DynamicBatcher
@@ -62,7 +64,8 @@ class OnnxModel(Model):
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if self.intra_op_threads:
                 so.intra_op_num_threads = self.intra_op_threads
-            self.session = ort.InferenceSession(str(find_model_file(self.model_dir)), so, providers=providers)
+            model_file = self._checked_model_file()
+            self.session = ort.InferenceSession(str(model_file), so, providers=providers)
             check_session_providers(self.session, self.device)
         except ModelOpsError as exc:
             return self._not_ready(str(exc))
@@ -82,6 +85,15 @@ class OnnxModel(Model):
                  self.session.get_providers()[0], [s.to_json() for s in self.inputs],
                  "on" if self._batcher else "off")
         return True
+
+    def _checked_model_file(self) -> Path:
+        """Only ONNX is ever loaded, and only from inside the model directory: no symlink out of
+        it, no external data outside it (refused with the reason: not ready, never a crash)."""
+        if self.model_dir.is_dir():
+            check_tree(self.model_dir)
+        model_file = find_model_file(self.model_dir)
+        check_onnx(model_file)
+        return model_file
 
     def _not_ready(self, reason: str) -> bool:
         self.ready = False
@@ -110,9 +122,33 @@ class OnnxModel(Model):
         return self.session.run(None, feeds)
 
     async def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if self._batcher is not None:
-            return await self._batcher.submit(feeds)
-        return self.run(feeds)
+        """Run the model. A value the graph itself refuses is the client's error (400); any other
+        run-time failure is `InferenceFailed` (a counted 500), never a bare crash."""
+        try:
+            if self._batcher is not None:
+                return await self._batcher.submit(feeds)
+            return self.run(feeds)
+        except InvalidArgument as exc:  # a value the graph itself refuses (an index out of range...)
+            raise InvalidRequest(f"the model refused the input: {str(exc).splitlines()[0][:300]}") from None
+        except ModelOpsError:
+            raise
+        except Exception as exc:
+            raise InferenceFailed(f"model '{self.name}' failed at run time: {exc}"[:2000]) from exc
+
+    async def answer(self, request: codec.Decoded) -> tuple[list[str], list[np.ndarray]]:
+        """Run a validated request; the requested outputs (all by default), with their names."""
+        outputs = await self.infer(request.feeds)
+        if request.outputs is None:
+            return self.output_names, outputs
+        index = {n: i for i, n in enumerate(self.output_names)}
+        return request.outputs, [outputs[index[n]] for n in request.outputs]
+
+    def metadata(self) -> dict:
+        """V2 model metadata; `versions` is the served MLflow model version (--model-version)."""
+        doc = {"name": self.name, "versions": [self.version] if self.version else [],
+               "platform": "onnxruntime_onnx", "inputs": self.get_input_types(),
+               "outputs": self.get_output_types()}
+        return doc
 
     def get_input_types(self) -> list[dict]:
         return [s.to_json() for s in self.inputs]
@@ -121,24 +157,28 @@ class OnnxModel(Model):
         return [s.to_json() for s in self.outputs]
 
     async def predict(self, payload, headers=None):
-        """KServe's path (gRPC, v1 `:predict`): same validation, same session."""
+        """KServe's own path: v1 `:predict` (V2 REST and gRPC are answered by `routes` and
+        `grpc`); the same validation and session."""
         t0 = time.perf_counter()
         protocol = "v2" if isinstance(payload, InferRequest) else "v1"
         try:
             if isinstance(payload, InferRequest):
-                feeds = codec.decode_infer_request(payload, self.inputs)
+                request = codec.decode_grpc(payload.to_grpc(), self.inputs, self.output_names)
             else:
-                feeds = codec.decode_v1(payload, self.inputs)
+                request = codec.Decoded(codec.decode_v1(payload, self.inputs))
+            names, outputs = await self.answer(request)
         except InvalidRequest as exc:
             metrics.REQUESTS.labels(self.name, self.version or "", protocol, "400").inc()
             raise InvalidInput(str(exc)) from None
-        outputs = await self.infer(feeds)
+        except InferenceFailed:
+            metrics.REQUESTS.labels(self.name, self.version or "", protocol, "500").inc()
+            raise
         metrics.REQUESTS.labels(self.name, self.version or "", protocol, "200").inc()
         metrics.LATENCY.labels(self.name, self.version or "", protocol).observe(time.perf_counter() - t0)
         if protocol == "v1":
             return {"predictions": outputs[0].tolist()}
         infer_outputs = []
-        for name, arr in zip(self.output_names, outputs):
+        for name, arr in zip(names, outputs):
             out = InferOutput(name=name, shape=list(arr.shape), datatype=codec.NUMPY_TO_V2[arr.dtype])
             out.set_data_from_numpy(arr, binary_data=False)
             infer_outputs.append(out)

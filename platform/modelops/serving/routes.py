@@ -2,27 +2,37 @@
 
 KServe's generic V2 route validates the body into pydantic models, re-encodes the response
 through FastAPI's encoder, and its TimingMiddleware reads the process CPU time twice per
-request just to log it (measured: ~30% of a CNN request). This layer answers
-`POST /v2/models/{name}/infer` and the readiness routes itself: it reads the body once (with a
-size limit), decodes it straight into numpy (orjson, or the binary tensor extension),
-validates it, and writes the response with orjson. Everything else (metadata, v1, docs,
-/metrics) goes to KServe's app unchanged, behind the same body limit; gRPC is KServe's.
+request just to log it (measured: ~30% of a CNN request). This layer answers the V2 model
+routes itself (`/v2/models/{name}[/versions/{version}]`, `.../ready`, `.../infer`) and
+`/v2/health/ready`: it reads the body once (with a size limit), decodes and validates it
+(`codec`), and writes the response with orjson. Everything else (v1, docs, /metrics) goes to
+KServe's app unchanged, behind the same body limit; gRPC is `grpc.ModelServicer`.
+
+No request can cost the next one: every error is answered here, with the connection left
+usable (the body was read) or closed explicitly (`Connection: close`, when it was not). An
+unexpected exception is a bug: it is logged with a request id and answered 500 with that id,
+never by dropping the connection.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+import uuid
 
 import orjson
 
 from ..errors import InvalidRequest, ModelNotReady, ModelOpsError, PayloadTooLarge, UnknownModel
 from . import codec, metrics
 
+log = logging.getLogger("modelops.serving")
+
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
-_MODEL_READY = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/ready$")
+_MODEL_ROUTE = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/infer|/ready)?$")
 _JSON = [(b"content-type", b"application/json")]
+_CLOSE = [(b"connection", b"close")]
+_BINARY_HEADER = codec.BINARY_HEADER.encode()
 
 
 class _TooLarge(Exception):
@@ -35,8 +45,39 @@ async def _send(send, status: int, body: bytes, headers=_JSON) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send, exc: ModelOpsError) -> None:
-    await _send(send, exc.http_status, orjson.dumps({"error": str(exc), "reason": exc.reason}))
+async def _send_error(send, exc: ModelOpsError, close: bool = False) -> None:
+    await _send(send, exc.http_status, orjson.dumps({"error": str(exc), "reason": exc.reason}),
+                _JSON + _CLOSE if close else _JSON)
+
+
+def request_id(scope) -> str:
+    for key, value in scope.get("headers", ()):
+        if key == b"x-request-id" and 0 < len(value) <= 128:
+            return value.decode("latin-1")
+    return uuid.uuid4().hex
+
+
+async def send_internal_error(scope, send, exc: BaseException, close: bool = True) -> None:
+    """A bug answered as one: 500 with a request id (also logged, with the traceback)."""
+    rid = request_id(scope)
+    log.error("internal error (request id %s) on %s %s", rid, scope.get("method"), scope.get("path"),
+              exc_info=exc)
+    body = orjson.dumps({"error": f"internal error (request id {rid})", "reason": "InternalError",
+                         "request_id": rid})
+    await _send(send, 500, body, [*_JSON, (b"x-request-id", rid.encode()), *(_CLOSE if close else [])])
+
+
+def model_for(models: dict, name: str, version: str | None):
+    """The served model NAME (at VERSION, when the route names one), ready to answer."""
+    model = models.get(name)
+    if model is None:
+        raise UnknownModel(f"model '{name}' not found; serving: {sorted(models)}")
+    if version is not None and version != model.version:
+        served = f"version '{model.version}'" if model.version else "no version (--model-version not given)"
+        raise UnknownModel(f"model '{name}' version '{version}' not found; serving {served}")
+    if not model.ready:
+        raise ModelNotReady(f"model '{name}' is not ready: {model.not_ready_reason or 'loading'}")
+    return model
 
 
 class PredictorASGI:
@@ -75,40 +116,40 @@ class PredictorASGI:
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _model(self, name: str):
-        model = self.models.get(name)
-        if model is None:
-            raise UnknownModel(f"model '{name}' not found; serving: {sorted(self.models)}")
-        if not model.ready:
-            raise ModelNotReady(f"model '{name}' is not ready: {model.not_ready_reason or 'loading'}")
-        return model
-
     # --- ASGI -------------------------------------------------------------------------------
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             path, method = scope["path"], scope["method"]
-            if method == "POST":
-                m = _INFER.match(path)
-                if m:
-                    return await self.infer(m.group(1), scope, receive, send)
-            elif method == "GET":
-                if path == "/v2/health/ready":
-                    return await self.server_ready(send)
-                m = _MODEL_READY.match(path)
-                if m:
-                    return await self.model_ready(m.group(1), send)
+            m = _MODEL_ROUTE.match(path) if path.startswith("/v2/models/") else None
+            if m:
+                name, version, action = m.groups()
+                if method == "POST" and action == "/infer":
+                    return await self.infer(name, version, scope, receive, send)
+                if method == "GET" and action == "/ready":
+                    return await self._guarded(self.model_ready(name, version, send), scope, send)
+                if method == "GET" and action is None:
+                    return await self._guarded(self.metadata(name, version, send), scope, send)
+            elif method == "GET" and path == "/v2/health/ready":
+                return await self._guarded(self.server_ready(send), scope, send)
             return await self._limited(scope, receive, send)
         return await self.app(scope, receive, send)
+
+    async def _guarded(self, handler, scope, send) -> None:
+        """Body-less GET routes: a bug answers 500 with a request id."""
+        try:
+            await handler
+        except Exception as exc:
+            await send_internal_error(scope, send, exc)
 
     async def _limited(self, scope, receive, send):
         """KServe's routes, behind the same body limit (also for chunked bodies)."""
         try:
             declared = self._declared_length(scope)
         except InvalidRequest as exc:
-            return await _send_error(send, exc)
+            return await _send_error(send, exc, close=True)
         if declared is not None and declared > self.max_body_bytes:
-            return await _send_error(send, self._too_large())
-        seen, started = 0, False
+            return await _send_error(send, self._too_large(), close=True)
+        seen, started, complete = 0, False, False
 
         async def limited_receive():
             nonlocal seen
@@ -120,56 +161,67 @@ class PredictorASGI:
             return message
 
         async def tracking_send(message):
-            nonlocal started
+            nonlocal started, complete
             started = started or message["type"] == "http.response.start"
+            complete = complete or (message["type"] == "http.response.body" and not message.get("more_body"))
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await _send_error(send, self._too_large())
+                await _send_error(send, self._too_large(), close=True)
+        except Exception as exc:
+            if not started:
+                await send_internal_error(scope, send, exc)
+            elif complete:
+                log.error("error after the response to %s was sent", scope.get("path"), exc_info=exc)
+            else:
+                raise  # half a response: the server must drop the connection
 
-    async def infer(self, name: str, scope, receive, send) -> None:
+    async def infer(self, name: str, version: str | None, scope, receive, send) -> None:
         t0 = time.perf_counter()
-        version = ""
+        label, read = "", False
         try:
-            model = self._model(name)
-            version = model.version or ""
+            # The body first (within the limit): whatever the answer, the connection stays usable.
+            body = await self._read_body(scope, receive)
+            read = True
+            model = model_for(self.models, name, version)
+            label = model.version or ""
             json_length = None
             for key, value in scope["headers"]:
-                if key == codec.BINARY_HEADER.encode():
+                if key == _BINARY_HEADER:
                     try:
                         json_length = int(value)
                     except ValueError:
                         raise InvalidRequest(f"{codec.BINARY_HEADER} must be an integer") from None
-            body = await self._read_body(scope, receive)
-            feeds, header = codec.decode_request(body, model.inputs, json_length)
-            names, wanted = model.output_names, header.get("outputs")
-            if wanted:
-                requested = [o.get("name") if isinstance(o, dict) else None for o in wanted]
-                unknown = [n for n in requested if n not in names]
-                if unknown:
-                    raise InvalidRequest(f"unknown requested outputs {unknown}; model outputs: {names}")
-            outputs = await model.infer(feeds)
-            if wanted:
-                outputs = [outputs[names.index(n)] for n in requested]
-                names = requested
+            request = codec.decode_request(body, model.inputs, model.output_names, json_length)
+            names, outputs = await model.answer(request)
             payload, head_len = codec.encode_response(
-                name, names, outputs, header.get("id"), codec.wants_binary(header), model.version)
+                name, names, outputs, request.id, request.binary, model.version)
         except ModelOpsError as exc:
-            metrics.REQUESTS.labels(name, version, "rest", str(exc.http_status)).inc()
-            return await _send_error(send, exc)
-        metrics.REQUESTS.labels(name, version, "rest", "200").inc()
-        metrics.LATENCY.labels(name, version, "rest").observe(time.perf_counter() - t0)
+            metrics.REQUESTS.labels(name, label, "rest", str(exc.http_status)).inc()
+            return await _send_error(send, exc, close=not read)
+        except Exception as exc:
+            metrics.REQUESTS.labels(name, label, "rest", "500").inc()
+            return await send_internal_error(scope, send, exc, close=not read)
+        metrics.REQUESTS.labels(name, label, "rest", "200").inc()
+        metrics.LATENCY.labels(name, label, "rest").observe(time.perf_counter() - t0)
         if head_len is None:
             return await _send(send, 200, payload)
         await _send(send, 200, payload, [(b"content-type", b"application/octet-stream"),
-                                         (codec.BINARY_HEADER.encode(), str(head_len).encode())])
+                                         (_BINARY_HEADER, str(head_len).encode())])
 
-    async def model_ready(self, name: str, send) -> None:
+    async def metadata(self, name: str, version: str | None, send) -> None:
         try:
-            self._model(name)
+            model = model_for(self.models, name, version)
+        except ModelOpsError as exc:
+            return await _send_error(send, exc)
+        await _send(send, 200, orjson.dumps(model.metadata()))
+
+    async def model_ready(self, name: str, version: str | None, send) -> None:
+        try:
+            model_for(self.models, name, version)
         except ModelOpsError as exc:
             return await _send_error(send, exc)
         await _send(send, 200, orjson.dumps({"name": name, "ready": True}))

@@ -6,11 +6,14 @@ import logging
 from pathlib import Path
 
 import kserve.model_server as kserve_model_server
+import kserve.protocol.grpc.server as kserve_grpc_server
 from kserve import ModelServer
+from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
 
 from . import routes
 from .batching import BatchingConfig
+from .grpc_service import ModelServicer
 from .onnx_model import OnnxModel
 
 
@@ -31,7 +34,8 @@ class PredictorServer(ModelServer):
     - a model that failed to load is still registered: KServe exits when no model is ready; we
       keep serving so /v2/health/ready answers 503 with the reason (a GPU that is not there, a
       corrupt file) instead of a crash loop without one;
-    - the REST server puts our lean request path in front (see `routes`).
+    - the REST server puts our lean request path in front (see `routes`), and gRPC's ModelInfer,
+      ModelMetadata and ModelReady are ours (see `grpc_service`): one validation path.
     """
 
     def __init__(self, *, max_body_bytes: int = routes.DEFAULT_MAX_BODY_BYTES, **kwargs):
@@ -45,12 +49,15 @@ class PredictorServer(ModelServer):
             model.start()
 
     def start(self, models) -> None:
-        # ModelServer.start builds its REST server from this module-level name.
-        kserve_model_server.RESTServer = lean_rest_server({m.name: m for m in models}, self.max_body_bytes)
+        # ModelServer.start builds its REST server and gRPC servicer from these module-level names.
+        by_name = {m.name: m for m in models}
+        kserve_model_server.RESTServer = lean_rest_server(by_name, self.max_body_bytes)
+        kserve_grpc_server.InferenceServicer = lambda dp, ext: ModelServicer(dp, ext, by_name)
         try:
             super().start(models)
         finally:
             kserve_model_server.RESTServer = RESTServer
+            kserve_grpc_server.InferenceServicer = InferenceServicer
 
 
 def build(model_dir: str | Path, name: str, *, device: str = "auto", version: str | None = None,

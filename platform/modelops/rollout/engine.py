@@ -1,0 +1,503 @@
+"""The rollout engine: one pure function, `step(state, observations, policy, now)`.
+
+It returns the new `RolloutState` (persist it in `status.canary`) and the actions that lead
+there. No I/O happens here: when the engine needs a measurement or a gate's answer it returns
+`Analyse` / `CallGate`, the caller does the I/O and calls `step` again with the result in the
+observations (`drive()` does that loop with two callables). The traffic to apply is always
+`state.traffic` (idempotent: apply it on every reconcile); `SetWeight`, `Promote` and `RollBack`
+describe the transitions (for Events, metrics and MLflow history).
+
+Rules:
+- The first deployment goes straight to 100% (`Promote`, reason FirstDeployment); so does every
+  new version with `strategy: replace` (reason Replace).
+- A new target version while another serves starts a canary at `steps[0]` (after the preRollout
+  gates open). A newer target during a canary restarts the analysis for it: an unanalysed
+  version is never promoted. While a newer version is still being prepared (converted), the
+  current canary holds.
+- Every `interval` the canary is analysed. Passed: next step; passing at the last step promotes
+  (after the confirmPromotion gates open), so a healthy canary is promoted after exactly
+  len(steps) intervals. Failed: `failedChecks` + 1, rolled back at `failureLimit`. Inconclusive:
+  held, `inconclusiveChecks` + 1 (reset by a pass), rolled back at `inconclusiveLimit`.
+- `paused` holds the weight (no analysis); resuming restarts the current interval.
+- Manual promote / abort name the canary's version (annotations `modelops.dev/promote: "3"`,
+  `modelops.dev/abort: "3"`), so a leftover annotation never acts on a later canary.
+- A rolled-back version is not canaried again until the resolved version or the generation changes.
+- Restart safety: everything is in the state. Notifications carry a sequence number from the
+  state and wait in its outbox until every subscribed webhook acknowledged them
+  (`acknowledge()`); the same state and inputs give the same actions with the same numbers, and
+  a persisted transition is never produced again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable, Iterable
+
+from ..deployment.spec import DeploymentSpec
+from .analysis import AnalysisResult, Outcome
+from .state import (EVENTS, GateWait, Notification, Phase, RolledBack, RolloutState, format_time, utc)
+
+PROMOTE_ANNOTATION = "modelops.dev/promote"
+ABORT_ANNOTATION = "modelops.dev/abort"
+
+
+# --- inputs ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WebhookSubscription:
+    name: str
+    events: frozenset[str] = frozenset(EVENTS)
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    strategy: str = "canary"  # canary | replace
+    steps: tuple[int, ...] = (10, 50, 100)
+    interval_seconds: float = 60.0
+    failure_limit: int = 2
+    inconclusive_limit: int = 3
+    webhooks: tuple[WebhookSubscription, ...] = ()
+    gates: frozenset[str] = frozenset()  # gate types configured (preRollout, confirmPromotion)
+    max_outbox: int = 64
+
+    @property
+    def interval(self) -> timedelta:
+        return timedelta(seconds=self.interval_seconds)
+
+    @classmethod
+    def from_spec(cls, spec: DeploymentSpec) -> RolloutPolicy:
+        r, a = spec.rollout, spec.rollout.analysis
+        return cls(strategy=r.strategy, steps=tuple(r.steps), interval_seconds=r.interval_seconds,
+                   failure_limit=a.failure_limit, inconclusive_limit=a.inconclusive_limit,
+                   webhooks=tuple(WebhookSubscription(w.name, frozenset(w.events))
+                                  for w in spec.hooks.webhooks),
+                   gates=frozenset(g.type for g in spec.hooks.gates))
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The combined answer of every gate of one type for one version (open: all answered 2xx)."""
+
+    type: str
+    version: str
+    open: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Observations:
+    target: str | None = None  # newest resolved version that is converted and ready to serve
+    preparing: str | None = None  # a newer resolved version still being converted
+    generation: int = 0  # metadata.generation: a spec edit may retry a rolled-back version
+    paused: bool = False  # spec.rollout.paused
+    promote: str | None = None  # version named by the promote annotation
+    abort: str | None = None  # version named by the abort annotation
+    analysis: AnalysisResult | None = None  # the answer to an Analyse action
+    gates: tuple[GateResult, ...] = ()  # answers to CallGate actions
+
+    @classmethod
+    def from_resource(cls, spec: DeploymentSpec, annotations: dict | None, *, target: str | None,
+                      preparing: str | None = None, generation: int = 0, **more) -> Observations:
+        annotations = annotations or {}
+        return cls(target=target, preparing=preparing, generation=generation,
+                   paused=spec.rollout.paused,
+                   promote=(annotations.get(PROMOTE_ANNOTATION) or "").strip() or None,
+                   abort=(annotations.get(ABORT_ANNOTATION) or "").strip() or None, **more)
+
+
+# --- actions ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SetWeight:
+    """The canary's traffic moved (a canary starts with its first step)."""
+
+    version: str
+    weight: int
+    step: int
+    stable_version: str | None
+
+
+@dataclass(frozen=True)
+class Promote:
+    """`version` now serves 100% as the stable version (previous: the one it replaced)."""
+
+    version: str
+    previous: str | None
+    reason: str  # FirstDeployment | Replace | Analysis | Manual
+
+
+@dataclass(frozen=True)
+class RollBack:
+    """The canary `version` is removed; `stable_version` serves 100%."""
+
+    version: str
+    stable_version: str | None
+    reason: str  # AnalysisFailed | Inconclusive | Aborted | TargetIsStable
+    message: str = ""
+    check: str | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Nothing moved, and why."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Analyse:
+    """Run the analysis of `version` over the last `window_seconds` and pass it back."""
+
+    version: str
+    stable_version: str | None
+    weight: int
+    window_seconds: float
+
+
+@dataclass(frozen=True)
+class CallGate:
+    """Ask every gate of `type` about `version` and pass the combined GateResult back."""
+
+    type: str
+    version: str
+    stable_version: str | None
+    weight: int
+
+
+@dataclass(frozen=True)
+class Notify:
+    """A new transition (also queued in the state's outbox for the webhooks subscribed to it)."""
+
+    notification: Notification
+
+
+Action = SetWeight | Promote | RollBack | Hold | Analyse | CallGate | Notify
+
+
+# --- the engine ------------------------------------------------------------------------------
+@dataclass
+class _Step:
+    state: RolloutState
+    policy: RolloutPolicy
+    now: datetime
+    generation: int = 0
+    actions: list = field(default_factory=list)
+
+    def set(self, **changes) -> None:
+        self.state = self.state.evolve(**changes)
+
+    def hold(self, reason: str, message: str) -> None:
+        self.set(reason=reason, message=message)
+        self.actions.append(Hold(reason, message))
+
+    def notify(self, event: str, *, reason: str, message: str, check: str | None = None) -> None:
+        s = self.state
+        seq = s.hook_seq + 1
+        n = Notification(seq=seq, event=event, version=s.version or "",
+                         stable_version=s.stable_version, weight=s.weight, at=self.now,
+                         reason=reason, message=message, check=check)
+        outbox = s.outbox
+        if any(event in w.events for w in self.policy.webhooks):
+            outbox = (outbox + (n,))[-self.policy.max_outbox:]
+        self.set(hook_seq=seq, outbox=outbox)
+        self.actions.append(Notify(n))
+
+
+def step(state: RolloutState | None, obs: Observations, policy: RolloutPolicy,
+         now: datetime) -> tuple[RolloutState, tuple]:
+    """The next rollout state and the actions that lead there (pure)."""
+    now = utc(now)
+    s = _Step(state or RolloutState(), policy, now, obs.generation)
+    _decide(s, obs)
+    s.set(outbox=_prune(s.state.outbox, s.state.delivered, policy))
+    return s.state, tuple(s.actions)
+
+
+def _decide(s: _Step, obs: Observations) -> None:
+    st = s.state
+    target = obs.target
+    if target is None:  # nothing resolved and ready: keep doing what we do
+        target = st.version if st.phase.active else st.stable_version
+        if target is None:
+            return
+
+    # First deployment: nothing to compare with, straight to 100%.
+    if st.stable_version is None:
+        s.set(phase=Phase.STABLE, stable_version=target, version=None, weight=0, step=0,
+              reason="FirstDeployment", message=f"v{target} serves 100% (first deployment)")
+        s.actions.append(Promote(target, None, "FirstDeployment"))
+        return
+
+    if s.policy.strategy == "replace":  # today's behaviour: the target serves 100% at once
+        if st.phase.active and st.version != target:
+            _roll_back(s, "Replace", f"strategy replace: v{target} replaces the canary", notify=False)
+        if target != s.state.stable_version or s.state.phase.active:
+            _finish_promotion(s, target, "Replace",
+                              f"v{target} serves 100% (strategy replace, was v{s.state.stable_version})",
+                              notify=False, phase=Phase.STABLE)
+        return
+
+    # Manual controls act on the canary they name.
+    if st.phase.active and obs.abort is not None and obs.abort == st.version:
+        _roll_back(s, "Aborted", f"v{st.version} aborted by hand ({ABORT_ANNOTATION})")
+        return
+    if st.phase.active and obs.promote is not None and obs.promote == st.version:
+        _finish_promotion(s, st.version, "Manual", f"v{st.version} promoted by hand ({PROMOTE_ANNOTATION})")
+        return
+
+    # The target moved.
+    if target == st.stable_version:
+        if st.phase.active:
+            _roll_back(s, "TargetIsStable",
+                       f"the resolved version is v{target} again: canary v{st.version} removed")
+        return
+    if target != st.version or not st.phase.active:
+        rb = st.rolled_back
+        if rb is not None and rb.version == target and rb.generation == obs.generation:
+            # Rolled back already: not tried again for this generation.
+            if st.phase.active:
+                _roll_back(s, "Superseded", f"the resolved version is v{target}, rolled back before")
+            return
+        if obs.paused:
+            s.hold("Paused", f"v{target} waits: the rollout is paused")
+            return
+        _start_canary(s, target, obs)
+        return
+
+    # An active canary of the target.
+    if obs.preparing is not None and obs.preparing != st.version:
+        s.hold("WaitingForNewerVersion",
+               f"v{obs.preparing} is being prepared: canary v{st.version} holds at {st.weight}%")
+        return
+    if obs.paused:
+        if st.phase != Phase.PAUSED:
+            s.set(phase=Phase.PAUSED)
+        s.hold("Paused", f"canary v{st.version} paused at {st.weight}%")
+        return
+    if st.phase == Phase.PAUSED:
+        _resume(s)
+    if s.state.phase == Phase.WAITING_FOR_GATE:
+        _await_gate(s, obs, "preRollout", lambda: _begin_traffic(s))
+    elif s.state.phase == Phase.AWAITING_PROMOTION:
+        _await_gate(s, obs, "confirmPromotion",
+                    lambda: _finish_promotion(s, s.state.version, "Analysis",
+                                              f"v{s.state.version} passed every step: promoted"))
+    elif s.state.phase == Phase.PROGRESSING:
+        _progress(s, obs)
+
+
+def _start_canary(s: _Step, target: str, obs: Observations) -> None:
+    st = s.state
+    previous = st.version if st.phase.active else None
+    s.set(phase=Phase.WAITING_FOR_GATE, version=target, weight=0, step=0, failed_checks=0,
+          inconclusive_checks=0, started_at=s.now, last_step_at=None, last_analysis_at=None,
+          next_analysis_at=None, analysis=None, gate=None,
+          reason="Restarted" if previous else "Started",
+          message=(f"v{target} supersedes canary v{previous}: analysis restarts" if previous
+                   else f"canary v{target} against stable v{st.stable_version}"))
+    if "preRollout" in s.policy.gates:
+        _await_gate(s, obs, "preRollout", lambda: _begin_traffic(s, previous))
+    else:
+        _begin_traffic(s, previous)
+
+
+def _begin_traffic(s: _Step, superseded: str | None = None) -> None:
+    st = s.state
+    weight = s.policy.steps[0]
+    s.set(phase=Phase.PROGRESSING, weight=weight, step=0, gate=None, last_step_at=s.now,
+          next_analysis_at=s.now + s.policy.interval, reason="Progressing",
+          message=f"canary v{st.version} at {weight}% (step 1/{len(s.policy.steps)})")
+    s.actions.append(SetWeight(st.version, weight, 0, st.stable_version))
+    why = f"; supersedes canary v{superseded}" if superseded else ""
+    s.notify("Started", reason="Restarted" if superseded else "Started",
+             message=f"canary v{st.version} started at {weight}% against stable v{st.stable_version}{why}")
+
+
+def _resume(s: _Step) -> None:
+    st = s.state
+    gate = st.gate
+    if gate is not None and gate.type == "preRollout":
+        phase = Phase.WAITING_FOR_GATE
+    elif gate is not None and gate.type == "confirmPromotion":
+        phase = Phase.AWAITING_PROMOTION
+    else:
+        phase = Phase.PROGRESSING
+    # A fresh interval (the paused time is not analysed); a gate is asked again at once.
+    s.set(phase=phase,
+          next_analysis_at=s.now + s.policy.interval if phase == Phase.PROGRESSING else st.next_analysis_at,
+          gate=None if gate is None else GateWait(gate.type, gate.version, None, None, gate.message))
+
+
+def _await_gate(s: _Step, obs: Observations, type_: str, on_open: Callable[[], None]) -> None:
+    st = s.state
+    version = st.version
+    answer = next((g for g in obs.gates if g.type == type_ and g.version == version), None)
+    gate = st.gate if st.gate is not None and st.gate.type == type_ and st.gate.version == version \
+        else GateWait(type_, version)
+    phase = Phase.WAITING_FOR_GATE if type_ == "preRollout" else Phase.AWAITING_PROMOTION
+    if answer is not None and answer.open:
+        s.set(gate=None)
+        on_open()
+        return
+    if answer is not None:  # closed: hold, ask again after an interval
+        gate = GateWait(type_, version, gate.asked_at or s.now, False, answer.message)
+        s.set(phase=phase, gate=gate)
+        s.hold("GateClosed", f"{type_} gate holds v{version}: {answer.message}")
+        return
+    due = gate.asked_at is None or s.now >= gate.asked_at + s.policy.interval
+    if due:
+        gate = GateWait(type_, version, s.now, gate.open, gate.message)
+        s.set(phase=phase, gate=gate)
+        s.actions.append(CallGate(type_, version, st.stable_version, st.weight))
+        s.hold("WaitingForGate", f"asking the {type_} gates about v{version}")
+    else:
+        s.set(phase=phase, gate=gate)
+        what = f": {gate.message}" if gate.message else ""
+        s.hold("GateClosed" if gate.open is False else "WaitingForGate",
+               f"{type_} gate holds v{version}{what}; asking again at {format_time(gate.asked_at + s.policy.interval)}")
+
+
+def _progress(s: _Step, obs: Observations) -> None:
+    st = s.state
+    due = st.next_analysis_at or (st.last_step_at or s.now) + s.policy.interval
+    if s.now < due:
+        s.hold("Analysing", f"canary v{st.version} at {st.weight}%; next analysis at {format_time(due)}")
+        return
+    result = obs.analysis
+    if result is None or result.version != st.version or utc(result.at) < due:
+        since = st.last_step_at or due - s.policy.interval
+        window = min(s.policy.interval_seconds, max(1.0, (s.now - since).total_seconds()))
+        s.actions.append(Analyse(st.version, st.stable_version, st.weight, window))
+        s.hold("AnalysisDue", f"analysing canary v{st.version} at {st.weight}%")
+        return
+
+    record = result.to_status()
+    deciding = result.deciding
+    check = deciding.name if deciding else None
+    s.set(analysis=record, last_analysis_at=s.now, next_analysis_at=s.now + s.policy.interval)
+    steps = s.policy.steps
+    if result.outcome == Outcome.PASSED:
+        s.set(inconclusive_checks=0)
+        if st.step + 1 < len(steps):
+            nxt, weight = st.step + 1, steps[st.step + 1]
+            s.set(step=nxt, weight=weight, last_step_at=s.now, reason="StepAdvanced",
+                  message=f"canary v{st.version} at {weight}% (step {nxt + 1}/{len(steps)}): {result.message}")
+            s.actions.append(SetWeight(st.version, weight, nxt, st.stable_version))
+            s.notify("StepAdvanced", reason="AnalysisPassed", message=s.state.message)
+        elif "confirmPromotion" in s.policy.gates:
+            s.set(phase=Phase.AWAITING_PROMOTION)
+            _await_gate(s, obs, "confirmPromotion",
+                        lambda: _finish_promotion(s, st.version, "Analysis",
+                                                  f"v{st.version} passed every step: promoted"))
+        else:
+            _finish_promotion(s, st.version, "Analysis", f"v{st.version} passed every step: promoted")
+        return
+    if result.outcome == Outcome.FAILED:
+        failed = st.failed_checks + 1
+        s.set(failed_checks=failed)
+        if failed >= s.policy.failure_limit:
+            _fail(s, "AnalysisFailed", f"analysis failed {failed}/{s.policy.failure_limit}: {result.message}",
+                  check)
+        else:
+            s.hold("AnalysisFailed", f"analysis failed {failed}/{s.policy.failure_limit}: {result.message}")
+        return
+    inconclusive = st.inconclusive_checks + 1
+    s.set(inconclusive_checks=inconclusive)
+    text = f"analysis inconclusive {inconclusive}/{s.policy.inconclusive_limit}: {result.message}"
+    if inconclusive >= s.policy.inconclusive_limit:
+        _fail(s, "Inconclusive", text, check)
+    else:
+        s.hold("Inconclusive", text)
+
+
+def _fail(s: _Step, reason: str, message: str, check: str | None) -> None:
+    s.notify("Failed", reason=reason, message=message, check=check)
+    _roll_back(s, reason, message, check=check)
+
+
+def _roll_back(s: _Step, reason: str, message: str, check: str | None = None, notify: bool = True) -> None:
+    st = s.state
+    version = st.version or ""
+    s.actions.append(RollBack(version, st.stable_version, reason, message, check))
+    if notify:
+        s.notify("RolledBack", reason=reason, message=message, check=check)
+    s.set(phase=Phase.ROLLED_BACK, version=None, weight=0, step=0, gate=None, next_analysis_at=None,
+          reason=reason, message=f"v{version} rolled back: {message}; v{st.stable_version} serves 100%",
+          rolled_back=RolledBack(version, s.generation, s.now, reason, check))
+
+
+def _finish_promotion(s: _Step, version: str, reason: str, message: str, notify: bool = True,
+                      phase: Phase = Phase.PROMOTED) -> None:
+    previous = s.state.stable_version
+    s.actions.append(Promote(version, previous, reason))
+    # The notification reads: `version` at 100%, stable (before) `previous`.
+    s.set(version=version, weight=100)
+    if notify:
+        s.notify("Promoted", reason=reason, message=message)
+    s.set(phase=phase, stable_version=version, version=None, weight=0, step=0, gate=None,
+          next_analysis_at=None, reason="Promoted" if reason in ("Analysis", "Manual") else reason,
+          message=message)
+
+
+# --- webhooks' outbox ------------------------------------------------------------------------
+def _prune(outbox: tuple[Notification, ...], delivered: dict[str, int],
+           policy: RolloutPolicy) -> tuple[Notification, ...]:
+    """Keep what some subscribed webhook has not acknowledged yet."""
+    return tuple(n for n in outbox
+                 if any(n.event in w.events and delivered.get(w.name, 0) < n.seq for w in policy.webhooks))
+
+
+def pending(state: RolloutState, policy: RolloutPolicy) -> list[tuple[str, Notification]]:
+    """(webhook name, notification) still to deliver, in order, per webhook."""
+    out = []
+    for w in policy.webhooks:
+        done = state.delivered.get(w.name, 0)
+        out += [(w.name, n) for n in state.outbox if n.event in w.events and n.seq > done]
+    return out
+
+
+def acknowledge(state: RolloutState, webhook: str, seq: int, policy: RolloutPolicy) -> RolloutState:
+    """Record that `webhook` got every notification up to `seq` (in-order delivery)."""
+    if state.delivered.get(webhook, 0) >= seq:
+        return state
+    delivered = {**state.delivered, webhook: seq}
+    known = {w.name for w in policy.webhooks}
+    delivered = {k: v for k, v in delivered.items() if k in known}
+    return state.evolve(delivered=delivered, outbox=_prune(state.outbox, delivered, policy))
+
+
+# --- the caller's loop -----------------------------------------------------------------------
+def drive(state: RolloutState | None, obs: Observations, policy: RolloutPolicy, now: datetime, *,
+          analyse: Callable[[Analyse], AnalysisResult] | None = None,
+          gate: Callable[[CallGate], GateResult] | None = None,
+          max_rounds: int = 4) -> tuple[RolloutState, tuple]:
+    """`step` until no Analyse/CallGate is left unanswered; returns the state and every action.
+
+    `analyse` and `gate` do the I/O (metric queries, gate requests). Without one, its actions are
+    returned for the caller to handle later.
+    """
+    from dataclasses import replace as _replace
+
+    actions: list = []
+    current = state
+    for _ in range(max_rounds):
+        current, acts = step(current, obs, policy, now)
+        asks = [a for a in acts if isinstance(a, (Analyse, CallGate))]
+        answered = []
+        for a in asks:
+            if isinstance(a, Analyse) and analyse is not None:
+                obs = _replace(obs, analysis=analyse(a))
+                answered.append(a)
+            elif isinstance(a, CallGate) and gate is not None:
+                obs = _replace(obs, gates=tuple(g for g in obs.gates if g.type != a.type) + (gate(a),))
+                answered.append(a)
+        keep = [a for a in acts if a not in answered and not (answered and isinstance(a, Hold))]
+        actions += keep
+        if not answered:
+            break
+    return current, tuple(actions)
+
+
+def transitions(actions: Iterable) -> list:
+    """The transition actions among `actions` (what Events, metrics and history record)."""
+    return [a for a in actions if isinstance(a, (SetWeight, Promote, RollBack, Notify))]

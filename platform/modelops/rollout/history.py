@@ -1,0 +1,114 @@
+"""MLflow as the rollout history: model-version tags per deployment, and the promoted alias.
+
+Each model version touched by a rollout gets, per deployment (key `modelops.deployment.<ns>.<name>`):
+- `<key>`: its state there in words: `canary 10% since 2025-01-01T12:00:00Z`,
+  `promoted 2025-01-01T12:03:00Z`, `rolled back 2025-01-01T12:02:00Z (successRate: 0.8 < min 0.99)`,
+  `replaced by v3 2025-...`, `serving since 2025-...` (first deployment or strategy replace);
+- `<key>.history`: a JSON list of `{state, at, weight?, reason?, check?, message?}`, newest last,
+  trimmed to fit MLflow's tag value limit.
+`spec.rollout.promoteAlias` (e.g. `production`) moves to a version when it is promoted. So the
+MLflow UI tells which version serves where, since when and why.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable
+
+from .engine import Promote, RollBack, SetWeight
+from .state import format_time
+
+TAG_PREFIX = "modelops.deployment."
+MAX_TAG_VALUE = 5000  # MLflow's limit for model-version tag values
+
+
+def deployment_key(namespace: str, name: str) -> str:
+    return f"{TAG_PREFIX}{namespace}.{name}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One change of a version's state in one deployment."""
+
+    version: str
+    state: str  # canary 10% | promoted | rolled back | replaced by vN | serving
+    at: datetime
+    reason: str = ""
+    check: str | None = None
+    message: str = ""
+    weight: int | None = None
+
+    @property
+    def text(self) -> str:
+        when = format_time(self.at)
+        if self.state.startswith("canary") or self.state == "serving":
+            text = f"{self.state} since {when}"
+        else:
+            text = f"{self.state} {when}"
+        if self.state == "rolled back" and (self.check or self.message):
+            text += f" ({self.message or self.check})"
+        return text[:MAX_TAG_VALUE]
+
+    def to_json(self) -> dict:
+        out = {"state": self.state, "at": format_time(self.at)}
+        for key in ("reason", "check", "message", "weight"):
+            value = getattr(self, key)
+            if value not in (None, ""):
+                out[key] = value if key != "message" else value[:300]
+        return out
+
+
+def entries(actions: Iterable, now: datetime) -> list[Entry]:
+    """The history entries the engine's transition actions stand for (pure)."""
+    out: list[Entry] = []
+    for a in actions:
+        if isinstance(a, SetWeight):
+            out.append(Entry(a.version, f"canary {a.weight}%", now, "StepAdvanced" if a.step else "Started",
+                             weight=a.weight))
+        elif isinstance(a, Promote):
+            state = "promoted" if a.reason in ("Analysis", "Manual") else "serving"
+            out.append(Entry(a.version, state, now, a.reason, weight=100))
+            if a.previous and a.previous != a.version:
+                out.append(Entry(a.previous, f"replaced by v{a.version}", now, a.reason, weight=0))
+        elif isinstance(a, RollBack) and a.version:
+            out.append(Entry(a.version, "rolled back", now, a.reason, a.check, a.message, weight=0))
+    return out
+
+
+def _history(previous: str | None, entry: Entry) -> str:
+    try:
+        items = json.loads(previous) if previous else []
+        if not isinstance(items, list):
+            items = []
+    except ValueError:
+        items = []
+    items.append(entry.to_json())
+    text = json.dumps(items, separators=(",", ":"))
+    while len(text) > MAX_TAG_VALUE and len(items) > 1:
+        items.pop(0)
+        text = json.dumps(items, separators=(",", ":"))
+    return text
+
+
+def record(registry, model_name: str, namespace: str, name: str, entry: Entry) -> dict[str, str]:
+    """Write one entry's tags on its model version; returns the tags written."""
+    key = deployment_key(namespace, name)
+    current = registry.get_version_tags(model_name, entry.version)
+    tags = {key: entry.text, f"{key}.history": _history(current.get(f"{key}.history"), entry)}
+    registry.set_version_tags(model_name, entry.version, tags)
+    return tags
+
+
+def record_actions(registry, model_name: str, namespace: str, name: str, actions: Iterable,
+                   now: datetime, promote_alias: str | None = None) -> list[Entry]:
+    """Tag every version a step's actions touched, and move `promote_alias` on a promotion."""
+    written = entries(actions, now)
+    for entry in written:
+        record(registry, model_name, namespace, name, entry)
+    if promote_alias:
+        for a in actions:
+            if isinstance(a, Promote):
+                registry.set_alias(model_name, promote_alias, a.version)
+    return written
