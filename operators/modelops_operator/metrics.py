@@ -5,7 +5,8 @@ passes its probes and `modelops_operator_leader` tells which one acts). The char
 /metrics through a Service (optionally a ServiceMonitor) and its PrometheusRule alerts on:
 - `modelops_operator_leader` (no process leads: operator down),
 - `modelops_operator_reconcile_errors_total{reason}` (reconcile errors by reason),
-- `modelops_operator_deployment_stalled{namespace,name,reason}` (a rollout failed).
+- `modelops_operator_deployment_stalled{namespace,name,reason}` (a rollout failed: Stalled, or a
+  canary rolled back).
 
 Wiring (handlers/main): `record_pass(namespace, name, result, seconds)` after each reconcile pass,
 `record_api_error(exc)` when the Kubernetes API failed one, `Endpoints(address).start()` before
@@ -61,7 +62,8 @@ def _set_stalled(namespace: str, name: str, reason: str | None) -> None:
 
 
 def record_pass(namespace: str, name: str, result, seconds: float | None = None) -> None:
-    """Account for one `Reconciler.reconcile` result (`.retry`, `.stalled`, `.wrote`, `.body`)."""
+    """Account for one `Reconciler.reconcile` result (`.retry`, `.stalled`, `.wrote`, `.body`, and
+    `.phase` when it has one: a canary `RolledBack` counts as a failed rollout too)."""
     if seconds is not None:
         RECONCILE_SECONDS.observe(seconds)
     for what in getattr(result, "wrote", ()) or ():
@@ -76,6 +78,9 @@ def record_pass(namespace: str, name: str, result, seconds: float | None = None)
     elif result.retry is not None:
         RECONCILES.labels("retry").inc()
         RECONCILE_ERRORS.labels(result.retry.reason).inc()
+    elif getattr(result, "phase", None) == "RolledBack":
+        _set_stalled(namespace, name, "RolledBack")
+        RECONCILES.labels("ok").inc()
     else:
         _set_stalled(namespace, name, None)
         RECONCILES.labels("ok").inc()

@@ -44,6 +44,11 @@ def test_record_pass_counts_outcomes_and_tracks_stalled_deployments():
     metrics.record_pass(ns, name, stalled)
     metrics.record_pass(ns, name, SimpleNamespace(body=None, stalled=None, retry=None, wrote=()))
     assert sample("modelops_operator_deployment_stalled", {"namespace": ns, "name": name, "reason": "ParityFailed"}) is None
+    # A canary that rolled back is a failed rollout too (the stable version keeps serving).
+    metrics.record_pass(ns, name, SimpleNamespace(body={}, stalled=None, retry=None, wrote=(), phase="RolledBack"))
+    assert sample("modelops_operator_deployment_stalled", {"namespace": ns, "name": name, "reason": "RolledBack"}) == 1
+    metrics.record_pass(ns, name, SimpleNamespace(body={}, stalled=None, retry=None, wrote=(), phase="Ready"))
+    assert sample("modelops_operator_deployment_stalled", {"namespace": ns, "name": name, "reason": "RolledBack"}) is None
     metrics.record_api_error(RuntimeError("409"))
     assert sample("modelops_operator_reconcile_errors_total", {"reason": "KubernetesApiError"}) == \
         before["KubernetesApiError"] + 1
