@@ -30,6 +30,7 @@ class Result:
     retry: Failure | None = None  # retryable: back off and try again
     stalled: Failure | None = None  # permanent: do not retry this generation
     wrote: tuple[str, ...] = ()  # what was written (for logs and tests)
+    phase: str | None = None  # the phase the status now says (metrics: a RolledBack canary)
 
 
 def now_rfc3339() -> str:
@@ -183,4 +184,5 @@ class Reconciler:
             self.kube.merge_patch(MODELDEPLOYMENTS.path(meta["namespace"], meta["name"], "status"),
                                   {"status": patch})
             wrote = wrote + ("status",)
-        return Result(body=md, events=p.events, retry=p.retry, stalled=stalled, wrote=wrote)
+        return Result(body=md, events=p.events, retry=p.retry, stalled=stalled, wrote=wrote,
+                      phase=p.status.get("phase"))
