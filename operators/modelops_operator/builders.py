@@ -150,7 +150,7 @@ def conversion_args(spec: DeploymentSpec, version: str, tracking_uri: str) -> li
 
 def build_conversion_job(md: dict, spec: DeploymentSpec, version: str, *, tracking_uri: str,
                          image: str, service_account: str | None = None,
-                         deadline_seconds: int = 3600) -> dict:
+                         deadline_seconds: int = 3600, resources: dict | None = None) -> dict:
     """A Job converting one model version: restricted pod security, no API token, no retries.
 
     Unpickling a model runs its code, so this happens in a throwaway pod that can reach the
@@ -168,7 +168,7 @@ def build_conversion_job(md: dict, spec: DeploymentSpec, version: str, *, tracki
         "args": conversion_args(spec, version, tracking_uri),
         "env": [{"name": "HOME", "value": "/tmp"},
                 {"name": "MLFLOW_TRACKING_URI", "value": tracking_uri}],
-        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
+        "resources": resources or {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,

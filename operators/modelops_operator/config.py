@@ -20,6 +20,7 @@ class OperatorConfig:
     converter_image: str = DEFAULT_CONVERTER_IMAGE
     converter_service_account: str | None = None  # None: the namespace's default, token not mounted
     job_timeout: int = 3600  # activeDeadlineSeconds of conversion Jobs
+    converter_resources: dict | None = None  # None: the builder's default (1 CPU, 2Gi; 8Gi limit)
     backoff_base: float = 5.0  # first retry delay after a retryable error; doubles per retry
     backoff_max: float = 300.0
     api_url: str | None = None  # Kubernetes API server; None: in-cluster or KUBECONFIG

@@ -89,7 +89,7 @@ class JobConversion:
                 md, spec, resolved.version, tracking_uri=registry.tracking_uri,
                 image=self.config.converter_image,
                 service_account=self.config.converter_service_account,
-                deadline_seconds=self.config.job_timeout)
+                deadline_seconds=self.config.job_timeout, resources=self.config.converter_resources)
             self.kube.create(JOBS.path(ns), body)
             return Outcome(running=True)
         state = job_state(job)

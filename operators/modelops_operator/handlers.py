@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import kopf
 
@@ -24,7 +25,7 @@ from modelops.deployment import GROUP, PLURAL, VERSION
 from modelops.deployment.plan import ACTIVE_ROLLOUT_PHASES
 from modelops.rollout.hooks import WebhookDispatcher
 
-from . import builders
+from . import builders, metrics
 from .config import OperatorConfig
 from .kube import ApiError
 from .reconciler import Reconciler
@@ -40,7 +41,7 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.persistence.finalizer = "modelops.dev/finalizer"
     # Our own Events describe transitions; Kopf's per-handler chatter stays in the logs.
     settings.posting.level = logging.WARNING
-    settings.peering.standalone = True  # one replica (Deployment strategy Recreate)
+    settings.peering.standalone = True  # one acting replica: the leader Lease (modelops_operator.leader)
     settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -65,14 +66,17 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: Op
     async def run_pass(namespace: str, name: str, *, resolve: bool, retry: int = 0,
                        strict: bool = False) -> None:
         lock = locks.setdefault((namespace, name), asyncio.Lock())
+        started = time.monotonic()
         try:
             async with lock:
                 result = await asyncio.to_thread(reconciler.reconcile, namespace, name, resolve=resolve)
         except ApiError as exc:  # the Kubernetes API refused or failed: retry, never crash
+            metrics.record_api_error(exc)
             if strict:
                 raise kopf.TemporaryError(str(exc), delay=config.backoff(retry)) from exc
             log.warning("%s/%s: %s", namespace, name, exc)
             return
+        metrics.record_pass(namespace, name, result, time.monotonic() - started)
         if result.body is not None:
             for ev in result.events:
                 kopf.event(result.body, type=ev.type, reason=ev.reason, message=ev.message)

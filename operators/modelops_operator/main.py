@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
+import signal
 import threading
 from collections.abc import Sequence
 
@@ -20,7 +22,7 @@ import kopf
 
 from modelops.deployment.storage import parse_rewrites
 
-from . import handlers
+from . import handlers, leader, metrics
 from .config import DEFAULT_CONVERTER_IMAGE, DEFAULT_RUNTIME, OperatorConfig
 from .conversion import InProcessConversion, JobConversion
 from .kube import Kube
@@ -54,7 +56,11 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
     ap.add_argument("--rollout-tick", type=float, default=float(env.get("MODELOPS_ROLLOUT_TICK", "5")),
                     help="seconds between passes of an active canary (its analysis runs every spec interval)")
     ap.add_argument("--converter-image", default=env.get("MODELOPS_CONVERTER_IMAGE", DEFAULT_CONVERTER_IMAGE))
-    ap.add_argument("--converter-service-account", default=env.get("MODELOPS_CONVERTER_SERVICE_ACCOUNT"))
+    ap.add_argument("--converter-service-account", default=env.get("MODELOPS_CONVERTER_SERVICE_ACCOUNT") or None)
+    ap.add_argument("--converter-resources", type=json.loads, default=env.get("MODELOPS_CONVERTER_RESOURCES") or None,
+                    help="conversion Jobs' container resources as JSON (env MODELOPS_CONVERTER_RESOURCES)")
+    ap.add_argument("--converter-deadline", type=int, default=int(env.get("MODELOPS_CONVERTER_DEADLINE_SECONDS") or 3600),
+                    help="conversion Jobs' activeDeadlineSeconds (env MODELOPS_CONVERTER_DEADLINE_SECONDS)")
     ap.add_argument("--runtime", default=env.get("MODELOPS_RUNTIME", DEFAULT_RUNTIME),
                     help="KServe ClusterServingRuntime name")
     ap.add_argument("--api-url", default=env.get("MODELOPS_KUBE_API_URL"),
@@ -62,9 +68,17 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
     ap.add_argument("--liveness", default=env.get("MODELOPS_LIVENESS", "http://0.0.0.0:8080/healthz"),
                     help="liveness endpoint URL; empty to disable")
     ap.add_argument("--verbose", "-v", action="store_true")
+    metrics.add_arguments(ap)
+    leader.add_arguments(ap)
     args = ap.parse_args(list(argv) if argv is not None else None)
     if args.resolve_interval <= 0:
         ap.error("--resolve-interval must be positive")
+    try:
+        election = leader.settings_from_args(args)
+        if args.metrics_address:
+            metrics.parse_address(args.metrics_address)
+    except ValueError as exc:
+        ap.error(str(exc))
     try:
         rewrites = parse_rewrites(args.storage_uri_rewrite)
     except ValueError as exc:
@@ -77,7 +91,9 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
         storage_rewrites=rewrites, runtime=args.runtime, converter_image=args.converter_image,
         converter_service_account=args.converter_service_account, api_url=args.api_url,
         prometheus_url=args.prometheus_url, rollout_tick=args.rollout_tick,
-        extra_env={"liveness": args.liveness or None},
+        converter_resources=args.converter_resources, job_timeout=args.converter_deadline,
+        extra_env={"liveness": args.liveness or None, "leader": election,
+                   "metrics": args.metrics_address or None},
     )
 
 
@@ -95,8 +111,8 @@ def build(config: OperatorConfig, *, registry_factory=None) -> tuple[kopf.Operat
 
 async def serve(config: OperatorConfig, *, stop_flag: asyncio.Event | threading.Event | None = None,
                 ready_flag: asyncio.Event | threading.Event | None = None,
-                registry_factory=None) -> None:
-    registry, reconciler = build(config, registry_factory=registry_factory)
+                registry_factory=None, built=None) -> None:
+    registry, reconciler = built or build(config, registry_factory=registry_factory)
     settings = kopf.OperatorSettings()
     handlers.configure_settings(settings)
     try:
@@ -110,10 +126,32 @@ async def serve(config: OperatorConfig, *, stop_flag: asyncio.Event | threading.
         reconciler.kube.close()
 
 
+async def serve_elected(config: OperatorConfig) -> None:
+    """/metrics and probes first (standbys answer them too), then the operator while this process
+    holds the leader Lease (at once without --leader-elect)."""
+    endpoints = None
+    if config.extra_env.get("metrics"):
+        endpoints = metrics.Endpoints(config.extra_env["metrics"])
+        await endpoints.start()
+    built = build(config)  # imports and clients before the election: a takeover starts at once
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a standby stops on them (Kopf takes them over)
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        # Kopf stops on SIGTERM/SIGINT itself; losing the Lease exits the process (leader.py).
+        await leader.run_elected(lambda stop_flag: serve(config, built=built),
+                                 config.extra_env.get("leader") or leader.LeaderElectionSettings(),
+                                 stop_flag=stop)
+    finally:
+        if endpoints is not None:
+            await endpoints.stop()
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Entry point of `modelops operator`; `argv` excludes the subcommand name. Blocks until stopped."""
     config = parse_args(argv)
-    asyncio.run(serve(config))
+    asyncio.run(serve_elected(config))
     return 0
 
 

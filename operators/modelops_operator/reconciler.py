@@ -31,6 +31,7 @@ class Result:
     stalled: Failure | None = None  # permanent: do not retry this generation
     wrote: tuple[str, ...] = ()  # what was written (for logs and tests)
     deliveries: object = None  # rollout.Deliveries: webhook notifications still owed
+    phase: str | None = None  # the phase the status now says (metrics: a RolledBack canary)
 
 
 def now_rfc3339() -> str:
@@ -192,7 +193,8 @@ class Reconciler:
             owed = rollout.deliveries(md, spec, p.status.get("canary"), rollout.secret_reader(self.kube, meta["namespace"]))
         except Exception as exc:  # an invalid spec, or a signing Secret we cannot read: say so, go on
             log.warning("%s/%s: webhooks not delivered: %s", meta["namespace"], meta["name"], exc)
-        return Result(body=md, events=p.events, retry=p.retry, stalled=stalled, wrote=wrote, deliveries=owed)
+        return Result(body=md, events=p.events, retry=p.retry, stalled=stalled, wrote=wrote, deliveries=owed,
+                      phase=p.status.get("phase"))
 
     def acknowledge(self, namespace: str, name: str, webhook: str, seq: int) -> bool:
         """Record a webhook delivery in status.canary (so a restart resumes after it)."""

@@ -1,4 +1,4 @@
-"""`modelops` command line: convert, serve, demo, bench, operator."""
+"""`modelops` command line: convert, serve, demo, bench, operator, render, status."""
 
 from __future__ import annotations
 
@@ -89,6 +89,22 @@ def cmd_operator(argv: list[str]) -> int:
     return run(argv) or 0
 
 
+def cmd_render(argv: list[str]) -> int:
+    from modelops_operator.render import run  # the operator's builders, without a cluster
+
+    return run(argv)
+
+
+def cmd_status(argv: list[str]) -> int:
+    from modelops_operator.status_view import run  # needs the operator extra (Kubernetes client)
+
+    return run(argv)
+
+
+# Subcommands implemented in modelops_operator (imported only when used): their own parsers.
+DELEGATED = {"render": cmd_render, "status": cmd_status}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelops", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -134,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("operator", help="run the Kubernetes operator (see `modelops operator --help`)",
                    add_help=False)
+    sub.add_parser("render", help="print the InferenceService (and Job) the operator would create for a "
+                                  "ModelDeployment file, without a cluster (`modelops render -f md.yaml`)",
+                   add_help=False)
+    sub.add_parser("status", help="one readable view of a ModelDeployment on the cluster "
+                                  "(`modelops status NAME [-n NS]`)", add_help=False)
     return p
 
 
@@ -141,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["operator"]:
         return cmd_operator(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        if argv and argv[0] in DELEGATED:
+            return DELEGATED[argv[0]](argv[1:])
+        args = build_parser().parse_args(argv)
         return args.fn(args)
     except errors.ModelOpsError as exc:
         print(f"modelops: {exc.reason}: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ from modelops.errors import InvalidSpec
 from .schemas import REPO_ROOT, all_errors, cel_errors, eval_rule, load_crd, version_schema, walk_schema
 
 CRD_FILE = REPO_ROOT / "manifests/crds/modeldeployments.modelops.dev.yaml"
-HELM_CRD_FILE = REPO_ROOT / "helm/modelops/crds/modeldeployments.modelops.dev.yaml"
+HELM_CRD_FILE = REPO_ROOT / "helm/modelops/files/crds/modeldeployments.modelops.dev.yaml"
 
 
 @pytest.fixture(scope="module")
