@@ -47,6 +47,16 @@ STALLED = Gauge("modelops_operator_deployment_stalled",
 LEADER = Gauge("modelops_operator_leader", "1 while this process leads (reconciles); 0 on a standby.",
                registry=REGISTRY)
 
+ROLLOUTS = Counter("modelops_operator_rollouts", "Canary rollouts that ended, by result (promoted, rolled_back).",
+                   ["result"], registry=REGISTRY)
+ROLLOUT_SECONDS = Histogram("modelops_operator_rollout_seconds", "From a canary's start to its end, by result.",
+                            ["result"], buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600),
+                            registry=REGISTRY)
+CANARY_WEIGHT = Gauge("modelops_operator_canary_weight", "Traffic percent on the canary (0 without one).",
+                      ["namespace", "name"], registry=REGISTRY)
+ANALYSES = Counter("modelops_operator_analysis_checks", "Canary analysis checks counted, by check and outcome.",
+                   ["check", "outcome"], registry=REGISTRY)
+
 _stalled: dict[tuple[str, str], str] = {}
 _lock = threading.Lock()
 
@@ -66,6 +76,8 @@ def record_pass(namespace: str, name: str, result, seconds: float | None = None)
     `.phase` when it has one: a canary `RolledBack` counts as a failed rollout too)."""
     if seconds is not None:
         RECONCILE_SECONDS.observe(seconds)
+    if getattr(result, "rollout", None) is not None:
+        record_rollout(namespace, name, result.rollout)
     for what in getattr(result, "wrote", ()) or ():
         WRITES.labels(what).inc()
     if getattr(result, "body", None) is None:  # gone or being deleted
@@ -84,6 +96,25 @@ def record_pass(namespace: str, name: str, result, seconds: float | None = None)
     else:
         _set_stalled(namespace, name, None)
         RECONCILES.labels("ok").inc()
+
+
+def record_rollout(namespace: str, name: str, step) -> None:
+    """Account for one canary step (`rollout.StepResult`): weight, ended rollouts, analyses."""
+    state = step.state or {}
+    active = state.get("phase") in ("WaitingForGate", "Progressing", "Paused", "AwaitingPromotion")
+    CANARY_WEIGHT.labels(namespace, name).set(state.get("weight", 0) if active else 0)
+    for n in step.notifications:
+        result = {"Promoted": "promoted", "RolledBack": "rolled_back"}.get(n.event)
+        if result is None:
+            continue
+        ROLLOUTS.labels(result).inc()
+        started = state.get("startedAt")
+        if started:
+            from modelops.rollout.state import parse_time
+
+            ROLLOUT_SECONDS.labels(result).observe(max(0.0, (n.at - parse_time(started)).total_seconds()))
+    for check in (step.analysed or {}).get("checks", []):
+        ANALYSES.labels(check.get("name", "?"), check.get("outcome", "?")).inc()
 
 
 def record_api_error(exc: BaseException, reason: str = "KubernetesApiError") -> None:

@@ -32,6 +32,7 @@ class Result:
     wrote: tuple[str, ...] = ()  # what was written (for logs and tests)
     deliveries: object = None  # rollout.Deliveries: webhook notifications still owed
     phase: str | None = None  # the phase the status now says (metrics: a RolledBack canary)
+    rollout: object = None  # rollout.StepResult of a canary pass (metrics: weight, transitions, analyses)
 
 
 def now_rfc3339() -> str:
@@ -122,6 +123,7 @@ class Reconciler:
             inputs = replace(inputs, conversion=canary_model)
 
         wrote: list[str] = []
+        stepped = None
         done: set[type] = set()
         while True:
             p = plan(inputs)
@@ -133,7 +135,7 @@ class Reconciler:
                 inputs = self._convert(md, spec, registry, resolved, inputs)
             elif isinstance(action, ApplyService) and spec.rollout.strategy == "canary":
                 target = None if inputs.error is not None else action.served
-                p, changed = self._rollout(md, spec, registry, inputs, target)
+                p, changed, stepped = self._rollout(md, spec, registry, inputs, target)
                 if changed:
                     wrote.append("inferenceservice")
                 break
@@ -146,10 +148,11 @@ class Reconciler:
         if p.status.get("phase") == "Failed":
             stalled = next((Failure(c["reason"], c.get("message", ""), False)
                             for c in p.status["conditions"] if c["type"] == "Stalled"), None)
-        return self._finish(md, p, tuple(wrote), stalled=stalled)
+        result = self._finish(md, p, tuple(wrote), stalled=stalled)
+        return replace(result, rollout=stepped) if stepped is not None else result
 
     def _rollout(self, md: dict, spec: DeploymentSpec, registry, inputs: Inputs,
-                 target: Served | None) -> tuple[Plan, bool]:
+                 target: Served | None) -> tuple[Plan, bool, rollout.StepResult]:
         """`strategy: canary`: one step of the rollout engine, the InferenceService it implies, and
         the status saying so. Every piece of rollout state is in `status.canary`."""
         status = inputs.status
@@ -167,7 +170,7 @@ class Reconciler:
                 p.status["conditions"] = [c for c in failed.status["conditions"]] + \
                     [c for c in p.status["conditions"] if c["type"] in ("Progressing", "RolledBack")]
         rollout.record_history(registry, md, spec, step.transitions, inputs.now)
-        return p, changed
+        return p, changed, step
 
     def _convert(self, md, spec, registry, resolved, inputs: Inputs) -> Inputs:
         try:

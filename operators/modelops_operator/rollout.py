@@ -36,6 +36,7 @@ class StepResult:
     notifications: tuple  # the engine's new Notifications (Events, webhooks)
     transitions: tuple  # SetWeight / Promote / RollBack / Notify (MLflow history)
     promoted: bool  # the stable version changed in this pass
+    analysed: dict | None = None  # the analysis counted in this pass (AnalysisResult.to_status())
 
 
 class NoPrometheus:
@@ -98,7 +99,9 @@ def step_deployment(md: dict, spec: DeploymentSpec, status: dict, target: Served
     if stable_now is None:  # nothing the engine knows serves: keep what the status says
         stable_now = stable or target
     canary_now = served.get(traffic.canary) if traffic.canary else None
+    counted = new.last_analysis_at is not None and new.last_analysis_at != state.last_analysis_at
     return StepResult(
+        analysed=new.analysis if counted else None,
         stable=stable_now, canary=canary_now, weight=traffic.weight if canary_now else 0,
         state=new.to_status(),
         notifications=tuple(a.notification for a in actions if isinstance(a, Notify)),

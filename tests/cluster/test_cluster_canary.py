@@ -219,7 +219,9 @@ def test_canary_promotes_a_good_version_and_rolls_back_a_bad_one(
     alias = f"champion-{mode.lower()}"
     client.set_registered_model_alias(registered["name"], alias, registered["v1"])
     fleet = Fleet(tmp_path, prometheus, name, ns)
-    args = ["--prometheus-url", prometheus.url, "--rollout-tick", "1"]
+    metrics_port = free_port()
+    args = ["--prometheus-url", prometheus.url, "--rollout-tick", "1",
+            "--metrics-address", f"127.0.0.1:{metrics_port}"]
     op = start_operator(ns, cluster.kubeconfig, *args)
     receiver = Receiver(b"s3cret-" + mode.encode())
     cluster.kubectl("-n", ns, "create", "secret", "generic", "hooks", f"--from-literal=hmac=s3cret-{mode}")
@@ -314,6 +316,14 @@ def test_canary_promotes_a_good_version_and_rolls_back_a_bad_one(
         assert seqs == sorted(set(seqs))
         assert not receiver.bad and all(n == 3 for n in receiver.attempts.values()), receiver.attempts
         assert not (cluster.status(ns, name)["canary"].get("outbox"))  # all acknowledged
+
+        # the operator's own metrics (this process took over mid-canary in Standard mode)
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert 'modelops_operator_rollouts_total{result="promoted"} 1.0' in text
+        assert 'modelops_operator_rollouts_total{result="rolled_back"} 1.0' in text
+        assert f'modelops_operator_canary_weight{{name="{name}",namespace="{ns}"}} 0.0' in text
+        assert 'modelops_operator_analysis_checks_total{check="successRate",outcome="Failed"}' in text
+        assert 'modelops_operator_rollout_seconds_count{result="promoted"} 1.0' in text
         assert op.alive()
     finally:
         receiver.close()
