@@ -51,6 +51,30 @@ def service_observation(observed: dict, changed: bool) -> ServiceObservation:
     return ServiceObservation(storage_uri=uri, ready=is_ready, url=status.get("url"), message=message)
 
 
+def canary_readiness(observed: dict | None) -> bool | None:
+    """Whether KServe reports the canary's predictor ready; None when it says nothing (yet).
+
+    Standard mode: `status.canaryStatuses[]` (the canary predictor's entry), else the
+    `CanaryPredictorReady` condition. Knative mode: the newest revision (the canary's spec) is
+    the latest ready one (`status.components.predictor`)."""
+    if not observed:
+        return None
+    spec, status = observed.get("spec") or {}, observed.get("status") or {}
+    canary = (spec.get("canary") or [None])[0]
+    if canary is not None:
+        name = (canary.get("predictor") or {}).get("name")
+        entries = [c for c in status.get("canaryStatuses") or [] if c.get("name") == name]
+        if entries:
+            return bool(entries[0].get("ready"))
+        cond = next((c for c in status.get("conditions") or [] if c.get("type") == "CanaryPredictorReady"), None)
+        return None if cond is None else cond.get("status") == "True"
+    if (spec.get("predictor") or {}).get("canaryTrafficPercent") is not None:
+        comp = (status.get("components") or {}).get("predictor") or {}
+        created, ready = comp.get("latestCreatedRevision"), comp.get("latestReadyRevision")
+        return None if not created else created == ready
+    return None
+
+
 class Reconciler:
     def __init__(self, config: OperatorConfig, kube: Kube, converter, registry_factory=None):
         self.config = config
@@ -156,9 +180,10 @@ class Reconciler:
         """`strategy: canary`: one step of the rollout engine, the InferenceService it implies, and
         the status saying so. Every piece of rollout state is in `status.canary`."""
         status = inputs.status
-        ns = md["metadata"]["namespace"]
+        ns, name = md["metadata"]["namespace"], md["metadata"]["name"]
+        ready = canary_readiness(self.kube.get(INFERENCESERVICES.path(ns, name)))
         step = rollout.step_deployment(md, spec, status, target, self.config, now=inputs.now,
-                                       secret_reader=rollout.secret_reader(self.kube, ns))
+                                       secret_reader=rollout.secret_reader(self.kube, ns), canary_ready=ready)
         observation, changed = self.apply_service(md, spec, step.stable, step.canary, step.weight)
         p = plan_rollout(replace(inputs, service=observation), step.stable, step.canary, step.state,
                          step.notifications, promoted=step.promoted)

@@ -54,7 +54,8 @@ def _provider(spec: DeploymentSpec, config: OperatorConfig):
 
 
 def step_deployment(md: dict, spec: DeploymentSpec, status: dict, target: Served | None,
-                    config: OperatorConfig, *, now: str, secret_reader=None) -> StepResult:
+                    config: OperatorConfig, *, now: str, secret_reader=None,
+                    canary_ready: bool | None = None) -> StepResult:
     meta = md["metadata"]
     ns, name = meta["namespace"], meta["name"]
     stable = Served.from_status(status.get("stable"))
@@ -66,7 +67,7 @@ def step_deployment(md: dict, spec: DeploymentSpec, status: dict, target: Served
     served = {s.version: s for s in (stable, canary_model, target) if s is not None}
     policy = RolloutPolicy.from_spec(spec)
     obs = Observations.from_resource(spec, meta.get("annotations"), target=target and target.version,
-                                     generation=int(meta.get("generation") or 0))
+                                     generation=int(meta.get("generation") or 0), canary_ready=canary_ready)
     when = parse_time(now)
     provider = _provider(spec, config)
 

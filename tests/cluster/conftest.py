@@ -77,10 +77,11 @@ class Cluster:
     def events(self, ns: str, name: str) -> list[dict]:
         return [e for e in self.list("events", ns) if e["involvedObject"].get("name") == name]
 
-    def mark_isvc_ready(self, ns: str, name: str, url: str | None = None) -> None:
-        """KServe's part: the predictor serves the current generation."""
+    def mark_isvc_ready(self, ns: str, name: str, url: str | None = None, **more) -> None:
+        """KServe's part: the predictor serves the current generation (`more`: other status fields)."""
         isvc = self.get("inferenceservice", ns, name)
         self.patch("inferenceservice", ns, name, {"status": {
+            **more,
             "url": url or f"http://{name}.{ns}.example.com",
             "observedGeneration": isvc["metadata"]["generation"],
             "conditions": [{"type": "Ready", "status": "True",

@@ -91,6 +91,7 @@ class KServe:
         model = pred["model"]
         version = _env(model, "MODELOPS_MODEL_VERSION")
         routes = []
+        more: dict = {}
         if self.mode == "Standard":
             canary = (isvc["spec"].get("canary") or [None])[0]
             weight = canary["trafficPercent"] if canary else 0
@@ -99,6 +100,8 @@ class KServe:
                 cm = canary["predictor"]["model"]
                 cv = _env(cm, "MODELOPS_MODEL_VERSION")
                 routes.append((cv, self.fleet.serve(cv, cm["storageUri"]), weight))
+                more["canaryStatuses"] = [{"name": canary["predictor"]["name"], "ready": True,
+                                           "trafficPercent": weight}]
         else:  # Knative: the predictor is the newest revision; the last rolled-out one keeps the rest
             weight = pred.get("canaryTrafficPercent")
             url = self.fleet.serve(version, model["storageUri"])
@@ -107,10 +110,13 @@ class KServe:
                 self.rolled_out = (version, url)
             else:
                 routes = [(version, url, weight), (*self.rolled_out, 100 - weight)]
+            revision = f"{self.name}-predictor-v{version}"
+            more["components"] = {"predictor": {"latestCreatedRevision": revision,
+                                                "latestReadyRevision": revision}}
         self.routes = routes
         gen = isvc["metadata"]["generation"]
         if gen != self.seen_generation:
-            self.cluster.mark_isvc_ready(self.ns, self.name)
+            self.cluster.mark_isvc_ready(self.ns, self.name, **more)
             self.seen_generation = gen
 
     def _traffic(self) -> None:

@@ -331,6 +331,23 @@ def test_paused_holds_the_weight_and_resuming_restarts_the_interval():
     assert when == at(7.5)
 
 
+def test_an_unready_canary_holds_and_its_interval_starts_once_it_serves():
+    r = Rollout(policy(), rows=[HEALTHY])
+    r.tick(T0)  # canary at 10%
+    for t in (0.5, 1, 1.5, 2):  # the platform says the canary predictor does not serve yet
+        actions = r.tick(at(t), canary_ready=False)
+        assert any(isinstance(a, Hold) and a.reason == "CanaryNotReady" for a in actions)
+        assert r.state.weight == 10 and r.state.last_analysis_at is None
+    assert r.state.next_analysis_at == at(3)  # one interval after the last unready pass
+    t = 2.25
+    while t <= 5:
+        r.tick(at(t), canary_ready=True)
+        t += 0.25
+    assert [(when, a.weight) for when, a in r.of(SetWeight)] == [(T0, 10), (at(3), 50), (at(4), 100)]
+    (when, _), = r.of(Promote)
+    assert when == at(5)
+
+
 def test_paused_new_version_waits_before_any_traffic():
     r = Rollout(policy())
     actions = r.tick(T0, paused=True)

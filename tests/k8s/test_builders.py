@@ -201,3 +201,23 @@ def test_knative_mode_canary(isvc_schema):
     assert "canary" not in isvc["spec"]
     done = builders.build_inference_service(MD, spec, CANARY)
     assert "canaryTrafficPercent" not in done["spec"]["predictor"]
+
+
+def test_canary_readiness_as_kserve_reports_it():
+    from modelops_operator.reconciler import canary_readiness
+
+    standard = builders.build_inference_service(MD, GPU_SPEC, SERVED, canary=CANARY, weight=10)
+    assert canary_readiness(standard) is None  # KServe said nothing yet: no hold
+    standard["status"] = {"canaryStatuses": [{"name": "v4", "ready": False, "trafficPercent": 10}]}
+    assert canary_readiness(standard) is False
+    standard["status"]["canaryStatuses"][0]["ready"] = True
+    assert canary_readiness(standard) is True
+    standard["status"] = {"conditions": [{"type": "CanaryPredictorReady", "status": "False"}]}
+    assert canary_readiness(standard) is False
+    spec = parse_spec({"model": {"name": "churn", "version": "4"}, "predictor": {"deploymentMode": "Knative"}})
+    knative = builders.build_inference_service(MD, spec, SERVED, canary=CANARY, weight=50)
+    knative["status"] = {"components": {"predictor": {"latestCreatedRevision": "r2", "latestReadyRevision": "r1"}}}
+    assert canary_readiness(knative) is False
+    knative["status"]["components"]["predictor"]["latestReadyRevision"] = "r2"
+    assert canary_readiness(knative) is True
+    assert canary_readiness(builders.build_inference_service(MD, spec, SERVED)) is None  # no canary

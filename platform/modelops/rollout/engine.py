@@ -19,6 +19,8 @@ Rules:
   len(steps) intervals. Failed: `failedChecks` + 1, rolled back at `failureLimit`. Inconclusive:
   held, `inconclusiveChecks` + 1 (reset by a pass), rolled back at `inconclusiveLimit`.
 - `paused` holds the weight (no analysis); resuming restarts the current interval.
+- A canary whose predictor is reported not ready (`canary_ready=False`) holds too: the step's
+  interval starts once it serves (unknown readiness does not hold).
 - Manual promote / abort name the canary's version (annotations `modelops.dev/promote: "3"`,
   `modelops.dev/abort: "3"`), so a leftover annotation never acts on a later canary.
 - A rolled-back version is not canaried again until the resolved version or the generation changes.
@@ -92,6 +94,7 @@ class Observations:
     paused: bool = False  # spec.rollout.paused
     promote: str | None = None  # version named by the promote annotation
     abort: str | None = None  # version named by the abort annotation
+    canary_ready: bool | None = None  # the serving platform reports the canary's predictor ready (None: unknown)
     analysis: AnalysisResult | None = None  # the answer to an Analyse action
     gates: tuple[GateResult, ...] = ()  # answers to CallGate actions
 
@@ -282,6 +285,10 @@ def _decide(s: _Step, obs: Observations) -> None:
         _await_gate(s, obs, "confirmPromotion",
                     lambda: _finish_promotion(s, s.state.version, "Analysis",
                                               f"v{s.state.version} passed every step: promoted"))
+    elif s.state.phase == Phase.PROGRESSING and obs.canary_ready is False:
+        # Not serving yet: nothing to judge. The step's interval starts once it serves.
+        s.set(next_analysis_at=s.now + s.policy.interval)
+        s.hold("CanaryNotReady", f"canary v{st.version} at {st.weight}% is not ready yet: analysis waits")
     elif s.state.phase == Phase.PROGRESSING:
         _progress(s, obs)
 
