@@ -129,6 +129,21 @@ def build_inference_service(md: dict, spec: DeploymentSpec, served: Served, *,
     }
 
 
+def knative_rollback_first_step(observed: dict, desired: dict) -> dict | None:
+    """Knative mode, a canary rolled back: first only `canaryTrafficPercent: 0` (KServe sends all
+    traffic back to the previous rolled-out revision at once, no new revision), and the stable
+    spec is written back on the next pass. None when this is not that moment."""
+    if (desired["metadata"].get("annotations") or {}).get(ANNOTATION_DEPLOYMENT_MODE) != "Knative":
+        return None
+    seen = observed.get("spec", {}).get("predictor", {})
+    want = desired["spec"]["predictor"]
+    if "canaryTrafficPercent" in want or not seen.get("canaryTrafficPercent"):
+        return None
+    if seen.get("model", {}).get("storageUri") == want["model"]["storageUri"]:
+        return None  # a promotion: the canary's spec stays, the field goes
+    return {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+
+
 def job_name(md_name: str, version: str, options: str) -> str:
     """Deterministic (so reconciles find it again) and within the 63-char label limit."""
     digest = hashlib.sha256(f"{md_name}/{version}/{options}".encode()).hexdigest()[:8]

@@ -55,7 +55,7 @@ def drop_owned_absent(desired: dict, observed: dict, owned_maps: tuple[tuple[str
         want = desired
         for key in path:
             want = want.get(key) if isinstance(want, dict) else None
-        if node and want is None:
+        if node is not None and want is None:  # 0 and {} are values too
             cursor = patch
             for key in path[:-1]:
                 cursor = cursor.setdefault(key, {})

@@ -108,6 +108,9 @@ class Reconciler:
         body = {k: desired[k] for k in ("metadata", "spec")}
 
         def diff(observed: dict) -> dict | None:
+            first = builders.knative_rollback_first_step(observed, desired)
+            if first is not None:
+                return first
             patch = diffing.merge_patch(observed, body, diffing.IS_OWNED_MAPS) or {}
             return diffing.deep_merge(patch, diffing.drop_owned_absent(body, observed, diffing.IS_OWNED_MAPS))
 
@@ -168,6 +171,13 @@ class Reconciler:
                 if changed:
                     wrote.append("inferenceservice")
                 inputs = replace(inputs, service=observation)
+        if (stepped is None and not done and spec.rollout.strategy == "canary" and inputs.error is None
+                and status.get("stable") and p.status.get("phase") not in ("Converting", "Failed")):
+            # A pass without news (a timer tick, KServe reporting): the rollout still steps with what
+            # it has, and the InferenceService still converges (e.g. the second write of a rollback).
+            p, changed, stepped = self._rollout(md, spec, registry, inputs, None)
+            if changed:
+                wrote.append("inferenceservice")
         stalled = None
         if p.status.get("phase") == "Failed":
             stalled = next((Failure(c["reason"], c.get("message", ""), False)

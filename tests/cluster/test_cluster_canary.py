@@ -81,6 +81,8 @@ class KServe:
         self.thread = threading.Thread(target=self._traffic, daemon=True)
         self.seen_generation = None
         self.rolled_out: tuple[str, str] | None = None
+        self.written: list[tuple[str, int | None]] = []
+        self.watcher = None
 
     def reconcile(self) -> None:
         """Read the InferenceService, serve its versions, set the routes, report it ready."""
@@ -142,9 +144,30 @@ class KServe:
 
     def start(self):
         self.thread.start()
+        threading.Thread(target=self._watch, daemon=True).start()
         return self
 
+    def _watch(self) -> None:
+        """Every version of the InferenceService's predictor as written: (version, canaryTrafficPercent)."""
+        from kubernetes import client, config, watch
+
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=self.cluster.kubeconfig, client_configuration=cfg, persist_config=False)
+        api = client.CustomObjectsApi(client.ApiClient(cfg))
+        self.watcher = watch.Watch()
+        try:
+            for ev in self.watcher.stream(api.list_namespaced_custom_object, "serving.kserve.io", "v1beta1",
+                                          self.ns, "inferenceservices", timeout_seconds=600):
+                pred = ev["object"]["spec"]["predictor"]
+                seen = (_env(pred["model"], "MODELOPS_MODEL_VERSION"), pred.get("canaryTrafficPercent"))
+                if not self.written or self.written[-1] != seen:
+                    self.written.append(seen)
+        except Exception:  # stopped
+            pass
+
     def stop(self):
+        if self.watcher is not None:
+            self.watcher.stop()
         self.done.set()
         self.thread.join(5)
 
@@ -312,9 +335,16 @@ def test_canary_promotes_a_good_version_and_rolls_back_a_bad_one(
         assert st["canary"]["rolledBack"]["check"] == "successRate"
         rb = cluster.condition(ns, name, "RolledBack")
         assert rb["status"] == "True" and "successRate" in rb["message"]
-        isvc = cluster.get("inferenceservice", ns, name)
-        assert "canary" not in isvc["spec"]
-        assert _env(isvc["spec"]["predictor"]["model"], "MODELOPS_MODEL_VERSION") == registered["v2"]
+        def stable_spec_back():
+            isvc = cluster.get("inferenceservice", ns, name)
+            pred = isvc["spec"]["predictor"]
+            return "canary" not in isvc["spec"] and "canaryTrafficPercent" not in pred and \
+                _env(pred["model"], "MODELOPS_MODEL_VERSION") == registered["v2"]
+
+        eventually(stable_spec_back, timeout=30, what="the stable spec back")
+        if mode == "Knative":  # rollback: traffic to 0 first, then the stable spec back
+            i = kserve.written.index((v3, 0))
+            assert kserve.written[i + 1:] == [(registered["v2"], None)], kserve.written
         assert "RolledBack" in events(cluster, ns, name)
         assert client.get_model_version(registered["name"], v3).tags[
             f"modelops.deployment.{ns}.{name}"].startswith("rolled back")

@@ -221,3 +221,24 @@ def test_canary_readiness_as_kserve_reports_it():
     knative["status"]["components"]["predictor"]["latestReadyRevision"] = "r2"
     assert canary_readiness(knative) is True
     assert canary_readiness(builders.build_inference_service(MD, spec, SERVED)) is None  # no canary
+
+
+def test_knative_rollback_first_moves_traffic_then_restores_the_stable_spec():
+    spec = parse_spec({"model": {"name": "churn", "version": "4"}, "predictor": {"deploymentMode": "Knative"}})
+    during = builders.build_inference_service(MD, spec, SERVED, canary=CANARY, weight=50)
+    back = builders.build_inference_service(MD, spec, SERVED)  # rolled back: v3 again
+    assert builders.knative_rollback_first_step(during, back) == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+    during["spec"]["predictor"]["canaryTrafficPercent"] = 0  # after the first write
+    assert builders.knative_rollback_first_step(during, back) is None  # now the stable spec goes back
+    promoted = builders.build_inference_service(MD, spec, CANARY)
+    during["spec"]["predictor"]["canaryTrafficPercent"] = 50
+    assert builders.knative_rollback_first_step(during, promoted) is None  # a promotion: one write
+    standard = builders.build_inference_service(MD, GPU_SPEC, SERVED)
+    assert builders.knative_rollback_first_step(standard, standard) is None
+
+
+def test_an_owned_field_at_zero_is_still_removed():
+    observed = {"spec": {"predictor": {"canaryTrafficPercent": 0, "model": {}}}}
+    desired = {"spec": {"predictor": {"model": {}}}}
+    patch = diffing.drop_owned_absent(desired, observed, diffing.IS_OWNED_MAPS)
+    assert patch == {"spec": {"predictor": {"canaryTrafficPercent": None}}}

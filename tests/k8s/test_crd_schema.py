@@ -276,3 +276,17 @@ def test_status_canary_schema_matches_the_engine_state(md_schema):
     assert set(raw) <= set(canary["properties"]), set(raw) - set(canary["properties"])
     assert set(raw["outbox"][0]) <= set(canary["properties"]["outbox"]["items"]["properties"])
     assert schema_errors({"canary": raw}, md_schema["properties"]["status"]) == []
+
+
+def test_every_status_field_the_operator_writes_is_in_the_schema():
+    """The API server silently prunes unknown status fields: a canary's state must survive."""
+    from modelops.deployment.plan import Inputs, Served, ServiceObservation, plan_rollout
+
+    served = Served("1", "s3://m/1", "s3://m/1", "a" * 64, "x")
+    canary = Served("2", "s3://m/2", "s3://m/2", "b" * 64, "x")
+    inputs = Inputs(generation=1, spec=parse_spec(valid_md()["spec"]), status={}, now="2025-01-01T00:00:00Z",
+                    resolved_version="2", service=ServiceObservation("s3://m/1", True, "http://x"))
+    status = plan_rollout(inputs, served, canary, {"phase": "Progressing", "weight": 10, "step": 0}).status
+    props = schema.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert set(status) <= set(props), set(status) - set(props)
+    assert set(status["canaryModel"]) <= set(props["canaryModel"]["properties"])

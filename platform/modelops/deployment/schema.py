@@ -397,6 +397,7 @@ STATUS_SCHEMA: dict = {
         },
         "resolvedVersion": {"type": "string", "description": "What the model reference resolved to last."},
         "stable": _served,
+        "canaryModel": {**_served, "description": "The converted model of the canary in progress."},
         "canary": _canary_status,
         "failed": {
             "type": "object",
