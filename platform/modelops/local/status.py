@@ -30,6 +30,7 @@ class Facts:
     starting: str | None = None  # a version whose predictor is starting
     error: tuple[str, str, bool] | None = None  # (reason, message, retryable)
     failed: dict | None = None  # {version, options, reason, message}: not retried for this generation
+    stopped: bool = False  # `local down` / Ctrl-C: nothing serves until `local up` again
     canary: RolloutState = field(default_factory=RolloutState)
 
 
@@ -49,7 +50,13 @@ def compose(facts: Facts, previous: dict | None, now: str | None = None) -> dict
     stable = facts.stable
     serving = f"v{stable['version']}" if stable else None
     keep = f"; still serving {serving}" if serving else ""
-    if facts.error is not None and not facts.error[2]:
+    if facts.stopped:
+        phase = "Pending"
+        what = "local mode stopped: `modelops local up` resumes" + (f" with {serving}" if serving else "")
+        ready = ("False", "Stopped", what)
+        reconciling = ("False", "Stopped", what)
+        stalled = ("False", "NoError", "")
+    elif facts.error is not None and not facts.error[2]:
         reason, message, _ = facts.error
         phase = "Failed"
         ready = ("False", reason, message + keep)
@@ -102,7 +109,7 @@ def compose(facts: Facts, previous: dict | None, now: str | None = None) -> dict
         doc["resolvedVersion"] = facts.resolved_version
     if stable:
         doc["stable"] = dict(stable)
-    if facts.url:
+    if facts.url and not facts.stopped:
         doc["url"] = facts.url
     if facts.failed:
         doc["failed"] = dict(facts.failed)

@@ -554,9 +554,10 @@ class Supervisor:
         self._acks.clear()
         obs = Observations.from_resource(self.spec, self.manifest.annotations, target=target,
                                          preparing=preparing, generation=self.generation)
+        weight = self.state.weight
         state, actions, stats = await asyncio.to_thread(self._drive, obs, now, driving)
         self.state = state
-        self._report(actions, now)
+        self._report(actions, now, weight)
         if self.webhooks:
             self.dispatcher.submit(self.manifest.deployment_id, self.spec.model.name, self.webhooks,
                                    pending(self.state, self.policy), self.state.delivered)
@@ -571,10 +572,20 @@ class Supervisor:
         self._show(stats)
 
     # --- output --------------------------------------------------------------------------------
-    def _report(self, actions, now: datetime) -> None:
+    def _report(self, actions, now: datetime, weight: int) -> None:
+        """Event lines and the events log; `weight`: the canary's weight before this pass."""
         moves = transitions(actions)
         if moves:
             self._history.put_nowait((moves, now))
+        # The analysis first, then what it decided.
+        a = self.state.analysis
+        if a and a.get("at") != self._last_analysis_at:
+            self._last_analysis_at = a.get("at")
+            checks = ", ".join(f"{c['name']} {c.get('message', '')}" for c in a.get("checks", [])
+                               if c.get("outcome") != Outcome.SKIPPED.value)
+            self.display.event(f"analysis of v{a['version']} at {weight}%: {a['outcome']} ({checks})")
+            self._events_log("Analysis", version=a["version"], outcome=a["outcome"], check=a.get("check"),
+                             message=a.get("message"), weight=weight)
         for a in actions:
             if isinstance(a, Notify):
                 n = a.notification
@@ -589,14 +600,6 @@ class Supervisor:
             elif isinstance(a, RollBack) and a.reason in ("TargetIsStable", "Superseded", "Replace"):
                 self.display.event(f"canary v{a.version} removed: {a.message}")
                 self._events_log("Removed", version=a.version, reason=a.reason, message=a.message)
-        a = self.state.analysis
-        if a and a.get("at") != self._last_analysis_at:
-            self._last_analysis_at = a.get("at")
-            checks = ", ".join(f"{c['name']} {c.get('message', '')}" for c in a.get("checks", [])
-                               if c.get("outcome") != Outcome.SKIPPED.value)
-            self.display.event(f"analysis of v{a['version']}: {a['outcome']} ({checks})")
-            self._events_log("Analysis", version=a["version"], outcome=a["outcome"], check=a.get("check"),
-                             message=a.get("message"), weight=self.state.weight)
 
     def _show(self, stats: dict) -> None:
         s = self.state
@@ -642,8 +645,10 @@ class Supervisor:
             facts.starting = slot.version
         return facts
 
-    def _write_status(self) -> None:
-        doc = compose(self._facts(), self._status)
+    def _write_status(self, stopped: bool = False) -> None:
+        facts = self._facts()
+        facts.stopped = stopped
+        doc = compose(facts, self._status)
         if doc != self._status:
             self._status = doc
             write_json(self.rundir.status_path, doc)
@@ -722,6 +727,8 @@ class Supervisor:
         if self.mlflow is not None:
             await asyncio.to_thread(self.mlflow.stop)
             self._drop_child("mlflow")
+        if self._status is not None and self.registry is not None:
+            self._write_status(stopped=True)
         try:
             self.rundir.supervisor_path.unlink()
         except FileNotFoundError:

@@ -1,0 +1,368 @@
+"""`modelops local up|status|down`: the whole flow on one machine, everything real.
+
+A real MLflow server (the session's), real conversions, real `modelops serve` predictors, the real
+router, and `modelops local up` as its own process, driven only through MLflow (moving the alias)
+and observed through its status file, its events log, the router and MLflow. Client traffic goes
+through the router the whole time; one request in five (seeded) carries an input that the bad
+version (`GuardedMLP`) fails on at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from modelops.demo.models import GUARD_LIMIT, GuardedMLP, register_torch_mlp
+
+PY = sys.executable
+INTERVAL = 2.0  # seconds: short on purpose (a real rollout would use minutes)
+STEPS = [20, 50, 100]
+FAILURE_LIMIT = 2
+SLACK = 2.5  # seconds a decision may come after it is due (ticks, scrapes, a loaded 2-core machine)
+
+
+def manifest(name: str, model: str, **rollout) -> dict:
+    return {
+        "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": "ml-serving"},
+        "spec": {
+            "model": {"name": model, "alias": "champion"},
+            "rollout": {"strategy": "canary", "steps": STEPS, "interval": f"{INTERVAL:g}s",
+                        "promoteAlias": "production",
+                        "analysis": {"successRate": {"min": 0.99}, "p99LatencyMs": {"max": 1000},
+                                     "minRequests": 10, "failureLimit": FAILURE_LIMIT,
+                                     "inconclusiveLimit": 5},
+                        **rollout},
+        },
+    }
+
+
+def write(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "modelops.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+class LocalUp:
+    """`modelops local up` as a child process (its own session); output kept in a file."""
+
+    def __init__(self, file: Path, state: Path, tracking_uri: str, *extra: str):
+        self.state = state
+        self.log = state.parent / f"{state.name}-up.log"
+        cmd = [PY, "-m", "modelops.cli", "local", "up", "-f", str(file), "--tracking-uri", tracking_uri,
+               "--port", "0", "--state-dir", str(state), "--progress", "lines", "--resolve-interval", "0.5",
+               *extra]
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def status(self) -> dict:
+        try:
+            return json.loads((self.state / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def supervisor(self) -> dict:
+        return json.loads((self.state / "supervisor.json").read_text())
+
+    def events(self) -> list[dict]:
+        path = self.state / "events.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def wait(self, what: str, predicate, timeout: float = 120) -> dict:
+        """The status once `predicate(status)` holds (written by this process: its router's URL)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"local up exited with {self.proc.returncode} waiting for {what}:\n"
+                                     f"{self.output()[-4000:]}")
+            status = self.status()
+            try:
+                rec = self.supervisor()
+            except (OSError, ValueError):
+                rec = {}
+            ours = rec.get("pid") == self.proc.pid and status.get("url") == rec.get("router", {}).get("url")
+            if ours and predicate(status):
+                return status
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}; status {self.status()}\n{self.output()[-4000:]}")
+
+    def groups(self) -> list[int]:
+        rec = self.supervisor()
+        return [rec["pgid"], *[c["pgid"] for c in rec["children"].values()]]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+        if (self.state / "supervisor.json").exists():
+            for pgid in self.groups():
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+class Client:
+    """Closed-loop clients through the router, recording every answer (or failure) with its version."""
+
+    def __init__(self, url: str, model: str, threads: int = 2):
+        self.url = f"{url}/v2/models/{model}/infer"
+        self.records: list[tuple[float, bool, object, str, str]] = []  # (t, poisoned, status, version, reason)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with httpx.Client(timeout=30) as http:
+            while not self._stop.is_set():
+                x = rng.normal(size=(1, 16)).astype(np.float32)
+                poisoned = bool(rng.random() < 0.2)
+                if poisoned:
+                    x[0, 0] = GUARD_LIMIT * 2
+                body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16],
+                                    "data": x.ravel().tolist()}]}
+                try:
+                    r = http.post(self.url, json=body)
+                    reason = r.json().get("reason", "") if r.status_code != 200 else ""
+                    rec = (time.monotonic(), poisoned, r.status_code, r.headers.get("x-modelops-version", ""), reason)
+                except httpx.HTTPError as exc:
+                    rec = (time.monotonic(), poisoned, type(exc).__name__, "", str(exc))
+                self.records.append(rec)
+                time.sleep(0.005)
+
+    def stop(self) -> list:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+        return self.records
+
+
+def since(records, t0):
+    return [r for r in records if r[0] >= t0]
+
+
+def assert_nothing_lost(records, bad: str | None) -> None:
+    """Every request was answered by a predictor: 200, or the bad version's own run-time 500.
+
+    (The bad version may also fail an ordinary input that its dynamic batching ran together with
+    a poisoned one: a batch fails as a whole. Good versions answer everything.)
+    """
+    assert records
+    wrong = [r for r in records if not (r[2] == 200 or (r[2] == 500 and r[3] == bad and r[4] == "InferenceFailed"))]
+    assert wrong == [], f"{len(wrong)} of {len(records)} requests failed outside the bad model: {wrong[:5]}"
+    assert all(r[2] == 200 for r in records if r[3] != bad)
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def local_model(tracking_uri, mlflow_client) -> str:
+    """v1, v2: good MLPs (seeds 0, 1); v3: v2's weights plus a bug that some inputs reach."""
+    name = f"local-mlp-{uuid.uuid4().hex[:6]}"
+    versions = [register_torch_mlp(tracking_uri, name, seed=0), register_torch_mlp(tracking_uri, name, seed=1),
+                register_torch_mlp(tracking_uri, name, seed=1, cls=GuardedMLP)]
+    assert versions == ["1", "2", "3"]
+    mlflow_client.set_registered_model_alias(name, "champion", "1")
+    return name
+
+
+def _move(mlflow_client, model: str, version: str) -> float:
+    mlflow_client.set_registered_model_alias(model, "champion", version)
+    return time.monotonic()
+
+
+def _at(event: dict) -> datetime:
+    return datetime.fromisoformat(event["at"].replace("Z", "+00:00"))
+
+
+# --- tests ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("field,edit", [
+    ("spec.rollout.steps", lambda d: d["spec"]["rollout"].update(steps=[50, 20])),
+    ("spec.rollout.analysis.successRate.min",
+     lambda d: d["spec"]["rollout"]["analysis"].update(successRate={"min": 2})),
+    ("spec.model", lambda d: d["spec"]["model"].update(version="3")),
+    ("metadata.name", lambda d: d["metadata"].update(name="Not_A_Name")),
+])
+def test_malformed_file_exits_naming_the_field_and_starts_nothing(tmp_path, field, edit):
+    doc = manifest("bad", "whatever")
+    edit(doc)
+    state = tmp_path / "state"
+    # No --tracking-uri: a valid file would start an embedded MLflow; this one must start nothing.
+    r = cli("local", "up", "-f", str(write(tmp_path / "md.yaml", doc)), "--state-dir", str(state), "--port", "0")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"InvalidSpec: {field}:" in r.stderr
+    assert not state.exists()  # no MLflow, no router, no predictor, no state
+
+
+def test_rollouts_through_the_local_router(tmp_path, tracking_uri, mlflow_client, local_model):
+    """v1 first; the alias moves to bad v3, then mid-canary to good v2 (the analysis restarts for
+    v2, which is promoted after exactly len(steps) intervals); then to v3 again, rolled back within
+    failureLimit intervals. Client traffic through the router loses nothing along the way."""
+    file = write(tmp_path / "md.yaml", manifest("fraud", local_model))
+    up = LocalUp(file, tmp_path / "state", tracking_uri)
+    client = None
+    try:
+        status = up.wait("v1 serving", lambda s: (s.get("stable") or {}).get("version") == "1" and s.get("url"))
+        assert status["phase"] == "Ready" and status["canary"]["phase"] == "Stable"
+        assert status["resolvedVersion"] == "1"
+        client = Client(status["url"], "fraud")
+        time.sleep(1.0)
+
+        # 1. Bad v3 becomes a canary, and v2 supersedes it before its first analysis is due.
+        _move(mlflow_client, local_model, "3")
+        up.wait("canary v3", lambda s: s["canary"].get("version") == "3")
+        _move(mlflow_client, local_model, "2")
+        t_v2 = time.monotonic()
+        up.wait("canary v2", lambda s: s["canary"].get("version") == "2")
+        status = up.wait("v2 promoted", lambda s: (s.get("stable") or {}).get("version") == "2", timeout=60)
+        good = since(client.records, t_v2)
+        assert_nothing_lost(good, bad="3")
+
+        # 2. Bad v3 again: rolled back by its analysis, with the deciding check.
+        time.sleep(1.0)
+        t_v3 = _move(mlflow_client, local_model, "3")
+        status = up.wait("v3 rolled back", lambda s: (s["canary"].get("rolledBack") or {}).get("version") == "3"
+                         and s["canary"]["phase"] == "RolledBack", timeout=60)
+        time.sleep(1.5)  # traffic after the rollback: v2 only
+        t_end = time.monotonic()
+        records = client.stop()
+        client = None
+
+        assert status["phase"] == "Ready" and status["stable"]["version"] == "2"
+        assert status["resolvedVersion"] == "3"
+        rb = status["canary"]["rolledBack"]
+        assert rb["reason"] == "AnalysisFailed" and rb["check"] == "successRate"
+        assert status["canary"]["analysis"]["outcome"] == "Failed"
+
+        # The engine's story, from the events log.
+        ev = up.events()
+        starts = [e for e in ev if e["kind"] == "Started"]
+        assert [e["version"] for e in starts] == ["3", "2", "3"]
+        assert starts[1]["reason"] == "Restarted" and "supersedes canary v3" in starts[1]["message"]
+        first_v3 = ev.index(starts[0])
+        assert not any(e["kind"] == "Analysis" and e["version"] == "3" for e in ev[first_v3:ev.index(starts[1])]), \
+            "v3 was analysed after v2 superseded it"
+        v2 = ev[ev.index(starts[1]):]
+        promoted = next(e for e in v2 if e["kind"] == "Promoted")
+        analyses = [e for e in v2[:v2.index(promoted) + 1] if e["kind"] == "Analysis"]
+        assert [a["outcome"] for a in analyses] == ["Passed"] * len(STEPS)  # exactly len(steps) intervals
+        took = (_at(promoted) - _at(starts[1])).total_seconds()
+        assert len(STEPS) * INTERVAL <= took <= len(STEPS) * INTERVAL + SLACK, took
+        v3 = ev[ev.index(starts[2]):]
+        rolled = next(e for e in v3 if e["kind"] == "RolledBack")
+        failed = [e for e in v3[:v3.index(rolled) + 1] if e["kind"] == "Analysis" and e["outcome"] == "Failed"]
+        assert len(failed) == FAILURE_LIMIT and rolled["check"] == "successRate"
+        took = (_at(rolled) - _at(starts[2])).total_seconds()
+        assert took <= FAILURE_LIMIT * INTERVAL + SLACK, took
+        weights = [r["routes"] for r in ev if r["kind"] == "Routes"]
+        assert [{"version": "1", "weight": 80}, {"version": "2", "weight": 20}] in weights
+        assert [{"version": "2", "weight": 80}, {"version": "3", "weight": 20}] in weights
+
+        # Nothing lost, through three version switches, a promotion and a rollback.
+        assert_nothing_lost(records, bad="3")
+        versions = {r[3] for r in records}
+        assert versions == {"1", "2", "3"}
+        assert sum(1 for r in records if r[2] == 500) > 0  # v3's real failures were seen...
+        after = [r for r in records if r[0] > t_end - 1.0]
+        assert after and all(r[2] == 200 and r[3] == "2" for r in after)  # ...and none after the rollback
+        assert t_end - t_v3 > 0
+
+        # MLflow: the history tags and the promoted alias, as the operator writes them.
+        key = "modelops.deployment.local.fraud"
+        tags2 = mlflow_client.get_model_version(local_model, "2").tags
+        tags3 = mlflow_client.get_model_version(local_model, "3").tags
+        assert tags2[key].startswith("promoted ")
+        assert tags3[key].startswith("rolled back ") and "successRate" in tags3[key]
+        assert [h["state"] for h in json.loads(tags3[f"{key}.history"])][-1] == "rolled back"
+        assert mlflow_client.get_registered_model(local_model).aliases["production"] == "2"
+
+        # `local status` shows the status document; `local down` leaves no process group behind.
+        shown = cli("local", "status", "--state-dir", str(up.state))
+        assert shown.returncode == 0, shown.stderr
+        assert "RolledBack" in shown.stdout and "successRate" in shown.stdout and "stable v2" in shown.stdout
+        as_json = json.loads(cli("local", "status", "--state-dir", str(up.state), "--json").stdout)
+        assert as_json["running"] and as_json["status"]["canary"]["rolledBack"]["version"] == "3"
+        groups = up.groups()
+        assert len(groups) == 3  # supervisor, router, the stable predictor (MLflow is the session's)
+        down = cli("local", "down", "--state-dir", str(up.state))
+        assert down.returncode == 0, down.stderr
+        up.proc.wait(10)
+        assert [g for g in groups if group_alive(g)] == []
+        assert not (up.state / "supervisor.json").exists()
+    finally:
+        if client is not None:
+            client.stop()
+        up.kill()
+
+
+def test_restart_resumes_and_ctrl_c_or_down_leave_nothing(tmp_path, tracking_uri, mlflow_client, local_model):
+    """A second `local up` resumes from the status file: the rolled-back version is not tried again
+    and the published conversion is reused. Ctrl-C stops everything; so does `local down` after the
+    supervisor itself was killed."""
+    mlflow_client.set_registered_model_alias(local_model, "champion", "1")
+    file = write(tmp_path / "md.yaml", manifest("resume", local_model, steps=[100]))
+    state = tmp_path / "state"
+    up = LocalUp(file, state, tracking_uri)
+    try:
+        up.wait("v1 serving", lambda s: (s.get("stable") or {}).get("version") == "1" and s.get("url"))
+        groups = up.groups()
+        os.kill(up.proc.pid, signal.SIGINT)  # what Ctrl-C sends
+        assert up.proc.wait(60) == 0
+        assert [g for g in groups if group_alive(g)] == []
+        assert "stopped" in up.output()
+        stopped = up.status()
+        assert "url" not in stopped and stopped["stable"]["version"] == "1"
+        assert next(c for c in stopped["conditions"] if c["type"] == "Ready")["reason"] == "Stopped"
+    finally:
+        up.kill()
+
+    # Resume: v1 is stable in the status file; the published conversion is reused.
+    up = LocalUp(file, state, tracking_uri)
+    try:
+        status = up.wait("v1 serving again", lambda s: s.get("url") and s.get("phase") == "Ready")
+        assert status["stable"]["version"] == "1" and status["canary"]["phase"] in ("Stable", "Promoted")
+        assert "resuming: v1 was stable" in up.output()
+        assert "published conversion reused" in up.output()
+        r = httpx.post(f"{status['url']}/v2/models/resume/infer", json={"inputs": [
+            {"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0.1] * 16}]})
+        assert r.status_code == 200 and r.headers["x-modelops-version"] == "1"
+        groups = up.groups()
+        os.killpg(up.proc.pid, signal.SIGKILL)  # the supervisor dies; its children stay
+        up.proc.wait(10)
+        assert any(group_alive(g) for g in groups[1:])
+        down = cli("local", "down", "--state-dir", str(state))
+        assert down.returncode == 0 and "process group" in down.stdout, down.stdout + down.stderr
+        assert [g for g in groups if group_alive(g)] == []
+    finally:
+        up.kill()
