@@ -80,7 +80,8 @@ def cmd_serve(args) -> int:
 def cmd_demo(args) -> int:
     from .demo.run import run_demo
 
-    return run_demo(work_dir=Path(args.work_dir), requests=args.requests, keep_running=args.keep_running)
+    return run_demo(work_dir=Path(args.work_dir), interval=args.interval, keep_running=args.keep_running,
+                    port=args.port)
 
 
 def _local_dir(args):
@@ -233,10 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--timeout", type=float, default=60.0, help="seconds before SIGKILL")
         q.set_defaults(fn=fn)
 
-    d = sub.add_parser("demo", help="MLflow -> ONNX -> served predictions, end to end on this machine")
+    d = sub.add_parser("demo", help="a canary promoted and a bad version rolled back, end to end on this machine")
     d.add_argument("--work-dir", default=".modelops/demo")
-    d.add_argument("--requests", type=int, default=2000, help="requests per model for the latency table")
-    d.add_argument("--keep-running", action="store_true", help="keep MLflow and predictors up afterwards")
+    d.add_argument("--interval", default="3s", help="the canary's analysis interval (short for the demo)")
+    d.add_argument("--port", type=int, default=0, help="the router's port (default: a free one)")
+    d.add_argument("--keep-running", action="store_true", help="keep MLflow, the router and predictors up")
     d.set_defaults(fn=cmd_demo)
 
     sub.add_parser("operator", help="run the Kubernetes operator (see `modelops operator --help`)",

@@ -68,6 +68,8 @@ class Display:
             self.out.flush()
             self._drawn = len(lines)
             return
+        if not rows:
+            return  # nothing serves yet: the event lines say what is going on
         now = time.monotonic()
         key = tuple((r.version, r.weight) for r in rows)
         if now - self._last_line < self.every and key == self._last_key:
