@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,7 @@ import pytest
 import yaml
 
 from modelops.demo.models import GUARD_LIMIT, GuardedMLP, register_torch_mlp
+from modelops.rollout.hooks import verify
 
 PY = sys.executable
 INTERVAL = 2.0  # seconds: short on purpose (a real rollout would use minutes)
@@ -185,6 +187,31 @@ def assert_nothing_lost(records, bad: str | None) -> None:
     assert all(r[2] == 200 for r in records if r[3] != bad)
 
 
+class Receiver:
+    """A webhook receiver (the user's side of the contract): records what it was sent."""
+
+    def __init__(self, secret: bytes):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                received.append((json.loads(body), dict(self.headers),
+                                 verify(secret, body, self.headers.get("X-ModelOps-Signature-256"))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
 # --- fixtures ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def local_model(tracking_uri, mlflow_client) -> str:
@@ -229,8 +256,14 @@ def test_rollouts_through_the_local_router(tmp_path, tracking_uri, mlflow_client
     """v1 first; the alias moves to bad v3, then mid-canary to good v2 (the analysis restarts for
     v2, which is promoted after exactly len(steps) intervals); then to v3 again, rolled back within
     failureLimit intervals. Client traffic through the router loses nothing along the way."""
-    file = write(tmp_path / "md.yaml", manifest("fraud", local_model))
-    up = LocalUp(file, tmp_path / "state", tracking_uri)
+    doc = manifest("fraud", local_model)
+    receiver = Receiver(b"s3cret")
+    doc["spec"]["hooks"] = {"webhooks": [{"name": "audit", "url": receiver.url,
+                                          "secretRef": {"name": "hooks", "key": "hmac"}}]}
+    (tmp_path / "secrets" / "hooks").mkdir(parents=True)
+    (tmp_path / "secrets" / "hooks" / "hmac").write_bytes(b"s3cret\n")
+    file = write(tmp_path / "md.yaml", doc)
+    up = LocalUp(file, tmp_path / "state", tracking_uri, "--secrets-dir", str(tmp_path / "secrets"))
     client = None
     try:
         status = up.wait("v1 serving", lambda s: (s.get("stable") or {}).get("version") == "1" and s.get("url"))
@@ -307,6 +340,18 @@ def test_rollouts_through_the_local_router(tmp_path, tracking_uri, mlflow_client
         assert [h["state"] for h in json.loads(tags3[f"{key}.history"])][-1] == "rolled back"
         assert mlflow_client.get_registered_model(local_model).aliases["production"] == "2"
 
+        # The webhook got every transition, in order, signed, each delivery named once.
+        deadline = time.monotonic() + 10
+        while len(receiver.received) < 8 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        got = [(b["event"], b["version"]) for b, _, _ in receiver.received]
+        assert got == [("Started", "3"), ("Started", "2"), ("StepAdvanced", "2"), ("StepAdvanced", "2"),
+                       ("Promoted", "2"), ("Started", "3"), ("Failed", "3"), ("RolledBack", "3")], got
+        assert all(ok for _, _, ok in receiver.received)  # HMAC of the body with the file's secret
+        assert [h["X-ModelOps-Delivery"] for _, h, _ in receiver.received] == [
+            f"local/fraud/{b['seq']}" for b, _, _ in receiver.received]
+        assert receiver.received[-1][0]["check"] == "successRate"
+
         # `local status` shows the status document; `local down` leaves no process group behind.
         shown = cli("local", "status", "--state-dir", str(up.state))
         assert shown.returncode == 0, shown.stderr
@@ -324,6 +369,7 @@ def test_rollouts_through_the_local_router(tmp_path, tracking_uri, mlflow_client
         if client is not None:
             client.stop()
         up.kill()
+        receiver.close()
 
 
 def test_restart_resumes_and_ctrl_c_or_down_leave_nothing(tmp_path, tracking_uri, mlflow_client, local_model):
