@@ -581,7 +581,8 @@ class Supervisor:
         a = self.state.analysis
         if a and a.get("at") != self._last_analysis_at:
             self._last_analysis_at = a.get("at")
-            checks = ", ".join(f"{c['name']} {c.get('message', '')}" for c in a.get("checks", [])
+            checks = ", ".join(c.get("message", "") if c["name"] in c.get("message", "")
+                               else f"{c['name']} {c.get('message', '')}" for c in a.get("checks", [])
                                if c.get("outcome") != Outcome.SKIPPED.value)
             self.display.event(f"analysis of v{a['version']} at {weight}%: {a['outcome']} ({checks})")
             self._events_log("Analysis", version=a["version"], outcome=a["outcome"], check=a.get("check"),
