@@ -122,7 +122,8 @@ def cmd_local_up(args) -> int:
               f"{rundir.root}); stop it with `modelops local down -f {args.file}`", file=sys.stderr)
         return EXIT_INVALID
     try:
-        return run_up(manifest, rundir, tracking_uri=args.tracking_uri, port=args.port, host=args.host,
+        return run_up(manifest, rundir, tracking_uri=args.tracking_uri, port=args.port,
+                      grpc_port=args.grpc_port, host=args.host,
                       resolve_interval=args.resolve_interval, prometheus_url=args.prometheus_url,
                       secrets_dir=args.secrets_dir, device=args.device, mlflow_port=args.mlflow_port,
                       live={"auto": None, "live": True, "lines": False}[args.progress])
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tracking-uri", default=None,
                     help="an existing MLflow server (default: start an embedded one in the state dir)")
     up.add_argument("--port", type=int, default=8080, help="the router's port (0: a free one)")
+    up.add_argument("--grpc-port", type=int, default=8081, help="the router's gRPC port (0: no gRPC)")
     up.add_argument("--host", default="127.0.0.1", help="the router's address")
     up.add_argument("--state-dir", default=None, help="default: .modelops/local/<metadata.name>")
     up.add_argument("--resolve-interval", type=float, default=None,

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from modelops.demo.models import GUARD_LIMIT, GuardedMLP, register_torch_mlp
+from modelops.local.ports import free_port
 from modelops.rollout.hooks import verify
 
 PY = sys.executable
@@ -76,8 +77,8 @@ class LocalUp:
         self.state = state
         self.log = state.parent / f"{state.name}-up.log"
         cmd = [PY, "-m", "modelops.cli", "local", "up", "-f", str(file), "--tracking-uri", tracking_uri,
-               "--port", "0", "--state-dir", str(state), "--progress", "lines", "--resolve-interval", "0.5",
-               *extra]
+               "--port", "0", "--grpc-port", str(free_port()), "--state-dir", str(state), "--progress", "lines",
+               "--resolve-interval", "0.5", *extra]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -169,6 +170,43 @@ class Client:
         for t in self._threads:
             t.join(30)
         return self.records
+
+
+class GrpcClient(Client):
+    """The same traffic over KServe's gRPC protocol, through the router's gRPC port."""
+
+    def __init__(self, target: str, model: str):
+        self.target, self.model = target, model
+        self.records = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._grpc, args=(7,), daemon=True)]
+        self._threads[0].start()
+
+    def _grpc(self, seed: int) -> None:
+        import grpc
+        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+        from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+        rng = np.random.default_rng(seed)
+        with grpc.insecure_channel(self.target) as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            while not self._stop.is_set():
+                x = rng.normal(size=(1, 16)).astype(np.float32)
+                poisoned = bool(rng.random() < 0.2)
+                if poisoned:
+                    x[0, 0] = GUARD_LIMIT * 2
+                request = pb.ModelInferRequest(model_name=self.model, inputs=[pb.ModelInferRequest.InferInputTensor(
+                    name="input", datatype="FP32", shape=[1, 16],
+                    contents=pb.InferTensorContents(fp32_contents=x.ravel().tolist()))])
+                try:
+                    _, call = stub.ModelInfer.with_call(request, timeout=30)
+                    rec = (time.monotonic(), poisoned, "OK", dict(call.initial_metadata())["x-modelops-version"], "")
+                except grpc.RpcError as exc:
+                    meta = dict(exc.trailing_metadata() or ())
+                    rec = (time.monotonic(), poisoned, exc.code().name, meta.get("x-modelops-version", ""),
+                           exc.details())
+                self.records.append(rec)
+                time.sleep(0.01)
 
 
 def since(records, t0):
@@ -264,12 +302,13 @@ def test_rollouts_through_the_local_router(tmp_path, tracking_uri, mlflow_client
     (tmp_path / "secrets" / "hooks" / "hmac").write_bytes(b"s3cret\n")
     file = write(tmp_path / "md.yaml", doc)
     up = LocalUp(file, tmp_path / "state", tracking_uri, "--secrets-dir", str(tmp_path / "secrets"))
-    client = None
+    client = grpc_client = None
     try:
         status = up.wait("v1 serving", lambda s: (s.get("stable") or {}).get("version") == "1" and s.get("url"))
         assert status["phase"] == "Ready" and status["canary"]["phase"] == "Stable"
         assert status["resolvedVersion"] == "1"
         client = Client(status["url"], "fraud")
+        grpc_client = GrpcClient(f"127.0.0.1:{up.supervisor()['router']['grpcPort']}", "fraud")
         time.sleep(1.0)
 
         # 1. Bad v3 becomes a canary, and v2 supersedes it before its first analysis is due.
@@ -291,6 +330,8 @@ def test_rollouts_through_the_local_router(tmp_path, tracking_uri, mlflow_client
         t_end = time.monotonic()
         records = client.stop()
         client = None
+        grpc_records = grpc_client.stop()
+        grpc_client = None
 
         assert status["phase"] == "Ready" and status["stable"]["version"] == "2"
         assert status["resolvedVersion"] == "3"
@@ -331,6 +372,12 @@ def test_rollouts_through_the_local_router(tmp_path, tracking_uri, mlflow_client
         assert after and all(r[2] == 200 and r[3] == "2" for r in after)  # ...and none after the rollback
         assert t_end - t_v3 > 0
 
+        # The same over gRPC: every call answered by a predictor; v3's failures are its own.
+        assert len(grpc_records) > 100
+        wrong = [r for r in grpc_records if not (r[2] == "OK" or (r[2] == "INTERNAL" and r[3] == "3"))]
+        assert wrong == [], wrong[:5]
+        assert {r[3] for r in grpc_records} == {"1", "2", "3"}
+
         # MLflow: the history tags and the promoted alias, as the operator writes them.
         key = "modelops.deployment.local.fraud"
         tags2 = mlflow_client.get_model_version(local_model, "2").tags
@@ -366,8 +413,9 @@ def test_rollouts_through_the_local_router(tmp_path, tracking_uri, mlflow_client
         assert [g for g in groups if group_alive(g)] == []
         assert not (up.state / "supervisor.json").exists()
     finally:
-        if client is not None:
-            client.stop()
+        for c in (client, grpc_client):
+            if c is not None:
+                c.stop()
         up.kill()
         receiver.close()
 
@@ -412,3 +460,15 @@ def test_restart_resumes_and_ctrl_c_or_down_leave_nothing(tmp_path, tracking_uri
         assert [g for g in groups if group_alive(g)] == []
     finally:
         up.kill()
+
+
+def test_local_mode_needs_no_kubernetes_and_the_router_no_mlflow_or_torch():
+    block = "import sys\nfor m in {mods!r}: sys.modules[m] = None\n"
+    code = "import modelops.local.supervisor, modelops.local.manifest, modelops.local.status; print('ok')"
+    r = subprocess.run([PY, "-c", block.format(mods=("kopf", "kubernetes", "modelops_operator")) + code],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    code = "import modelops.local.router; print('ok')"
+    r = subprocess.run([PY, "-c", block.format(mods=("torch", "mlflow", "kopf", "kubernetes", "sklearn")) + code],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

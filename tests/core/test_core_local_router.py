@@ -1,4 +1,4 @@
-"""The local router on its own: real predictors behind it, real HTTP, its control API.
+"""The local router on its own: real predictors behind it, real HTTP and gRPC, its control API.
 
 Two `modelops serve` predictors of the same ONNX model (versions "1" and "2") sit behind
 `python -m modelops.local.router`. The split follows the weights; weights switched many times
@@ -31,11 +31,13 @@ MODEL = "fraud"
 
 class Router:
     def __init__(self, log_dir):
-        self.port, self.admin_port = free_port(), free_port()
+        self.port, self.admin_port, self.grpc_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
+        self.grpc = f"127.0.0.1:{self.grpc_port}"
         self.proc = spawn([sys.executable, "-m", "modelops.local.router", "--port", str(self.port),
-                           "--admin-port", str(self.admin_port)], log_dir / f"router-{self.port}.log")
+                           "--admin-port", str(self.admin_port), "--grpc-port", str(self.grpc_port)],
+                          log_dir / f"router-{self.port}.log")
         deadline = time.monotonic() + 30
         while True:
             assert self.proc.poll() is None, "router exited"
@@ -47,9 +49,15 @@ class Router:
             assert time.monotonic() < deadline, "router did not start"
             time.sleep(0.1)
 
-    def routes(self, *routes: tuple[str, str, int]) -> httpx.Response:
-        return httpx.put(f"{self.admin}/routes", json={"routes": [
-            {"version": v, "url": u, "weight": w} for v, u, w in routes]})
+    def routes(self, *routes: tuple) -> httpx.Response:
+        """(version, Predictor or URL, weight): a Predictor's gRPC port is routed too."""
+        table = []
+        for v, backend, w in routes:
+            route = {"version": v, "url": getattr(backend, "url", backend), "weight": w}
+            if hasattr(backend, "grpc_url"):
+                route["grpc"] = backend.grpc_url
+            table.append(route)
+        return httpx.put(f"{self.admin}/routes", json={"routes": table})
 
     def stop(self):
         stop(self.proc)
@@ -114,10 +122,10 @@ def test_control_api_refuses_bad_input(pair, router):
 
 
 def test_switching_weights_and_removing_a_predictor_under_load_loses_nothing(pair, router, mlp_converted):
-    """Concurrency 8 for the whole test; weights flip 60 times; then a third predictor joins, the
-    first leaves (drained, then stopped): every request gets a 200 from some predictor."""
+    """Concurrency 8 for the whole test; weights flip 60 times between v1 and a v3 started for this
+    test; then v3 leaves (drained, then its process stopped): every request gets a 200."""
     one, two, logs = pair
-    router.routes(("1", one.url, 100))
+    router.routes(("1", one, 100))
     third = Predictor(mlp_converted.out_dir, MODEL, logs, "--model-version", "3")
     results: list = []
     stop_load = threading.Event()
@@ -143,16 +151,16 @@ def test_switching_weights_and_removing_a_predictor_under_load_loses_nothing(pai
         time.sleep(0.5)
         for i in range(60):
             w = (i * 37) % 101
-            assert router.routes(("1", one.url, 100 - w), ("2", two.url, w)).status_code == 200
+            assert router.routes(("1", one, 100 - w), ("3", third, w)).status_code == 200
             time.sleep(0.03)
-        # v3 joins, v1 leaves: drained, then its process stopped while the load goes on.
-        router.routes(("2", two.url, 50), ("3", third.url, 50))
-        drained = httpx.post(f"{router.admin}/drain", json={"urls": [one.url], "timeout": 10}).json()
+        # v2 joins, v3 leaves: drained, then its process stopped while the load goes on.
+        router.routes(("1", one, 50), ("2", two, 50))
+        drained = httpx.post(f"{router.admin}/drain", json={"urls": [third.url], "timeout": 10}).json()
         assert drained["drained"] is True
-        one.stop()
+        third.stop()
         time.sleep(1.0)
-        router.routes(("3", third.url, 100))
-        assert httpx.post(f"{router.admin}/drain", json={"urls": [two.url]}).json()["drained"] is True
+        router.routes(("2", two, 100))
+        assert httpx.post(f"{router.admin}/drain", json={"urls": [one.url]}).json()["drained"] is True
         time.sleep(0.5)
     finally:
         stop_load.set()
@@ -205,3 +213,88 @@ def test_drain_waits_for_the_request_in_flight(router, pair):
         assert answer[0].headers["x-modelops-version"] == "9"
     finally:
         slow.shutdown()
+
+
+def grpc_request(x: np.ndarray):
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    return pb.ModelInferRequest(model_name=MODEL, inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="input", datatype="FP32", shape=list(x.shape),
+        contents=pb.InferTensorContents(fp32_contents=x.ravel().tolist()))])
+
+
+def test_grpc_through_the_router(pair, router):
+    """KServe's gRPC protocol through the router: same split, the version in the metadata, the
+    predictor's own error statuses, UNAVAILABLE when nothing is routed; and weight flips plus a
+    predictor leaving under gRPC load lose nothing."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    one, two, logs = pair
+
+    async def scenario():
+        async with grpc.aio.insecure_channel(router.grpc) as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            x = np.random.default_rng(3).normal(size=(1, 16)).astype(np.float32)
+            with pytest.raises(grpc.aio.AioRpcError) as nothing:
+                await stub.ModelInfer(grpc_request(x), timeout=10)
+            assert nothing.value.code() == grpc.StatusCode.UNAVAILABLE
+
+            router.routes(("1", one, 50), ("2", two, 50))
+            seen = {}
+            for i in range(60):
+                call = stub.ModelInfer(grpc_request(x), timeout=10)
+                response = await call
+                version = dict(await call.initial_metadata())["x-modelops-version"]
+                seen[version] = seen.get(version, 0) + 1
+                assert response.model_name == MODEL and len(response.outputs) == 1
+            assert set(seen) == {"1", "2"}, seen
+            # Expected output: the same model called directly.
+            direct = await GRPCInferenceServiceStub(grpc.aio.insecure_channel(one.grpc_url)).ModelInfer(
+                grpc_request(x), timeout=10)
+            assert response.raw_output_contents == direct.raw_output_contents
+            assert (await stub.ServerReady(pb.ServerReadyRequest(), timeout=10)).ready
+            meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL), timeout=10)
+            assert meta.name == MODEL and meta.inputs[0].name == "input"
+            bad = grpc_request(np.zeros((2, 15), np.float32))
+            with pytest.raises(grpc.aio.AioRpcError) as malformed:
+                await stub.ModelInfer(bad, timeout=10)
+            assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # the predictor's own answer
+            assert "dimension 1 is 15" in malformed.value.details()
+
+            # Load (8 concurrent calls) while the weights flip and version 2 leaves.
+            results: list = []
+            stop_load = asyncio.Event()
+
+            async def worker():
+                while not stop_load.is_set():
+                    try:
+                        call = stub.ModelInfer(grpc_request(x), timeout=10)
+                        await call
+                        results.append(("OK", dict(await call.initial_metadata())["x-modelops-version"]))
+                    except grpc.aio.AioRpcError as exc:
+                        results.append((exc.code().name, None))
+
+            workers = [asyncio.create_task(worker()) for _ in range(8)]
+            for i in range(40):
+                w = (i * 37) % 101
+                await asyncio.to_thread(router.routes, ("1", one, 100 - w), ("2", two, w))
+                await asyncio.sleep(0.03)
+            await asyncio.to_thread(router.routes, ("1", one, 100))
+            drained = await asyncio.to_thread(
+                lambda: httpx.post(f"{router.admin}/drain", json={"urls": [two.url], "timeout": 10}).json())
+            assert drained["drained"] is True
+            await asyncio.sleep(0.5)
+            stop_load.set()
+            await asyncio.gather(*workers)
+            return results
+
+    results = asyncio.run(scenario())
+    assert len(results) > 200
+    assert all(code == "OK" for code, _ in results), {r for r in results if r[0] != "OK"}
+    assert {v for _, v in results} == {"1", "2"}
+    metrics = httpx.get(f"{router.admin}/metrics").text
+    assert metric_value(metrics, "modelops_router_requests_total", protocol="grpc", code="OK") >= len(results)
+    assert metric_value(metrics, "modelops_router_requests_total", protocol="grpc",
+                        code="INVALID_ARGUMENT") == 1

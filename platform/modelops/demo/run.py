@@ -108,12 +108,17 @@ class LocalUp:
     """`modelops local up` as a child process; its output is relayed, indented, as it comes."""
 
     def __init__(self, file: Path, state: Path, tracking_uri: str, port: int):
+        from ..local.ports import free_port
         from ..local.rundir import RunDir
 
+        grpc_port = free_port()
+        while grpc_port == port:
+            grpc_port = free_port()
         self.rundir = RunDir(state)
         self.lines: list[str] = []
         cmd = [sys.executable, "-m", "modelops.cli", "local", "up", "-f", str(file), "--tracking-uri", tracking_uri,
-               "--port", str(port), "--state-dir", str(state), "--progress", "lines", "--resolve-interval", "1"]
+               "--port", str(port), "--grpc-port", str(grpc_port), "--state-dir", str(state), "--progress", "lines",
+               "--resolve-interval", "1"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True, bufsize=1)
         self._relay = threading.Thread(target=self._pump, daemon=True)

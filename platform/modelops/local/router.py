@@ -14,11 +14,16 @@ metadata, health), and each request goes to the stable or the canary predictor b
   start after it. A predictor leaving the table is `retired`: `drain` waits until its in-flight
   count is zero, and only then may the supervisor stop it. A connection the predictor closed
   while idle (keep-alive race) is retried once on a fresh connection, before any response.
+- gRPC (`--grpc-port`): every unary method (KServe's `GRPCInferenceService`: ModelInfer,
+  ServerReady, ModelMetadata, ...) is passed through as bytes to the chosen predictor's gRPC port,
+  metadata and deadline included, with the same split and the same in-flight accounting; a
+  predictor's error status comes back unchanged.
 - Control plane (`--admin-port`, loopback): `GET /routes`, `PUT /routes`, `POST /drain`,
   `GET /metrics` (the router's own Prometheus metrics), `GET /healthz`.
 
-Every answer carries `x-modelops-version: <version that answered>`; a request the router itself
-cannot place is a JSON error (`503 NoBackend`, `502 BackendUnavailable`).
+Every answer carries `x-modelops-version: <version that answered>` (an HTTP header; gRPC initial
+and trailing metadata); a request the router itself cannot place is a JSON error (`503 NoBackend`,
+`502 BackendUnavailable`) or gRPC `UNAVAILABLE`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import asyncio
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -50,21 +56,37 @@ class Backend:
     version: str
     url: str  # http://127.0.0.1:PORT
     weight: int = 0
+    grpc: str | None = None  # host:port of its gRPC server
     inflight: int = 0
     served: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def to_json(self) -> dict:
-        return {"version": self.version, "url": self.url, "weight": self.weight,
-                "inflight": self.inflight, "served": self.served}
+        out = {"version": self.version, "url": self.url, "weight": self.weight,
+               "inflight": self.inflight, "served": self.served}
+        if self.grpc:
+            out["grpc"] = self.grpc
+        return out
+
+    def enter(self) -> None:
+        self.inflight += 1
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self.idle.set()
 
 
 class RouteError(ValueError):
     pass
 
 
-def parse_routes(doc) -> list[tuple[str, str, int]]:
-    """`{"routes": [{"version", "url", "weight"}]}` -> [(version, url, weight)], checked."""
+Route = tuple  # (version, url, weight, grpc target or None)
+_TARGET = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
+
+
+def parse_routes(doc) -> list[Route]:
+    """`{"routes": [{"version", "url", "weight", "grpc"?}]}` -> [(version, url, weight, grpc)], checked."""
     if not isinstance(doc, dict) or not isinstance(doc.get("routes"), list):
         raise RouteError("body must be {\"routes\": [{\"version\", \"url\", \"weight\"}, ...]}")
     out, urls = [], set()
@@ -80,8 +102,11 @@ def parse_routes(doc) -> list[tuple[str, str, int]]:
             raise RouteError(f"routes[{i}].weight must be an integer between 0 and 100")
         if url in urls:
             raise RouteError(f"routes[{i}].url {url} appears twice")
+        grpc_target = r.get("grpc")
+        if grpc_target is not None and (not isinstance(grpc_target, str) or not _TARGET.match(grpc_target)):
+            raise RouteError(f"routes[{i}].grpc must be host:port")
         urls.add(url)
-        out.append((version, url.rstrip("/"), weight))
+        out.append((version, url.rstrip("/"), weight, grpc_target))
     return out
 
 
@@ -96,11 +121,11 @@ class RoutingTable:
         self._random = random.Random().random
         self.generation = 0
 
-    def set(self, routes: list[tuple[str, str, int]]) -> None:
+    def set(self, routes: list[Route]) -> None:
         new: dict[str, Backend] = {}
-        for version, url, weight in routes:
+        for version, url, weight, grpc_target in routes:
             b = self.backends.pop(url, None) or self.retired.pop(url, None) or Backend(version, url)
-            b.version, b.weight = version, weight
+            b.version, b.weight, b.grpc = version, weight, grpc_target
             new[url] = b
         for url, b in self.backends.items():  # what is left was removed
             b.weight = 0
@@ -160,9 +185,9 @@ class Router:
         self.session: aiohttp.ClientSession | None = None
         self.metrics = CollectorRegistry()
         self.requests = Counter("modelops_router_requests_total", "Requests forwarded by the router",
-                                ["version", "code"], registry=self.metrics)
+                                ["version", "protocol", "code"], registry=self.metrics)
         self.latency = Histogram("modelops_router_request_seconds", "Time to answer through the router",
-                                 ["version"], registry=self.metrics,
+                                 ["version", "protocol"], registry=self.metrics,
                                  buckets=(.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
         self._counters: dict = {}
         self.on_startup: list = []
@@ -181,11 +206,12 @@ class Router:
         if self.session is not None:
             await self.session.close()
 
-    def _count(self, version: str, code: int, seconds: float) -> None:
-        key = (version, code)
+    def count(self, version: str, code, seconds: float, protocol: str = "http") -> None:
+        key = (version, code, protocol)
         c = self._counters.get(key)
         if c is None:
-            c = self._counters[key] = (self.requests.labels(version, str(code)), self.latency.labels(version))
+            c = self._counters[key] = (self.requests.labels(version, protocol, str(code)),
+                                       self.latency.labels(version, protocol))
         c[0].inc()
         c[1].observe(seconds)
 
@@ -223,7 +249,7 @@ class Router:
         backend = self.table.choose()  # no await between choosing and counting in flight
         if backend is None:
             return await self._error(send, 503, "NoBackend", "no predictor is ready behind the router", t0)
-        backend.inflight += 1
+        backend.enter()
         try:
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in _HOP]
             path = scope.get("raw_path") or scope["path"].encode()
@@ -248,15 +274,13 @@ class Router:
                                              f"v{backend.version} at {backend.url}: {type(exc).__name__} {exc}",
                                              t0, backend)
         finally:
-            backend.inflight -= 1
-            if backend.inflight == 0:
-                backend.idle.set()
+            backend.leave()
         backend.served += 1
         out.append((VERSION_HEADER, backend.version.encode()))
         out.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": payload})
-        self._count(backend.version, status, time.perf_counter() - t0)
+        self.count(backend.version, status, time.perf_counter() - t0)
 
     async def _error(self, send, status: int, reason: str, message: str, t0: float,
                      backend: Backend | None = None) -> None:
@@ -266,7 +290,93 @@ class Router:
             headers.append((VERSION_HEADER, backend.version.encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        self._count(backend.version if backend else "", status, time.perf_counter() - t0)
+        self.count(backend.version if backend else "", status, time.perf_counter() - t0)
+
+
+# --- gRPC ------------------------------------------------------------------------------------
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+
+
+class GrpcProxy:
+    """A generic gRPC handler: each unary call goes, as bytes, to the chosen predictor's gRPC port."""
+
+    def __init__(self, router: Router):
+        import grpc
+
+        self._grpc = grpc
+        self.router = router
+        self.table = router.table
+        self._channels: dict[str, object] = {}
+        self._handlers: dict[str, object] = {}
+
+    def _channel(self, target: str):
+        ch = self._channels.get(target)
+        if ch is None:
+            ch = self._channels[target] = self._grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
+        return ch
+
+    def service(self, details):
+        handler = self._handlers.get(details.method)
+        if handler is None:
+            handler = self._handlers[details.method] = self._grpc.unary_unary_rpc_method_handler(
+                self._forwarder(details.method))
+        return handler
+
+    def _forwarder(self, method: str):
+        grpc = self._grpc
+
+        async def forward(request: bytes, context):
+            t0 = time.perf_counter()
+            backend = self.table.choose()
+            if backend is None or not backend.grpc:
+                why = "no predictor is ready behind the router" if backend is None else \
+                    f"v{backend.version} has no gRPC endpoint"
+                self.router.count(backend.version if backend else "", "UNAVAILABLE", time.perf_counter() - t0,
+                                  "grpc")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, why)
+            version = ((VERSION_HEADER.decode(), backend.version),)
+            backend.enter()
+            try:
+                metadata = tuple((k, v) for k, v in (context.invocation_metadata() or ())
+                                 if not k.startswith((":", "grpc-")) and k not in ("user-agent", "te"))
+                remaining = context.time_remaining()
+                call = self._channel(backend.grpc).unary_unary(method)(
+                    request, metadata=metadata, timeout=remaining if remaining and remaining < 1e6 else 60.0)
+                try:
+                    response = await call
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                    context.set_trailing_metadata(version)
+                    self.router.count(backend.version, code, time.perf_counter() - t0, "grpc")
+                    await context.abort(exc.code(), exc.details() or "")
+            finally:
+                backend.leave()
+            backend.served += 1
+            await context.send_initial_metadata(version)
+            context.set_trailing_metadata(version)
+            self.router.count(backend.version, code, time.perf_counter() - t0, "grpc")
+            return response
+
+        return forward
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+
+
+async def start_grpc(router: Router, host: str, port: int):
+    """The gRPC side of the router on `host:port`, in the running event loop."""
+    import grpc
+
+    proxy = GrpcProxy(router)
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server.add_generic_rpc_handlers((proxy,))
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise OSError(f"cannot listen on {host}:{port} for gRPC")
+    await server.start()
+    return server, proxy
 
 
 # --- control plane ---------------------------------------------------------------------------
@@ -282,7 +392,7 @@ def admin_app(router: Router) -> web.Application:
         except (ValueError, RouteError) as exc:
             return web.json_response({"error": str(exc), "reason": "InvalidRoutes"}, status=400)
         table.set(routes)
-        log.info("routes: %s", ", ".join(f"v{v} {w}%" for v, _, w in routes) or "none")
+        log.info("routes: %s", ", ".join(f"v{r[0]} {r[2]}%" for r in routes) or "none")
         return web.json_response(table.to_json())
 
     async def drain(request):
@@ -314,22 +424,30 @@ def admin_app(router: Router) -> web.Application:
     return app
 
 
-def serve(port: int, admin_port: int, host: str = "127.0.0.1", routes: list | None = None) -> None:
-    """Run the router until SIGTERM/SIGINT (uvicorn's graceful shutdown: in-flight requests finish)."""
+def serve(port: int, admin_port: int, host: str = "127.0.0.1", routes: list | None = None,
+          grpc_port: int = 0) -> None:
+    """Run the router until SIGTERM/SIGINT (graceful: requests in flight finish, HTTP and gRPC)."""
     import uvicorn
 
     router = Router()
     if routes:
         router.table.set(routes)
     runner: list[web.AppRunner] = []
+    grpc_server: list = []
 
     async def start_admin():
         r = web.AppRunner(admin_app(router), access_log=None, handle_signals=False)
         await r.setup()
         await web.TCPSite(r, "127.0.0.1", admin_port).start()
         runner.append(r)
+        if grpc_port:
+            grpc_server.extend(await start_grpc(router, host, grpc_port))
 
     async def stop_admin():
+        if grpc_server:
+            server, proxy = grpc_server
+            await server.stop(30)  # new calls refused, calls in flight finish
+            await proxy.close()
         for r in runner:
             await r.cleanup()
 
@@ -345,12 +463,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="modelops local router", description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--admin-port", type=int, required=True)
+    p.add_argument("--grpc-port", type=int, default=0, help="gRPC pass-through (0: none)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--routes", default=None, help='initial table, JSON: {"routes": [...]}')
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s router %(message)s")
     routes = parse_routes(orjson.loads(args.routes)) if args.routes else None
-    serve(args.port, args.admin_port, args.host, routes)
+    serve(args.port, args.admin_port, args.host, routes, grpc_port=args.grpc_port)
     return 0
 
 

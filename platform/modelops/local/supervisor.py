@@ -63,6 +63,7 @@ class Slot:
     served: dict | None = None  # {version, onnxUri, storageUri, sha256, options} (status.stable)
     proc: subprocess.Popen | None = None
     port: int | None = None
+    grpc_port: int | None = None
     error: errors.ModelOpsError | None = None
     task: asyncio.Task | None = None
 
@@ -81,7 +82,8 @@ def _utcnow() -> datetime:
 
 class Supervisor:
     def __init__(self, manifest: Manifest, rundir: RunDir, *, tracking_uri: str | None = None,
-                 port: int = 8080, host: str = "127.0.0.1", resolve_interval: float | None = None,
+                 port: int = 8080, grpc_port: int = 8081, host: str = "127.0.0.1",
+                 resolve_interval: float | None = None,
                  prometheus_url: str | None = None, secrets_dir: str | Path | None = None,
                  device: str | None = None, out: TextIO | None = None, live: bool | None = None,
                  tick: float | None = None, mlflow_port: int | None = None):
@@ -90,6 +92,7 @@ class Supervisor:
         self.rundir = rundir
         self.tracking_uri = tracking_uri
         self.port = port
+        self.grpc_port = grpc_port
         self.host = host
         interval = self.spec.rollout.interval_seconds
         self.resolve_interval = resolve_interval if resolve_interval is not None else min(5.0, interval)
@@ -136,7 +139,8 @@ class Supervisor:
     # --- records -----------------------------------------------------------------------------
     def _write_supervisor(self) -> None:
         doc = {**process_record(os.getpid()), "name": self.manifest.name, "manifest": str(self.manifest.path),
-               "trackingUri": self.tracking_uri, "router": {"url": self.router_url, "admin": self.admin_url},
+               "trackingUri": self.tracking_uri,
+               "router": {"url": self.router_url, "admin": self.admin_url, "grpcPort": self.grpc_port or None},
                "children": self.children}
         doc["pgid"] = os.getpgid(0)
         write_json(self.rundir.supervisor_path, doc)
@@ -181,19 +185,23 @@ class Supervisor:
                         f"secrets from files --secrets-dir DIR/{item.secret_ref.name}/{item.secret_ref.key}") \
                         from None
 
-    def _check_port(self) -> None:
+    def _check_ports(self) -> None:
         import socket
 
         if self.port == 0:
             self.port = free_port()
-            return
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((self.host, self.port))
-            except OSError as exc:
-                raise errors.InvalidSpec("--port", f"{self.host}:{self.port} is not free ({exc.strerror}); "
-                                                   "choose another with --port (0 picks a free one)") from None
+        elif self.port == self.grpc_port:
+            raise errors.InvalidSpec("--grpc-port", f"{self.port} is the HTTP port too")
+        for flag, port in (("--port", self.port), ("--grpc-port", self.grpc_port)):
+            if not port:
+                continue
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((self.host, port))
+                except OSError as exc:
+                    raise errors.InvalidSpec(flag, f"{self.host}:{port} is not free ({exc.strerror}); choose "
+                                                   f"another with {flag}") from None
 
     def _restore(self) -> None:
         """Resume from the last status document of this directory (like the operator's status)."""
@@ -216,7 +224,7 @@ class Supervisor:
         from ..rollout.hooks import WebhookDispatcher, gates_from_spec, webhooks_from_spec
 
         self.rundir.create()
-        self._check_port()
+        self._check_ports()
         self._check_secrets()
         self._restore()
         write_json(self.rundir.local_path, {"model": self.spec.model.name, "generation": self.generation,
@@ -254,8 +262,10 @@ class Supervisor:
                + (f"Prometheus {self.prometheus_url}" if self.prometheus_url else "the predictors' /metrics")
                if r.strategy == "canary" else "strategy replace")
         self.display.event(f"ModelDeployment {self.manifest.name}: models:/{model.name} {follows}; {how}")
+        grpc_at = f", gRPC {self.router_url.split('//')[1].rsplit(':', 1)[0]}:{self.grpc_port}" \
+            if self.grpc_port else ""
         self.display.event(f"router: {self.router_url}  (V2 REST: POST {self.router_url}/v2/models/"
-                           f"{self.manifest.name}/infer)   MLflow: {self.tracking_uri}")
+                           f"{self.manifest.name}/infer{grpc_at})   MLflow: {self.tracking_uri}")
 
     def _start_mlflow(self) -> None:
         self.mlflow.start()
@@ -264,11 +274,12 @@ class Supervisor:
     async def _start_router(self) -> None:
         admin_port = free_port()
         cmd = [sys.executable, "-m", "modelops.local.router", "--port", str(self.port),
-               "--admin-port", str(admin_port), "--host", self.host]
+               "--admin-port", str(admin_port), "--host", self.host, "--grpc-port", str(self.grpc_port or 0)]
         self.router_proc = spawn(cmd, self.rundir.logs / "router.log")
         self.router_url = f"http://{'127.0.0.1' if self.host in ('0.0.0.0', '') else self.host}:{self.port}"
         self.admin_url = f"http://127.0.0.1:{admin_port}"
-        self._add_child("router", self.router_proc, port=self.port, adminPort=admin_port)
+        self._add_child("router", self.router_proc, port=self.port, adminPort=admin_port,
+                        grpcPort=self.grpc_port or None)
         deadline = time.monotonic() + ROUTER_READY_TIMEOUT
         async with httpx.AsyncClient(timeout=1.0) as client:
             while True:
@@ -378,8 +389,11 @@ class Supervisor:
 
     async def _start_predictor(self, slot: Slot) -> None:
         slot.port = free_port()
+        slot.grpc_port = free_port() if self.grpc_port else 0
+        while slot.grpc_port and slot.grpc_port == slot.port:
+            slot.grpc_port = free_port()
         cmd = [sys.executable, "-m", "modelops.cli", "serve", str(slot.onnx_dir), "--name", self.manifest.name,
-               "--model-version", slot.version, "--http-port", str(slot.port), "--grpc-port", "0",
+               "--model-version", slot.version, "--http-port", str(slot.port), "--grpc-port", str(slot.grpc_port),
                "--device", self.device]
         log = self.rundir.logs / f"predictor-v{slot.version}.log"
         slot.proc = spawn(cmd, log)
@@ -509,7 +523,10 @@ class Supervisor:
             slot = self.slots.get(version)
             if slot is None or slot.state != "ready":
                 continue
-            routes.append({"version": version, "url": slot.url, "weight": weight})
+            route = {"version": version, "url": slot.url, "weight": weight}
+            if slot.grpc_port:
+                route["grpc"] = f"127.0.0.1:{slot.grpc_port}"
+            routes.append(route)
         if routes == self._routes:
             return
         r = await self.http.put(f"{self.admin_url}/routes", json={"routes": routes})
