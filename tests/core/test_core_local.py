@@ -462,6 +462,53 @@ def test_restart_resumes_and_ctrl_c_or_down_leave_nothing(tmp_path, tracking_uri
         up.kill()
 
 
+def test_replace_strategy_and_a_version_that_fails_its_parity_gate(tmp_path, tracking_uri, mlflow_client):
+    """strategy replace (the default): a version whose ONNX diverges is refused by the parity gate
+    (phase Failed, reason ParityFailed) while the serving version keeps serving; the next good
+    version replaces it at once; client traffic loses nothing."""
+    from modelops.demo.models import MLP, ExportDivergentMLP
+
+    name = f"local-replace-{uuid.uuid4().hex[:6]}"
+    v1 = register_torch_mlp(tracking_uri, name, seed=0)
+    v2 = register_torch_mlp(tracking_uri, name, seed=0, cls=ExportDivergentMLP, serialization_format="pickle")
+    v3 = register_torch_mlp(tracking_uri, name, seed=1, cls=MLP)
+    mlflow_client.set_registered_model_alias(name, "champion", v1)
+    doc = manifest("plain", name)
+    del doc["spec"]["rollout"]  # strategy: replace
+    up = LocalUp(write(tmp_path / "md.yaml", doc), tmp_path / "state", tracking_uri)
+    client = None
+    try:
+        status = up.wait("v1 serving", lambda s: (s.get("stable") or {}).get("version") == v1)
+        client = Client(status["url"], "plain", threads=1)
+        _move(mlflow_client, name, v2)
+        status = up.wait("v2 refused", lambda s: s["phase"] == "Failed")
+        assert status["failed"]["version"] == v2 and status["failed"]["reason"] == "ParityFailed"
+        stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+        assert stalled["status"] == "True" and "still serving v1" in stalled["message"]
+        assert status["stable"]["version"] == v1 and status["canary"]["phase"] == "Stable"
+        time.sleep(1.0)
+        assert {r[3] for r in client.records[-20:]} == {v1}
+        assert mlflow_client.get_model_version(name, v2).tags["modelops.conversion.status"] == "failed"
+        _move(mlflow_client, name, v3)
+        status = up.wait("v3 serving", lambda s: (s.get("stable") or {}).get("version") == v3
+                         and s["phase"] == "Ready")
+        assert "failed" not in status
+        time.sleep(1.0)
+        records = client.stop()
+        client = None
+        assert_nothing_lost(records, bad=None)
+        assert {r[3] for r in records} == {v1, v3} and records[-1][3] == v3
+        ev = up.events()
+        assert [e["reason"] for e in ev if e["kind"] == "Serving"] == ["FirstDeployment", "Replace"]
+        assert not any(e["kind"] in ("Started", "Analysis") for e in ev)  # no canary with replace
+        tag = mlflow_client.get_model_version(name, v1).tags["modelops.deployment.local.plain"]
+        assert tag.startswith(f"replaced by v{v3} ")
+    finally:
+        if client is not None:
+            client.stop()
+        up.kill()
+
+
 def test_local_mode_needs_no_kubernetes_and_the_router_no_mlflow_or_torch():
     block = "import sys\nfor m in {mods!r}: sys.modules[m] = None\n"
     code = "import modelops.local.supervisor, modelops.local.manifest, modelops.local.status; print('ok')"
@@ -472,3 +519,25 @@ def test_local_mode_needs_no_kubernetes_and_the_router_no_mlflow_or_torch():
     r = subprocess.run([PY, "-c", block.format(mods=("torch", "mlflow", "kopf", "kubernetes", "sklearn")) + code],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_missing_hook_secret_or_busy_port_exit_naming_it_and_start_nothing(tmp_path):
+    import socket
+
+    doc = manifest("hooks", "whatever")
+    doc["spec"]["hooks"] = {"webhooks": [{"name": "audit", "url": "http://127.0.0.1:9/hook",
+                                          "secretRef": {"name": "hooks", "key": "hmac"}}]}
+    file = write(tmp_path / "md.yaml", doc)
+    state = tmp_path / "state"
+    r = cli("local", "up", "-f", str(file), "--state-dir", str(state), "--port", "0", "--grpc-port", "0",
+            "--secrets-dir", str(tmp_path / "none"))
+    assert r.returncode == 2 and "InvalidSpec: spec.hooks.webhooks[0].secretRef:" in r.stderr, r.stderr
+    assert not state.exists()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = cli("local", "up", "-f", str(write(tmp_path / "ok.yaml", manifest("ok", "whatever"))),
+                "--state-dir", str(state), "--port", str(port), "--grpc-port", "0")
+    assert r.returncode == 2 and "InvalidSpec: --port:" in r.stderr and "not free" in r.stderr, r.stderr
+    assert not state.exists()

@@ -220,12 +220,15 @@ class Supervisor:
                                + (f", canary v{self.state.version} at {self.state.weight}%"
                                   if self.state.traffic.canary else ""))
 
+    def preflight(self) -> None:
+        """What can be wrong before anything starts: ports taken, hook secrets missing (named)."""
+        self._check_ports()
+        self._check_secrets()
+
     async def _start(self) -> None:
         from ..rollout.hooks import WebhookDispatcher, gates_from_spec, webhooks_from_spec
 
         self.rundir.create()
-        self._check_ports()
-        self._check_secrets()
         self._restore()
         write_json(self.rundir.local_path, {"model": self.spec.model.name, "generation": self.generation,
                                             "specHash": self.manifest.spec_hash})
@@ -243,7 +246,9 @@ class Supervisor:
         from ..rollout.providers import PrometheusProvider, ScrapeProvider
 
         self.registry = Registry(self.tracking_uri)
-        self.metrics_provider = ScrapeProvider([], max_age=self.tick / 2)
+        # Analysis windows are one interval long: a few intervals of scrapes is all that is needed.
+        self.metrics_provider = ScrapeProvider([], max_age=self.tick / 2,
+                                               retention=max(30.0, 3 * self.spec.rollout.interval_seconds))
         self.provider = PrometheusProvider(self.prometheus_url) if self.prometheus_url else self.metrics_provider
         self.http = httpx.AsyncClient(timeout=30)
         read = self._secret_reader()
@@ -755,4 +760,6 @@ class Supervisor:
 
 
 def run_up(manifest: Manifest, rundir: RunDir, **kwargs) -> int:
-    return asyncio.run(Supervisor(manifest, rundir, **kwargs).run())
+    supervisor = Supervisor(manifest, rundir, **kwargs)
+    supervisor.preflight()  # InvalidSpec naming the flag or field: nothing started, nothing written
+    return asyncio.run(supervisor.run())
