@@ -97,6 +97,7 @@ def test_split_follows_the_weights_and_answers_carry_the_version(pair, router):
             version = r.headers["x-modelops-version"]
             assert r.json()["model_version"] == version  # the predictor that answered says so too
             seen[version] += 1
+        metrics = httpx.get(f"{router.admin}/metrics").text  # the router counted exactly these
         # Everything else the predictor serves passes through: metadata, readiness, v1.
         meta = http.get(f"{router.url}/v2/models/{MODEL}")
         assert meta.status_code == 200 and meta.json()["name"] == MODEL
@@ -104,8 +105,9 @@ def test_split_follows_the_weights_and_answers_carry_the_version(pair, router):
         bad = http.post(f"{router.url}/v2/models/{MODEL}/infer", content=b"{not json")
         assert bad.status_code == 400  # the predictor's own answer, unchanged
     assert 16 <= seen["2"] <= 64, seen  # 10% of 400, binomial: 40 +- 6 sigma
-    metrics = httpx.get(f"{router.admin}/metrics").text
     assert metric_value(metrics, "modelops_router_requests_total", version="2", code="200") == seen["2"]
+    assert metric_value(metrics, "modelops_router_requests_total", protocol="http", code="200") == 400
+    assert metric_value(metrics, "modelops_router_requests_total", code="503", version="") == 1  # NoBackend
     table = httpx.get(f"{router.admin}/routes").json()
     assert [(r["version"], r["weight"]) for r in table["routes"]] == [("1", 90), ("2", 10)]
 

@@ -66,6 +66,7 @@ class Slot:
     grpc_port: int | None = None
     error: errors.ModelOpsError | None = None
     task: asyncio.Task | None = None
+    retry_at: float = 0.0  # after a retryable failure (MLflow unreachable): when to try again
 
     @property
     def url(self) -> str:
@@ -351,7 +352,7 @@ class Supervisor:
         slot = self.slots.get(version)
         if slot is None:
             slot = self.slots[version] = Slot(version)
-        if slot.state in ("pending", "stopped") and not self.stopping:
+        if slot.state in ("pending", "stopped") and not self.stopping and time.monotonic() >= slot.retry_at:
             slot.state = "converting" if slot.onnx_dir is None else "starting"
             slot.task = asyncio.create_task(self._prepare(slot))
         return slot
@@ -376,8 +377,10 @@ class Supervisor:
             self.metrics_provider.set_targets(self._metrics_urls())
             self.display.event(f"v{v}: predictor ready at {slot.url} (pid {slot.proc.pid})")
         except errors.ModelOpsError as exc:
-            slot.state, slot.error = "failed", exc
-            self.display.event(f"v{v}: {exc.reason}: {exc}")
+            slot.state, slot.error = ("pending" if exc.retryable else "failed"), exc
+            if exc.retryable:
+                slot.retry_at = time.monotonic() + 5.0
+            self.display.event(f"v{v}: {exc.reason}: {exc}" + ("; retrying in 5s" if exc.retryable else ""))
             self._events_log("Failed", version=v, reason=exc.reason, message=str(exc))
             if slot.proc is not None:
                 await asyncio.to_thread(stop, slot.proc)
@@ -467,6 +470,9 @@ class Supervisor:
                 self.display.event(f"{model.uri} resolves to v{resolved.version}")
             self._events_log("Resolved", version=resolved.version)
             self.resolved = resolved.version
+            slot = self.slots.get(resolved.version)
+            if slot is not None and slot.state == "failed":  # the alias changed: try that version again
+                slot.state, slot.error = "pending", None
 
     def _observe(self) -> tuple[str | None, str | None]:
         """(target, preparing) as the operator defines them, from the slots."""
@@ -657,6 +663,9 @@ class Supervisor:
         if self.resolve_error is not None:
             e = self.resolve_error
             facts.error = (e.reason, str(e), e.retryable)
+        elif slot is not None and slot.state == "pending" and slot.error is not None:
+            e = slot.error
+            facts.error = (e.reason, str(e), True)
         elif slot is not None and slot.state == "failed" and slot.error is not None:
             e = slot.error
             facts.error = (e.reason, str(e), False)
