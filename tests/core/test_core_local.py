@@ -37,13 +37,13 @@ FAILURE_LIMIT = 2
 SLACK = 2.5  # seconds a decision may come after it is due (ticks, scrapes, a loaded 2-core machine)
 
 
-def manifest(name: str, model: str, **rollout) -> dict:
+def manifest(name: str, model: str, interval: str = f"{INTERVAL:g}s", **rollout) -> dict:
     return {
         "apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": name, "namespace": "ml-serving"},
         "spec": {
             "model": {"name": model, "alias": "champion"},
-            "rollout": {"strategy": "canary", "steps": STEPS, "interval": f"{INTERVAL:g}s",
+            "rollout": {"strategy": "canary", "steps": STEPS, "interval": interval,
                         "promoteAlias": "production",
                         "analysis": {"successRate": {"min": 0.99}, "p99LatencyMs": {"max": 1000},
                                      "minRequests": 10, "failureLimit": FAILURE_LIMIT,
@@ -421,36 +421,45 @@ def test_rollouts_through_the_local_router(tmp_path, tracking_uri, mlflow_client
 
 
 def test_restart_resumes_and_ctrl_c_or_down_leave_nothing(tmp_path, tracking_uri, mlflow_client, local_model):
-    """A second `local up` resumes from the status file: the rolled-back version is not tried again
-    and the published conversion is reused. Ctrl-C stops everything; so does `local down` after the
-    supervisor itself was killed."""
+    """Ctrl-C in the middle of a canary stops everything; a second `local up` resumes from the
+    status file (the canary at its weight, published conversions reused) and finishes the rollout;
+    `local down` stops what is left after the supervisor itself was killed."""
     mlflow_client.set_registered_model_alias(local_model, "champion", "1")
-    file = write(tmp_path / "md.yaml", manifest("resume", local_model, steps=[100]))
+    file = write(tmp_path / "md.yaml", manifest("resume", local_model, steps=[50, 100], interval="3s"))
     state = tmp_path / "state"
     up = LocalUp(file, state, tracking_uri)
     try:
-        up.wait("v1 serving", lambda s: (s.get("stable") or {}).get("version") == "1" and s.get("url"))
+        up.wait("v1 serving", lambda s: (s.get("stable") or {}).get("version") == "1")
+        _move(mlflow_client, local_model, "2")
+        up.wait("canary v2", lambda s: s["canary"].get("version") == "2" and s["canary"]["weight"] == 50)
         groups = up.groups()
+        assert len(groups) == 4  # supervisor, router, two predictors
         os.kill(up.proc.pid, signal.SIGINT)  # what Ctrl-C sends
         assert up.proc.wait(60) == 0
         assert [g for g in groups if group_alive(g)] == []
         assert "stopped" in up.output()
         stopped = up.status()
         assert "url" not in stopped and stopped["stable"]["version"] == "1"
+        assert stopped["canary"]["phase"] == "Progressing" and stopped["canary"]["version"] == "2"
         assert next(c for c in stopped["conditions"] if c["type"] == "Ready")["reason"] == "Stopped"
     finally:
         up.kill()
 
-    # Resume: v1 is stable in the status file; the published conversion is reused.
+    restarted = len(up.events())
     up = LocalUp(file, state, tracking_uri)
+    client = None
     try:
-        status = up.wait("v1 serving again", lambda s: s.get("url") and s.get("phase") == "Ready")
-        assert status["stable"]["version"] == "1" and status["canary"]["phase"] in ("Stable", "Promoted")
-        assert "resuming: v1 was stable" in up.output()
-        assert "published conversion reused" in up.output()
-        r = httpx.post(f"{status['url']}/v2/models/resume/infer", json={"inputs": [
-            {"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0.1] * 16}]})
-        assert r.status_code == 200 and r.headers["x-modelops-version"] == "1"
+        status = up.wait("the canary again", lambda s: s["canary"].get("version") == "2")
+        assert status["canary"]["weight"] == 50 and status["stable"]["version"] == "1"
+        assert "resuming: v1 was stable, canary v2 at 50%" in up.output()
+        assert up.output().count("published conversion reused") == 2
+        client = Client(status["url"], "resume", threads=1)
+        up.wait("v2 promoted", lambda s: (s.get("stable") or {}).get("version") == "2", timeout=60)
+        ev = up.events()[restarted:]
+        assert [e["outcome"] for e in ev if e["kind"] == "Analysis"] == ["Passed", "Passed"]
+        assert [e["kind"] for e in ev if e["kind"] in ("Started", "Promoted")] == ["Promoted"]
+        assert_nothing_lost(client.stop(), bad=None)
+        client = None
         groups = up.groups()
         os.killpg(up.proc.pid, signal.SIGKILL)  # the supervisor dies; its children stay
         up.proc.wait(10)
@@ -459,6 +468,8 @@ def test_restart_resumes_and_ctrl_c_or_down_leave_nothing(tmp_path, tracking_uri
         assert down.returncode == 0 and "process group" in down.stdout, down.stdout + down.stderr
         assert [g for g in groups if group_alive(g)] == []
     finally:
+        if client is not None:
+            client.stop()
         up.kill()
 
 

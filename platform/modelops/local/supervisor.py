@@ -576,6 +576,10 @@ class Supervisor:
             waiting = []
         elif self._restoring and not waiting:
             self._restoring = False
+            if self.state.phase.active and self.state.next_analysis_at is not None:
+                # Nothing was measured while local mode was down: like a resumed pause, the
+                # canary gets a fresh interval of traffic before it is analysed.
+                self.state = self.state.evolve(next_analysis_at=now + self.policy.interval)
         driving = not waiting
         for webhook, seq in self._acks:
             self.state = acknowledge(self.state, webhook, seq, self.policy)
