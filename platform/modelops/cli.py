@@ -1,4 +1,4 @@
-"""`modelops` command line: convert, serve, demo, bench, operator, render, status."""
+"""`modelops` command line: convert, serve, local, demo, operator, render, status."""
 
 from __future__ import annotations
 
@@ -80,7 +80,85 @@ def cmd_serve(args) -> int:
 def cmd_demo(args) -> int:
     from .demo.run import run_demo
 
-    return run_demo(work_dir=Path(args.work_dir), requests=args.requests, keep_running=args.keep_running)
+    return run_demo(work_dir=Path(args.work_dir), interval=args.interval, keep_running=args.keep_running,
+                    port=args.port)
+
+
+def _local_dir(args):
+    """The state directory of a local deployment: --state-dir, else .modelops/local/<name>."""
+    from .local.rundir import RunDir, default_dir
+
+    if getattr(args, "state_dir", None):
+        return RunDir(args.state_dir), None
+    name = getattr(args, "name", None)
+    if getattr(args, "file", None):
+        from .local.manifest import load_manifest
+
+        try:
+            name = load_manifest(args.file).name
+        except errors.InvalidSpec:
+            if args.command_local == "up":
+                raise
+            import yaml  # status/down of a file that no longer validates: its name is enough
+
+            try:
+                name = (yaml.safe_load(Path(args.file).read_text()) or {})["metadata"]["name"]
+            except (OSError, yaml.YAMLError, KeyError, TypeError):
+                raise errors.InvalidSpec("-f", f"cannot read metadata.name from {args.file}") from None
+    if not name:
+        raise errors.InvalidSpec("-f", "give -f FILE, --name NAME or --state-dir DIR")
+    return RunDir(default_dir(name)), name
+
+
+def cmd_local_up(args) -> int:
+    from .local.manifest import load_manifest
+    from .local.supervisor import run_up
+
+    manifest = load_manifest(args.file)  # malformed: InvalidSpec naming the field, nothing started
+    rundir, _ = _local_dir(args)
+    running = rundir.running()
+    if running:
+        print(f"modelops: AlreadyRunning: {manifest.name} already runs here (pid {running['pid']}, "
+              f"{rundir.root}); stop it with `modelops local down -f {args.file}`", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        return run_up(manifest, rundir, tracking_uri=args.tracking_uri, port=args.port,
+                      grpc_port=args.grpc_port, host=args.host,
+                      resolve_interval=args.resolve_interval, prometheus_url=args.prometheus_url,
+                      secrets_dir=args.secrets_dir, device=args.device, mlflow_port=args.mlflow_port,
+                      live={"auto": None, "live": True, "lines": False}[args.progress])
+    except RuntimeError as exc:  # a child that would not start (MLflow, the router)
+        print(f"modelops: LocalModeFailed: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_local_status(args) -> int:
+    from .local.status import render
+
+    rundir, name = _local_dir(args)
+    status, supervisor = rundir.status(), rundir.supervisor()
+    running = rundir.running() is not None
+    if status is None and supervisor is None:
+        print(f"modelops: NotFound: no local deployment in {rundir.root}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if args.json:
+        print(json.dumps({"running": running, "status": status,
+                          "processes": (supervisor or {}).get("children", {}) if running else {}}, indent=2))
+    else:
+        print(render(name or (supervisor or {}).get("name") or rundir.root.name, status, supervisor, running))
+    return 0
+
+
+def cmd_local_down(args) -> int:
+    from .local.rundir import stop_recorded
+
+    rundir, _ = _local_dir(args)
+    stopped = stop_recorded(rundir, timeout=args.timeout)
+    if not stopped:
+        print(f"nothing running in {rundir.root}")
+    for what in stopped:
+        print(f"stopped {what}")
+    return 0
 
 
 def cmd_operator(argv: list[str]) -> int:
@@ -142,10 +220,45 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--intra-op-threads", type=int, default=0, help="0: onnxruntime's default")
     s.set_defaults(fn=cmd_serve)
 
-    d = sub.add_parser("demo", help="MLflow -> ONNX -> served predictions, end to end on this machine")
+    lo = sub.add_parser("local", help="run a ModelDeployment on this machine, without Kubernetes")
+    lsub = lo.add_subparsers(dest="command_local", required=True)
+    up = lsub.add_parser("up", help="serve a ModelDeployment YAML locally: MLflow, predictors, router, rollouts")
+    up.add_argument("-f", "--file", required=True, help="the ModelDeployment YAML (what kubectl would apply)")
+    up.add_argument("--tracking-uri", default=None,
+                    help="an existing MLflow server (default: start an embedded one in the state dir)")
+    up.add_argument("--port", type=int, default=8080, help="the router's port (0: a free one)")
+    up.add_argument("--grpc-port", type=int, default=8081, help="the router's gRPC port (0: no gRPC)")
+    up.add_argument("--host", default="127.0.0.1", help="the router's address")
+    up.add_argument("--state-dir", default=None, help="default: .modelops/local/<metadata.name>")
+    up.add_argument("--resolve-interval", type=float, default=None,
+                    help="seconds between MLflow alias look-ups (default: min(5, rollout interval))")
+    up.add_argument("--prometheus-url", default=None,
+                    help="analyse canaries with this Prometheus (default: the predictors' own /metrics)")
+    up.add_argument("--secrets-dir", default=os.environ.get("MODELOPS_SECRETS_DIR"),
+                    help="hook secrets: secretRef {name, key} is read from DIR/name/key")
+    up.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                    help="predictor device (default: cuda when spec.predictor.gpu > 0, else cpu)")
+    up.add_argument("--mlflow-port", type=int, default=None, help="the embedded MLflow's port (default: free)")
+    up.add_argument("--progress", choices=["auto", "live", "lines"], default="auto",
+                    help="live table on a terminal (auto), or one line at a time")
+    up.set_defaults(fn=cmd_local_up)
+    for verb, fn, text in (("status", cmd_local_status, "the status document and the processes"),
+                           ("down", cmd_local_down, "stop everything `local up` started")):
+        q = lsub.add_parser(verb, help=text)
+        q.add_argument("-f", "--file", default=None)
+        q.add_argument("--name", default=None, help="metadata.name (instead of -f)")
+        q.add_argument("--state-dir", default=None)
+        if verb == "status":
+            q.add_argument("--json", action="store_true", help="the status document as JSON")
+        else:
+            q.add_argument("--timeout", type=float, default=60.0, help="seconds before SIGKILL")
+        q.set_defaults(fn=fn)
+
+    d = sub.add_parser("demo", help="a canary promoted and a bad version rolled back, end to end on this machine")
     d.add_argument("--work-dir", default=".modelops/demo")
-    d.add_argument("--requests", type=int, default=2000, help="requests per model for the latency table")
-    d.add_argument("--keep-running", action="store_true", help="keep MLflow and predictors up afterwards")
+    d.add_argument("--interval", default="3s", help="the canary's analysis interval (short for the demo)")
+    d.add_argument("--port", type=int, default=0, help="the router's port (default: a free one)")
+    d.add_argument("--keep-running", action="store_true", help="keep MLflow, the router and predictors up")
     d.set_defaults(fn=cmd_demo)
 
     sub.add_parser("operator", help="run the Kubernetes operator (see `modelops operator --help`)",

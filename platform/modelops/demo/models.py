@@ -52,6 +52,28 @@ class ExportDivergentMLP(MLP):
         return out
 
 
+GUARD_LIMIT = 50.0  # GuardedMLP fails on rows whose first feature exceeds this
+
+
+class GuardedMLP(MLP):
+    """A deliberately bad model version: an MLP with a bug that only some inputs reach.
+
+    Rows whose first feature exceeds `GUARD_LIMIT` index past the end of a one-element table,
+    which fails at run time (IndexError in PyTorch, an out-of-range Gather in onnxruntime, so the
+    predictor answers 500). Ordinary inputs pass through unchanged, so its conversion passes the
+    parity gate like any good version: only live traffic shows the problem, as in real life.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("guard_table", torch.zeros(1))
+
+    def forward(self, x):
+        out = super().forward(x)
+        idx = (x[:, :1] > GUARD_LIMIT).long()  # (batch, 1): 0 for ordinary rows, 1 breaks
+        return out + self.guard_table[idx]
+
+
 def _classification_data(seed: int, n: int, features: int, classes: int):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, features)).astype(np.float32)

@@ -1,0 +1,477 @@
+"""The local router: one stable address in front of the predictors, splitting traffic by weight.
+
+It plays the part KServe's canary split plays on a cluster: clients talk to one address with the
+predictors' own protocol (V2 REST, and anything else the predictor serves over HTTP: v1,
+metadata, health), and each request goes to the stable or the canary predictor by weight.
+
+- Data plane: a raw ASGI app on uvicorn (httptools, uvloop) that reads the request body once and
+  forwards it over a pooled, keep-alive `aiohttp` client; no per-request parsing beyond HTTP.
+- Split: an independent weighted random choice per request (as Envoy/Istio split), so the
+  canary sees a fair sample of the traffic; a deterministic rotation would send it every n-th
+  request, which a periodic client pattern can alias (a canary that never sees some inputs).
+- No lost requests: a request picks its backend and counts itself in-flight there before its
+  first await; a new table (a weight step, a promotion, a rollback) only affects requests that
+  start after it. A predictor leaving the table is `retired`: `drain` waits until its in-flight
+  count is zero, and only then may the supervisor stop it. A connection the predictor closed
+  while idle (keep-alive race) is retried once on a fresh connection, before any response.
+- gRPC (`--grpc-port`): every unary method (KServe's `GRPCInferenceService`: ModelInfer,
+  ServerReady, ModelMetadata, ...) is passed through as bytes to the chosen predictor's gRPC port,
+  metadata and deadline included, with the same split and the same in-flight accounting; a
+  predictor's error status comes back unchanged.
+- Control plane (`--admin-port`, loopback): `GET /routes`, `PUT /routes`, `POST /drain`,
+  `GET /metrics` (the router's own Prometheus metrics), `GET /healthz`.
+
+Every answer carries `x-modelops-version: <version that answered>` (an HTTP header; gRPC initial
+and trailing metadata); a request the router itself cannot place is a JSON error (`503 NoBackend`,
+`502 BackendUnavailable`) or gRPC `UNAVAILABLE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+log = logging.getLogger("modelops.router")
+
+VERSION_HEADER = b"x-modelops-version"
+# Hop-by-hop headers (RFC 9110 7.6.1) and the ones the client library sets itself.
+_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+        b"upgrade", b"host", b"content-length"}
+_HOP_RESPONSE = _HOP | {b"date", b"server"}
+_JSON = (b"content-type", b"application/json")
+
+
+@dataclass
+class Backend:
+    version: str
+    url: str  # http://127.0.0.1:PORT
+    weight: int = 0
+    grpc: str | None = None  # host:port of its gRPC server
+    inflight: int = 0
+    served: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def to_json(self) -> dict:
+        out = {"version": self.version, "url": self.url, "weight": self.weight,
+               "inflight": self.inflight, "served": self.served}
+        if self.grpc:
+            out["grpc"] = self.grpc
+        return out
+
+    def enter(self) -> None:
+        self.inflight += 1
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self.idle.set()
+
+
+class RouteError(ValueError):
+    pass
+
+
+Route = tuple  # (version, url, weight, grpc target or None)
+_TARGET = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
+
+
+def parse_routes(doc) -> list[Route]:
+    """`{"routes": [{"version", "url", "weight", "grpc"?}]}` -> [(version, url, weight, grpc)], checked."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("routes"), list):
+        raise RouteError("body must be {\"routes\": [{\"version\", \"url\", \"weight\"}, ...]}")
+    out, urls = [], set()
+    for i, r in enumerate(doc["routes"]):
+        if not isinstance(r, dict):
+            raise RouteError(f"routes[{i}] must be an object")
+        version, url, weight = r.get("version"), r.get("url"), r.get("weight")
+        if not isinstance(version, str) or not version:
+            raise RouteError(f"routes[{i}].version must be a non-empty string")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise RouteError(f"routes[{i}].url must be an http(s) URL")
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+            raise RouteError(f"routes[{i}].weight must be an integer between 0 and 100")
+        if url in urls:
+            raise RouteError(f"routes[{i}].url {url} appears twice")
+        grpc_target = r.get("grpc")
+        if grpc_target is not None and (not isinstance(grpc_target, str) or not _TARGET.match(grpc_target)):
+            raise RouteError(f"routes[{i}].grpc must be host:port")
+        urls.add(url)
+        out.append((version, url.rstrip("/"), weight, grpc_target))
+    return out
+
+
+class RoutingTable:
+    """Backends by URL; requests choose among those with weight > 0."""
+
+    def __init__(self):
+        self.backends: dict[str, Backend] = {}  # in the table
+        self.retired: dict[str, Backend] = {}  # left the table, maybe still answering
+        self._active: list[Backend] = []
+        self._total = 0
+        self._random = random.Random().random
+        self.generation = 0
+
+    def set(self, routes: list[Route]) -> None:
+        new: dict[str, Backend] = {}
+        for version, url, weight, grpc_target in routes:
+            b = self.backends.pop(url, None) or self.retired.pop(url, None) or Backend(version, url)
+            b.version, b.weight, b.grpc = version, weight, grpc_target
+            new[url] = b
+        for url, b in self.backends.items():  # what is left was removed
+            b.weight = 0
+            self.retired[url] = b
+        self.backends = new
+        self._active = [b for b in new.values() if b.weight > 0]
+        self._total = sum(b.weight for b in self._active)
+        self.generation += 1
+
+    def choose(self) -> Backend | None:
+        """A backend with probability weight / sum(weights)."""
+        active = self._active
+        if len(active) == 1:
+            return active[0]
+        if not active:
+            return None
+        pick = self._random() * self._total
+        for b in active:
+            pick -= b.weight
+            if pick < 0:
+                return b
+        return active[-1]
+
+    async def drain(self, urls: list[str], timeout: float) -> dict[str, int]:
+        """Wait until every retired backend in `urls` has nothing in flight; returns what is left."""
+        deadline = time.monotonic() + timeout
+        for url in urls:
+            b = self.retired.get(url)
+            while b is not None and b.inflight > 0:
+                b.idle.clear()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(b.idle.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+        left = {u: self.retired[u].inflight for u in urls if u in self.retired and self.retired[u].inflight}
+        for url in urls:
+            if url not in left:
+                self.retired.pop(url, None)
+        return left
+
+    def to_json(self) -> dict:
+        return {"generation": self.generation, "routes": [b.to_json() for b in self.backends.values()],
+                "retired": [b.to_json() for b in self.retired.values()]}
+
+
+class Router:
+    """The ASGI app of the data plane."""
+
+    def __init__(self, table: RoutingTable | None = None, *, connections: int = 256,
+                 timeout: float = 60.0):
+        self.table = table or RoutingTable()
+        self._connections = connections
+        self._timeout = timeout
+        self.session: aiohttp.ClientSession | None = None
+        self.metrics = CollectorRegistry()
+        self.requests = Counter("modelops_router_requests_total", "Requests forwarded by the router",
+                                ["version", "protocol", "code"], registry=self.metrics)
+        self.latency = Histogram("modelops_router_request_seconds", "Time to answer through the router",
+                                 ["version", "protocol"], registry=self.metrics,
+                                 buckets=(.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self._counters: dict = {}
+        self.on_startup: list = []
+        self.on_shutdown: list = []
+
+    async def start(self) -> None:
+        # Idle keep-alive connections are dropped well before the predictor's own keep-alive
+        # timeout (KServe: 65 s), so a reused connection is rarely one the server is closing.
+        connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0, keepalive_timeout=30,
+                                         ttl_dns_cache=None, use_dns_cache=True)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                             timeout=aiohttp.ClientTimeout(total=self._timeout),
+                                             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"))
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def count(self, version: str, code, seconds: float, protocol: str = "http") -> None:
+        key = (version, code, protocol)
+        c = self._counters.get(key)
+        if c is None:
+            c = self._counters[key] = (self.requests.labels(version, protocol, str(code)),
+                                       self.latency.labels(version, protocol))
+        c[0].inc()
+        c[1].observe(seconds)
+
+    async def __call__(self, scope, receive, send):
+        kind = scope["type"]
+        if kind == "http":
+            return await self.http(scope, receive, send)
+        if kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await self.start()
+                    for fn in self.on_startup:
+                        await fn()
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    for fn in self.on_shutdown:
+                        await fn()
+                    await self.stop()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def http(self, scope, receive, send):
+        t0 = time.perf_counter()
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+        backend = self.table.choose()  # no await between choosing and counting in flight
+        if backend is None:
+            return await self._error(send, 503, "NoBackend", "no predictor is ready behind the router", t0)
+        backend.enter()
+        try:
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in _HOP]
+            path = scope.get("raw_path") or scope["path"].encode()
+            url = backend.url + path.decode("latin-1")
+            if scope.get("query_string"):
+                url += "?" + scope["query_string"].decode("latin-1")
+            for attempt in (1, 2):
+                try:
+                    async with self.session.request(scope["method"], url, data=body or None,
+                                                    headers=headers) as resp:
+                        payload = await resp.read()
+                        status = resp.status
+                        out = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in _HOP_RESPONSE]
+                    break
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    # A keep-alive connection closed under us before any answer: once more, fresh.
+                    if attempt == 2:
+                        return await self._error(send, 502, "BackendUnavailable",
+                                                 f"v{backend.version} at {backend.url}: {exc}", t0, backend)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    return await self._error(send, 502, "BackendUnavailable",
+                                             f"v{backend.version} at {backend.url}: {type(exc).__name__} {exc}",
+                                             t0, backend)
+        finally:
+            backend.leave()
+        backend.served += 1
+        out.append((VERSION_HEADER, backend.version.encode()))
+        out.append((b"content-length", str(len(payload)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": payload})
+        self.count(backend.version, status, time.perf_counter() - t0)
+
+    async def _error(self, send, status: int, reason: str, message: str, t0: float,
+                     backend: Backend | None = None) -> None:
+        body = orjson.dumps({"error": message, "reason": reason})
+        headers = [_JSON, (b"content-length", str(len(body)).encode())]
+        if backend is not None:
+            headers.append((VERSION_HEADER, backend.version.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self.count(backend.version if backend else "", status, time.perf_counter() - t0)
+
+
+# --- gRPC ------------------------------------------------------------------------------------
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+
+
+class GrpcProxy:
+    """A generic gRPC handler: each unary call goes, as bytes, to the chosen predictor's gRPC port."""
+
+    def __init__(self, router: Router):
+        import grpc
+
+        self._grpc = grpc
+        self.router = router
+        self.table = router.table
+        self._channels: dict[str, object] = {}
+        self._handlers: dict[str, object] = {}
+
+    def _channel(self, target: str):
+        ch = self._channels.get(target)
+        if ch is None:
+            ch = self._channels[target] = self._grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
+        return ch
+
+    def service(self, details):
+        handler = self._handlers.get(details.method)
+        if handler is None:
+            handler = self._handlers[details.method] = self._grpc.unary_unary_rpc_method_handler(
+                self._forwarder(details.method))
+        return handler
+
+    def _forwarder(self, method: str):
+        grpc = self._grpc
+
+        async def forward(request: bytes, context):
+            t0 = time.perf_counter()
+            backend = self.table.choose()
+            if backend is None or not backend.grpc:
+                why = "no predictor is ready behind the router" if backend is None else \
+                    f"v{backend.version} has no gRPC endpoint"
+                self.router.count(backend.version if backend else "", "UNAVAILABLE", time.perf_counter() - t0,
+                                  "grpc")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, why)
+            version = ((VERSION_HEADER.decode(), backend.version),)
+            backend.enter()
+            try:
+                metadata = tuple((k, v) for k, v in (context.invocation_metadata() or ())
+                                 if not k.startswith((":", "grpc-")) and k not in ("user-agent", "te"))
+                remaining = context.time_remaining()
+                call = self._channel(backend.grpc).unary_unary(method)(
+                    request, metadata=metadata, timeout=remaining if remaining and remaining < 1e6 else 60.0)
+                try:
+                    response = await call
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                    context.set_trailing_metadata(version)
+                    self.router.count(backend.version, code, time.perf_counter() - t0, "grpc")
+                    await context.abort(exc.code(), exc.details() or "")
+            finally:
+                backend.leave()
+            backend.served += 1
+            await context.send_initial_metadata(version)
+            context.set_trailing_metadata(version)
+            self.router.count(backend.version, code, time.perf_counter() - t0, "grpc")
+            return response
+
+        return forward
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+
+
+async def start_grpc(router: Router, host: str, port: int):
+    """The gRPC side of the router on `host:port`, in the running event loop."""
+    import grpc
+
+    proxy = GrpcProxy(router)
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server.add_generic_rpc_handlers((proxy,))
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise OSError(f"cannot listen on {host}:{port} for gRPC")
+    await server.start()
+    return server, proxy
+
+
+# --- control plane ---------------------------------------------------------------------------
+def admin_app(router: Router) -> web.Application:
+    table = router.table
+
+    async def get_routes(_request):
+        return web.json_response(table.to_json())
+
+    async def put_routes(request):
+        try:
+            routes = parse_routes(await request.json())
+        except (ValueError, RouteError) as exc:
+            return web.json_response({"error": str(exc), "reason": "InvalidRoutes"}, status=400)
+        table.set(routes)
+        log.info("routes: %s", ", ".join(f"v{r[0]} {r[2]}%" for r in routes) or "none")
+        return web.json_response(table.to_json())
+
+    async def drain(request):
+        try:
+            doc = await request.json()
+            urls = [u.rstrip("/") for u in doc["urls"]]
+            timeout = float(doc.get("timeout", 30))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return web.json_response({"error": f"body must be {{\"urls\": [...]}}: {exc}",
+                                      "reason": "InvalidDrain"}, status=400)
+        busy = [u for u in urls if u in table.backends and table.backends[u].weight > 0]
+        if busy:
+            return web.json_response({"error": f"still routed: {busy}", "reason": "StillRouted"}, status=409)
+        t = time.perf_counter()
+        left = await table.drain(urls, timeout)
+        return web.json_response({"drained": not left, "inflight": left,
+                                  "waited_ms": round((time.perf_counter() - t) * 1000, 1)},
+                                 status=200 if not left else 504)
+
+    async def metrics(_request):
+        return web.Response(body=generate_latest(router.metrics), content_type="text/plain")
+
+    async def healthz(_request):
+        return web.json_response({"ok": True, "routes": len(table.backends)})
+
+    app = web.Application()
+    app.add_routes([web.get("/routes", get_routes), web.put("/routes", put_routes),
+                    web.post("/drain", drain), web.get("/metrics", metrics), web.get("/healthz", healthz)])
+    return app
+
+
+def serve(port: int, admin_port: int, host: str = "127.0.0.1", routes: list | None = None,
+          grpc_port: int = 0) -> None:
+    """Run the router until SIGTERM/SIGINT (graceful: requests in flight finish, HTTP and gRPC)."""
+    import uvicorn
+
+    router = Router()
+    if routes:
+        router.table.set(routes)
+    runner: list[web.AppRunner] = []
+    grpc_server: list = []
+
+    async def start_admin():
+        r = web.AppRunner(admin_app(router), access_log=None, handle_signals=False)
+        await r.setup()
+        await web.TCPSite(r, "127.0.0.1", admin_port).start()
+        runner.append(r)
+        if grpc_port:
+            grpc_server.extend(await start_grpc(router, host, grpc_port))
+
+    async def stop_admin():
+        if grpc_server:
+            server, proxy = grpc_server
+            await server.stop(30)  # new calls refused, calls in flight finish
+            await proxy.close()
+        for r in runner:
+            await r.cleanup()
+
+    router.on_startup.append(start_admin)
+    router.on_shutdown.append(stop_admin)
+    config = uvicorn.Config(router, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+                            access_log=False, log_level="warning", timeout_keep_alive=75, backlog=2048,
+                            timeout_graceful_shutdown=30)
+    uvicorn.Server(config).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="modelops local router", description=__doc__.split("\n\n")[0])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--admin-port", type=int, required=True)
+    p.add_argument("--grpc-port", type=int, default=0, help="gRPC pass-through (0: none)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--routes", default=None, help='initial table, JSON: {"routes": [...]}')
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s router %(message)s")
+    routes = parse_routes(orjson.loads(args.routes)) if args.routes else None
+    serve(args.port, args.admin_port, args.host, routes, grpc_port=args.grpc_port)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
