@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pytest import fail as fail_here  # only under CI=true
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MODELOPS_SHARED_DIR") or REPO_ROOT.parent / "shared")
@@ -23,7 +24,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 def unavailable(reason: str):
     """Skip with the reason; under CI a missing prerequisite is a failure, never a skip."""
     if IN_CI:
-        pytest.fail(f"{reason} (CI=true: this tier must run)", pytrace=False)
+        fail_here(f"{reason} (CI=true: this tier must run)", pytrace=False)
     pytest.skip(reason)
 
 

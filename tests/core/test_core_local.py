@@ -333,8 +333,11 @@ def test_rollouts_through_the_local_router(tmp_path, tracking_uri, mlflow_client
         grpc_records = grpc_client.stop()
         grpc_client = None
 
-        assert status["phase"] == "Ready" and status["stable"]["version"] == "2"
+        # the operator's status document: RolledBack while the resolved version is the rolled-back one
+        assert status["phase"] == "RolledBack" and status["stable"]["version"] == "2"
         assert status["resolvedVersion"] == "3"
+        rolled = next(c for c in status["conditions"] if c["type"] == "RolledBack")
+        assert rolled["status"] == "True" and rolled["reason"] == "AnalysisFailed"
         rb = status["canary"]["rolledBack"]
         assert rb["reason"] == "AnalysisFailed" and rb["check"] == "successRate"
         assert status["canary"]["analysis"]["outcome"] == "Failed"

@@ -85,8 +85,14 @@ def compose(facts: Facts, previous: dict | None, now: str | None = None) -> dict
         at = f" at {facts.url}" if facts.url else ""
         ready = ("True", "Serving", f"serving {serving}{at}")
         canary = facts.canary
-        if canary.phase.active:
-            reconciling = ("True", "Canary", canary.message or f"canary v{canary.version} at {canary.weight}%")
+        rolled_back = canary.rolled_back
+        if canary.phase.active:  # the operator's phases: Progressing during a canary
+            phase = "Progressing"
+            reconciling = ("True", "Progressing", canary.message or f"canary v{canary.version} at {canary.weight}%")
+        elif canary.phase == Phase.ROLLED_BACK and rolled_back is not None \
+                and rolled_back.version == facts.resolved_version:
+            phase = "RolledBack"  # ... and RolledBack while the resolved version is the one rolled back
+            reconciling = ("False", "RolledBack", "")
         else:
             reconciling = ("False", "Reconciled", "")
         stalled = ("False", "NoError", "")
@@ -119,6 +125,17 @@ def compose(facts: Facts, previous: dict | None, now: str | None = None) -> dict
         _condition(prev, "Stalled", *stalled, facts.generation, now),
         _condition(prev, "Converted", *converted, facts.generation, now),
     ]
+    # Progressing and RolledBack, as the operator writes them (modelops.deployment.plan.plan_rollout)
+    c = facts.canary
+    if c.phase.active:
+        progressing, rolled = ("True", c.reason or "Progressing", c.message), ("False", "Progressing", "")
+    elif phase == "RolledBack":
+        rb = c.rolled_back
+        progressing, rolled = ("False", "RolledBack", c.message), ("True", rb.reason or "RolledBack", c.message)
+    else:
+        progressing, rolled = ("False", c.reason or "Stable", c.message), ("False", "NoRollback", "")
+    doc["conditions"] += [_condition(prev, "Progressing", *progressing, facts.generation, now),
+                          _condition(prev, "RolledBack", *rolled, facts.generation, now)]
     doc["canary"] = facts.canary.to_status()
     return doc
 
