@@ -36,21 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
     args = ap.parse_args(argv)
-    stale = []
-    for path, text in targets().items():
-        current = path.read_text() if path.exists() else None
-        if current == text:
-            continue
-        stale.append(path)
-        if not args.check:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    for path in stale:
-        print(f"{'stale' if args.check else 'wrote'}: {path.relative_to(ROOT)}")
-    # manifests/install.yaml and the kustomize base carry the CRD too: render them from the chart.
     sys.path.insert(0, str(ROOT / "scripts"))
     import render_manifests
 
+    stale = render_manifests.sync(targets(), args.check)
+    # manifests/install.yaml and the kustomize base carry the CRD too: render them from the chart.
     rendered = render_manifests.main(["--check"] if args.check else [])
     return 1 if (args.check and (stale or rendered)) else 0
 

@@ -153,21 +153,27 @@ def targets() -> dict[Path, str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
-    args = ap.parse_args(argv)
+def sync(files: dict[Path, str], check: bool) -> list[Path]:
+    """Write (or, with `check`, only compare) generated files; the ones that differed."""
     stale = []
-    for path, text in targets().items():
+    for path, text in files.items():
         current = path.read_text() if path.exists() else None
         if current == text:
             continue
         stale.append(path)
-        if not args.check:
+        if not check:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     for path in stale:
-        print(f"{'stale' if args.check else 'wrote'}: {path.relative_to(ROOT)}")
+        print(f"{'stale' if check else 'wrote'}: {path.relative_to(ROOT)}")
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
+    args = ap.parse_args(argv)
+    stale = sync(targets(), args.check)
     return 1 if (args.check and stale) else 0
 
 
