@@ -4,7 +4,7 @@ A real MLflow server (the session's), real conversions, real `modelops serve` pr
 router, and `modelops local up` as its own process, driven only through MLflow (moving the alias)
 and observed through its status file, its events log, the router and MLflow. Client traffic goes
 through the router the whole time; one request in five (seeded) carries an input that the bad
-version (`GuardedMLP`) fails on at run time.
+version (`register_guarded_mlp`) fails on at run time.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import yaml
 
-from modelops.demo.models import GUARD_LIMIT, GuardedMLP, register_torch_mlp
+from modelops.demo.models import GUARD_LIMIT, register_guarded_mlp, register_torch_mlp
 from modelops.local.ports import free_port
 from modelops.rollout.hooks import verify
 
@@ -256,7 +256,7 @@ def local_model(tracking_uri, mlflow_client) -> str:
     """v1, v2: good MLPs (seeds 0, 1); v3: v2's weights plus a bug that some inputs reach."""
     name = f"local-mlp-{uuid.uuid4().hex[:6]}"
     versions = [register_torch_mlp(tracking_uri, name, seed=0), register_torch_mlp(tracking_uri, name, seed=1),
-                register_torch_mlp(tracking_uri, name, seed=1, cls=GuardedMLP)]
+                register_guarded_mlp(tracking_uri, name, seed=1)]
     assert versions == ["1", "2", "3"]
     mlflow_client.set_registered_model_alias(name, "champion", "1")
     return name

@@ -52,26 +52,7 @@ class ExportDivergentMLP(MLP):
         return out
 
 
-GUARD_LIMIT = 50.0  # GuardedMLP fails on rows whose first feature exceeds this
-
-
-class GuardedMLP(MLP):
-    """A deliberately bad model version: an MLP with a bug that only some inputs reach.
-
-    Rows whose first feature exceeds `GUARD_LIMIT` index past the end of a one-element table,
-    which fails at run time (IndexError in PyTorch, an out-of-range Gather in onnxruntime, so the
-    predictor answers 500). Ordinary inputs pass through unchanged, so its conversion passes the
-    parity gate like any good version: only live traffic shows the problem, as in real life.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.register_buffer("guard_table", torch.zeros(1))
-
-    def forward(self, x):
-        out = super().forward(x)
-        idx = (x[:, :1] > GUARD_LIMIT).long()  # (batch, 1): 0 for ordinary rows, 1 breaks
-        return out + self.guard_table[idx]
+GUARD_LIMIT = 50.0  # the guarded (bad) version fails on batches with a first feature above this
 
 
 def _classification_data(seed: int, n: int, features: int, classes: int):
@@ -206,6 +187,69 @@ def register_onnx_model(tracking_uri: str, name: str, seed: int = 0) -> str:
                       output_names=["output"], dynamic_axes={"input": {0: "b"}, "output": {0: "b"}},
                       opset_version=17, dynamo=False)
     proto = onnx.load_from_string(buf.getvalue())
+    example = np.random.default_rng(seed).normal(size=(4, MLP_FEATURES)).astype(np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(example)).numpy()
+    return _register(
+        lambda n: mlflow.onnx.log_model(proto, name="model", registered_model_name=n,
+                                        input_example=example, signature=infer_signature(example, out),
+                                        pip_requirements=ONNX_REQUIREMENTS),
+        tracking_uri, name, "modelops-demo")
+
+
+def add_runtime_guard(model, limit: float = GUARD_LIMIT):
+    """A deliberately bad copy of an ONNX model (`onnx.ModelProto`): the same outputs, plus a bug
+    that only some inputs reach. When any row's first input feature exceeds `limit`, the graph asks
+    onnxruntime for a 10^15-element Range, which fails to allocate (status FAIL, a run-time failure
+    of the model, so the predictor answers 500 `InferenceFailed`). Ordinary inputs pass through
+    unchanged, so the parity gate passes: only live traffic shows the problem, as in real life."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    x, out = g.input[0].name, g.output[0].name
+    for node in g.node:  # the old output becomes an intermediate value
+        node.output[:] = [f"{out}__pre" if o == out else o for o in node.output]
+    g.initializer.extend([
+        helper.make_tensor("guard_starts", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("guard_ends", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("guard_axes", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("guard_limit", TensorProto.FLOAT, [], [limit]),
+        helper.make_tensor("guard_zero_i", TensorProto.INT64, [], [0]),
+        helper.make_tensor("guard_one_i", TensorProto.INT64, [], [1]),
+        helper.make_tensor("guard_huge", TensorProto.INT64, [], [10 ** 15]),
+    ])
+    g.node.extend([
+        helper.make_node("Slice", [x, "guard_starts", "guard_ends", "guard_axes"], ["guard_first"]),
+        helper.make_node("Greater", ["guard_first", "guard_limit"], ["guard_big"]),
+        helper.make_node("Cast", ["guard_big"], ["guard_big_i"], to=TensorProto.INT64),
+        helper.make_node("ReduceMax", ["guard_big_i"], ["guard_any"], keepdims=0),
+        helper.make_node("Mul", ["guard_any", "guard_huge"], ["guard_n"]),
+        helper.make_node("Range", ["guard_zero_i", "guard_n", "guard_one_i"], ["guard_range"]),  # n=0: empty
+        helper.make_node("Cast", ["guard_range"], ["guard_range_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["guard_range_f"], ["guard_zero"], keepdims=0),  # 0.0 when it runs
+        helper.make_node("Add", [f"{out}__pre", "guard_zero"], [out]),
+    ])
+    onnx.checker.check_model(m)
+    return m
+
+
+def register_guarded_mlp(tracking_uri: str, name: str, seed: int = 0) -> str:
+    """Register a deliberately bad MLP version (`add_runtime_guard`) under the mlflow.onnx flavor."""
+    import io
+
+    import mlflow.onnx
+    import onnx
+    from mlflow.models import infer_signature
+
+    model = train_mlp(seed)
+    buf = io.BytesIO()
+    torch.onnx.export(model, (torch.zeros(2, MLP_FEATURES),), buf, input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "b"}, "output": {0: "b"}},
+                      opset_version=17, dynamo=False)
+    proto = add_runtime_guard(onnx.load_from_string(buf.getvalue()))
     example = np.random.default_rng(seed).normal(size=(4, MLP_FEATURES)).astype(np.float32)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()

@@ -3,7 +3,7 @@ promoted or rolled back by itself, with MLflow showing what happened. All on thi
 
 1. starts an embedded MLflow server (sqlite + local artifacts under the work dir);
 2. trains and registers three versions of a PyTorch MLP (seeded, nothing downloaded): v1, a
-   good v2, and a deliberately bad v3 (`GuardedMLP`: it fails at run time on inputs whose first
+   good v2, and a deliberately bad v3 (`register_guarded_mlp`: it fails at run time on inputs whose first
    feature exceeds 50, which one request in five has); the alias `champion` points at v1;
 3. runs `modelops local up` on a ModelDeployment that follows `champion` with a canary rollout,
    and sends client traffic through its router for the rest of the demo;
@@ -223,7 +223,7 @@ def run_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, p
                 contextlib.redirect_stderr(log):
             versions = [models.register_torch_mlp(tracking, MODEL, seed=0),
                         models.register_torch_mlp(tracking, MODEL, seed=1),
-                        models.register_torch_mlp(tracking, MODEL, seed=2, cls=models.GuardedMLP)]
+                        models.register_guarded_mlp(tracking, MODEL, seed=2)]
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
