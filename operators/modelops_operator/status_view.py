@@ -76,26 +76,26 @@ def fetch(api, namespace: str, name: str) -> Snapshot:
             raise DeploymentNotFound(f"ModelDeployment {namespace}/{name} not found") from exc
         raise
     snap = Snapshot(md=md)
-    try:
-        snap.isvc = custom.get_namespaced_custom_object("serving.kserve.io", "v1beta1", namespace,
-                                                        "inferenceservices", name)
-    except ApiException as exc:
-        if exc.status not in (404, 403):
-            raise
-    try:
-        jobs = client.BatchV1Api(api).list_namespaced_job(
-            namespace, label_selector=f"{builders.LABEL_DEPLOYMENT}={name}")
+
+    def optional(read, missing=(403,)):
+        """What the viewer may not see (or what does not exist yet) is left out, not an error."""
+        try:
+            return read()
+        except ApiException as exc:
+            if exc.status not in missing:
+                raise
+            return None
+
+    snap.isvc = optional(lambda: custom.get_namespaced_custom_object(
+        "serving.kserve.io", "v1beta1", namespace, "inferenceservices", name), missing=(404, 403))
+    jobs = optional(lambda: client.BatchV1Api(api).list_namespaced_job(
+        namespace, label_selector=f"{builders.LABEL_DEPLOYMENT}={name}"))
+    if jobs is not None:
         snap.jobs = api.sanitize_for_serialization(jobs.items)
-    except ApiException as exc:
-        if exc.status != 403:
-            raise
-    try:
-        events = client.CoreV1Api(api).list_namespaced_event(
-            namespace, field_selector=f"involvedObject.name={name}")
+    events = optional(lambda: client.CoreV1Api(api).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}"))
+    if events is not None:
         snap.events = api.sanitize_for_serialization(events.items)
-    except ApiException as exc:
-        if exc.status != 403:
-            raise
     return snap
 
 

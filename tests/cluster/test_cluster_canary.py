@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from bad_model import poisoned_copy
+from webhook_receiver import Receiver
 from modelops.local.ports import free_port
 from modelops.local.processes import spawn, stop
 
@@ -200,43 +201,6 @@ def register_bad_version(registered, work: Path) -> str:
     return str(info.registered_model_version)
 
 
-class Receiver:
-    """A webhook receiver: refuses the first two attempts of every delivery, records the rest."""
-
-    def __init__(self, secret: bytes):
-        import hashlib
-        import hmac
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.secret, self.got, self.attempts, self.bad = secret, [], collections.Counter(), []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                delivery = self.headers["X-ModelOps-Delivery"]
-                outer.attempts[delivery] += 1
-                want = "sha256=" + hmac.new(outer.secret, body, hashlib.sha256).hexdigest()
-                if self.headers.get("X-ModelOps-Signature-256") != want:
-                    outer.bad.append(delivery)
-                code = 503 if outer.attempts[delivery] <= 2 else 200
-                if code == 200:
-                    outer.got.append((delivery, __import__("json").loads(body)))
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-
-
 def events(cluster, ns, name) -> list[str]:
     return [e["reason"] for e in sorted(cluster.events(ns, name), key=lambda e: e.get("firstTimestamp") or "")]
 
@@ -253,7 +217,7 @@ def test_canary_promotes_a_good_version_and_rolls_back_a_bad_one(
     args = ["--prometheus-url", prometheus.url, "--rollout-tick", "1",
             "--metrics-address", f"127.0.0.1:{metrics_port}"]
     op = start_operator(ns, cluster.kubeconfig, *args)
-    receiver = Receiver(b"s3cret-" + mode.encode())
+    receiver = Receiver(fail_first=2)  # refuses the first two attempts of every delivery
     cluster.kubectl("-n", ns, "create", "secret", "generic", "hooks", f"--from-literal=hmac=s3cret-{mode}")
     cluster.apply(md_body(name, {"name": registered["name"], "alias": alias},
                           predictor={"deploymentMode": mode},
@@ -354,12 +318,13 @@ def test_canary_promotes_a_good_version_and_rolls_back_a_bad_one(
 
         # the webhook got every transition once, in order, signed, after two refused attempts each
         want = ["Started"] + ["StepAdvanced"] * (len(STEPS) - 1) + ["Promoted", "Started", "Failed", "RolledBack"]
-        eventually(lambda: len(receiver.got) >= len(want), timeout=60, what="webhook deliveries")
+        eventually(lambda: len(receiver.accepted()) >= len(want), timeout=60, what="webhook deliveries")
         time.sleep(2)
-        assert [b["event"] for _, b in receiver.got] == want, receiver.got
-        seqs = [b["seq"] for _, b in receiver.got]
+        assert [b["event"] for b in receiver.bodies()] == want, receiver.bodies()
+        seqs = [b["seq"] for b in receiver.bodies()]
         assert seqs == sorted(set(seqs))
-        assert not receiver.bad and all(n == 3 for n in receiver.attempts.values()), receiver.attempts
+        assert receiver.signed(f"s3cret-{mode}".encode())
+        assert all(n == 3 for n in receiver.tries.values()), receiver.tries
         assert not (cluster.status(ns, name)["canary"].get("outbox"))  # all acknowledged
 
         # the operator's own metrics (this process took over mid-canary in Standard mode)

@@ -18,13 +18,14 @@ import threading
 import time
 import uuid
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import yaml
+
+from webhook_receiver import Receiver
 
 from modelops.demo.models import GUARD_LIMIT, register_guarded_mlp, register_torch_mlp
 from modelops.local.ports import free_port
@@ -225,31 +226,6 @@ def assert_nothing_lost(records, bad: str | None) -> None:
     assert all(r[2] == 200 for r in records if r[3] != bad)
 
 
-class Receiver:
-    """A webhook receiver (the user's side of the contract): records what it was sent."""
-
-    def __init__(self, secret: bytes):
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["content-length"]))
-                received.append((json.loads(body), dict(self.headers),
-                                 verify(secret, body, self.headers.get("X-ModelOps-Signature-256"))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-
-
 # --- fixtures ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def local_model(tracking_uri, mlflow_client) -> str:
@@ -295,7 +271,7 @@ def test_rollouts_through_the_local_router(tmp_path, tracking_uri, mlflow_client
     v2, which is promoted after exactly len(steps) intervals); then to v3 again, rolled back within
     failureLimit intervals. Client traffic through the router loses nothing along the way."""
     doc = manifest("fraud", local_model)
-    receiver = Receiver(b"s3cret")
+    receiver = Receiver()
     doc["spec"]["hooks"] = {"webhooks": [{"name": "audit", "url": receiver.url,
                                           "secretRef": {"name": "hooks", "key": "hmac"}}]}
     (tmp_path / "secrets" / "hooks").mkdir(parents=True)
@@ -392,15 +368,15 @@ def test_rollouts_through_the_local_router(tmp_path, tracking_uri, mlflow_client
 
         # The webhook got every transition, in order, signed, each delivery named once.
         deadline = time.monotonic() + 10
-        while len(receiver.received) < 8 and time.monotonic() < deadline:
+        while len(receiver.accepted()) < 8 and time.monotonic() < deadline:
             time.sleep(0.2)
-        got = [(b["event"], b["version"]) for b, _, _ in receiver.received]
+        got = [(b["event"], b["version"]) for b in receiver.bodies()]
         assert got == [("Started", "3"), ("Started", "2"), ("StepAdvanced", "2"), ("StepAdvanced", "2"),
                        ("Promoted", "2"), ("Started", "3"), ("Failed", "3"), ("RolledBack", "3")], got
-        assert all(ok for _, _, ok in receiver.received)  # HMAC of the body with the file's secret
-        assert [h["X-ModelOps-Delivery"] for _, h, _ in receiver.received] == [
-            f"local/fraud/{b['seq']}" for b, _, _ in receiver.received]
-        assert receiver.received[-1][0]["check"] == "successRate"
+        assert receiver.signed(b"s3cret")  # HMAC of the body with the file's secret
+        assert [r["headers"]["X-ModelOps-Delivery"] for r in receiver.accepted()] == [
+            f"local/fraud/{b['seq']}" for b in receiver.bodies()]
+        assert receiver.bodies()[-1]["check"] == "successRate"
 
         # `local status` shows the status document; `local down` leaves no process group behind.
         shown = cli("local", "status", "--state-dir", str(up.state))

@@ -173,20 +173,24 @@ def register_sklearn_pipeline(tracking_uri: str, name: str, seed: int = 0,
         tracking_uri, name, "modelops-demo")
 
 
-def register_onnx_model(tracking_uri: str, name: str, seed: int = 0) -> str:
-    """Register an MLP exported to ONNX under the mlflow.onnx flavor (the passthrough path)."""
+def register_onnx_model(tracking_uri: str, name: str, seed: int = 0, epochs: int = 5,
+                        transform=None) -> str:
+    """Register an MLP exported to ONNX under the mlflow.onnx flavor (the passthrough path);
+    `transform(onnx.ModelProto)` edits the graph first (see `register_guarded_mlp`)."""
     import io
 
     import mlflow.onnx
     import onnx
     from mlflow.models import infer_signature
 
-    model = train_mlp(seed, epochs=5)
+    model = train_mlp(seed, epochs=epochs)
     buf = io.BytesIO()
     torch.onnx.export(model, (torch.zeros(2, MLP_FEATURES),), buf, input_names=["input"],
                       output_names=["output"], dynamic_axes={"input": {0: "b"}, "output": {0: "b"}},
                       opset_version=17, dynamo=False)
     proto = onnx.load_from_string(buf.getvalue())
+    if transform is not None:
+        proto = transform(proto)
     example = np.random.default_rng(seed).normal(size=(4, MLP_FEATURES)).astype(np.float32)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
@@ -238,23 +242,4 @@ def add_runtime_guard(model, limit: float = GUARD_LIMIT):
 
 def register_guarded_mlp(tracking_uri: str, name: str, seed: int = 0) -> str:
     """Register a deliberately bad MLP version (`add_runtime_guard`) under the mlflow.onnx flavor."""
-    import io
-
-    import mlflow.onnx
-    import onnx
-    from mlflow.models import infer_signature
-
-    model = train_mlp(seed)
-    buf = io.BytesIO()
-    torch.onnx.export(model, (torch.zeros(2, MLP_FEATURES),), buf, input_names=["input"],
-                      output_names=["output"], dynamic_axes={"input": {0: "b"}, "output": {0: "b"}},
-                      opset_version=17, dynamo=False)
-    proto = add_runtime_guard(onnx.load_from_string(buf.getvalue()))
-    example = np.random.default_rng(seed).normal(size=(4, MLP_FEATURES)).astype(np.float32)
-    with torch.no_grad():
-        out = model(torch.from_numpy(example)).numpy()
-    return _register(
-        lambda n: mlflow.onnx.log_model(proto, name="model", registered_model_name=n,
-                                        input_example=example, signature=infer_signature(example, out),
-                                        pip_requirements=ONNX_REQUIREMENTS),
-        tracking_uri, name, "modelops-demo")
+    return register_onnx_model(tracking_uri, name, seed, epochs=30, transform=add_runtime_guard)
