@@ -1,6 +1,7 @@
 -- Argo CD health check for modelops.dev/ModelDeployment (kstatus conditions).
 -- Healthy: Ready=True for the current generation. Degraded: Stalled=True, Failed or RolledBack.
--- Progressing: anything else (converting, deploying, retrying, not yet observed).
+-- Progressing: a canary in progress (phase Progressing, the stable version still serving), and
+-- anything else (converting, deploying, retrying, not yet observed).
 local hs = {}
 if obj.status == nil then
   hs.status = "Progressing"
@@ -30,6 +31,11 @@ end
 if obj.status.phase == "Failed" or obj.status.phase == "RolledBack" then
   hs.status = "Degraded"
   hs.message = "ModelDeployment is " .. obj.status.phase
+  return hs
+end
+if obj.status.phase == "Progressing" then
+  hs.status = "Progressing"
+  hs.message = (reconciling ~= nil and reconciling.message) or "canary in progress"
   return hs
 end
 if ready ~= nil and ready.status == "True" then

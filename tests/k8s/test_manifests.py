@@ -409,6 +409,12 @@ HEALTH_CASES = [
     (_md(1, observedGeneration=1, phase="RolledBack", conditions=_conds("True")), "Degraded", "Failed"),
     (_md(1, observedGeneration=1, phase="Converting", conditions=_conds("False")), "Progressing", "InProgress"),
     (_md(1, observedGeneration=1, phase="Pending"), "Progressing", "InProgress"),
+    # a canary: the stable serves (Ready=True) while the new version is analysed step by step
+    (_md(1, observedGeneration=1, phase="Progressing",
+         conditions=[{"type": "Ready", "status": "True", "message": "serving m v1, canary v2 at 10%"},
+                     {"type": "Stalled", "status": "False"},
+                     {"type": "Reconciling", "status": "True", "message": "canary v2 at 10% (step 1/3)"}]),
+     "Progressing", "InProgress"),
 ]
 
 
@@ -422,6 +428,7 @@ def test_argocd_health_messages():
     assert argocd_health(HEALTH_CASES[2][0]) == {"status": "Healthy", "message": "serving m v1"}
     assert argocd_health(HEALTH_CASES[3][0]) == {"status": "Degraded", "message": "ParityFailed: too far"}
     assert argocd_health(HEALTH_CASES[5][0]) == {"status": "Progressing", "message": "converting m v1"}
+    assert argocd_health(HEALTH_CASES[7][0]) == {"status": "Progressing", "message": "canary v2 at 10% (step 1/3)"}
 
 
 def test_argocd_configmap_carries_the_same_script():
