@@ -39,10 +39,13 @@ def conversion_options(spec: DeploymentSpec):
 
 def _served(result, version: str, spec: DeploymentSpec, config: OperatorConfig,
             tracking_uri: str | None) -> Served:
+    from modelops.rollout.interface import from_report
+
     where = storage_location(result.onnx_uri, config.storage_rewrites, tracking_uri)
+    found = from_report(result.report)
     return Served(version=version, onnx_uri=result.onnx_uri, storage_uri=where.uri,
                   storage_note=where.note, sha256=result.sha256, options=spec.conversion.fingerprint,
-                  cached=bool(result.cached))
+                  cached=bool(result.cached), interface=found.to_json() if found else None)
 
 
 def published(registry, resolved, spec: DeploymentSpec, config: OperatorConfig, *,

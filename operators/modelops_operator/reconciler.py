@@ -82,6 +82,7 @@ class Reconciler:
         self.converter = converter
         self._registry_factory = registry_factory
         self._registries: dict[str, object] = {}
+        self._interfaces: dict[tuple[str, str], object] = {}  # (onnx URI, sha256) -> Interface
 
     # --- facts ------------------------------------------------------------------------------
     def registry_for(self, spec: DeploymentSpec):
@@ -117,6 +118,21 @@ class Reconciler:
         observed, changed = self.kube.apply_merge(INFERENCESERVICES.path(ns, name), INFERENCESERVICES.path(ns),
                                                   desired, diff)
         return service_observation(observed, changed=changed), changed
+
+    def interface_of(self, registry, served: Served):
+        """What a converted version serves: from its published record, else its conversion.json
+        in MLflow (read once per ONNX artifact: it never changes)."""
+        from modelops.rollout.interface import from_report
+
+        key = (served.onnx_uri, served.sha256)
+        if key not in self._interfaces:
+            found = from_report(served.interface) if served.interface else None
+            if found is None and served.onnx_uri:
+                found = from_report(registry.load_json(served.onnx_uri.rstrip("/") + "/conversion.json"))
+            if found is None:
+                return None
+            self._interfaces[key] = found
+        return self._interfaces[key]
 
     # --- the pass ---------------------------------------------------------------------------
     def reconcile(self, namespace: str, name: str, *, resolve: bool) -> Result:
@@ -193,7 +209,8 @@ class Reconciler:
         ns, name = md["metadata"]["namespace"], md["metadata"]["name"]
         ready = canary_readiness(self.kube.get(INFERENCESERVICES.path(ns, name)))
         step = rollout.step_deployment(md, spec, status, target, self.config, now=inputs.now,
-                                       secret_reader=rollout.secret_reader(self.kube, ns), canary_ready=ready)
+                                       secret_reader=rollout.secret_reader(self.kube, ns), canary_ready=ready,
+                                       interface_of=lambda served: self.interface_of(registry, served))
         observation, changed = self.apply_service(md, spec, step.stable, step.canary, step.weight)
         p = plan_rollout(replace(inputs, service=observation), step.stable, step.canary, step.state,
                          step.notifications, promoted=step.promoted)

@@ -245,6 +245,12 @@ class Registry:
                 shutil.move(str(f), dst / f.name)
         return dst
 
+    def load_json(self, artifact_uri: str) -> dict:
+        """One small JSON artifact (e.g. a published `conversion.json`), without the directory."""
+        import mlflow.artifacts
+
+        return self._call("load_dict", mlflow.artifacts.load_dict, artifact_uri)
+
     # --- write back -------------------------------------------------------------------------
     def set_tags(self, resolved: ResolvedModel, tags: dict[str, object]) -> None:
         """Tag the model version (or the run, for runs:/ URIs) so the MLflow UI shows it."""

@@ -18,7 +18,8 @@ from modelops.deployment.spec import AnalysisSpec, CheckSpec, parse_spec
 from modelops.rollout import (Analyse, CallGate, GateResult, Hold, Inconclusive, Notify, Observations,
                               Phase, Promote, RollBack, RolloutPolicy, RolloutState, SetWeight,
                               WebhookSubscription, acknowledge, analyse, pending, step)
-from modelops.rollout.analysis import LatencyQuantile, PromQL, RequestCount, SuccessRate, Target
+from modelops.rollout.analysis import (ClientErrorRate, LatencyQuantile, PromQL, RequestCount, SuccessRate,
+                                      Target)
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
 INTERVAL = 60
@@ -32,8 +33,9 @@ def at(intervals: float) -> datetime:
 class Series:
     """Answers queries from a script: one row per analysis, keyed by what is asked.
 
-    A row maps "requests" / "success" / "p99" (seconds) to a number, NaN or Inconclusive, per
-    version ("canary" / "stable"). Rows past the end repeat the last one.
+    A row maps "requests" / "success" / "client" (4xx share) / "p99" (seconds) to a number, NaN or
+    Inconclusive, per version ("canary" / "stable"); "client" is 0 unless scripted. Rows past the
+    end repeat the last one.
     """
 
     def __init__(self, rows: list[dict], canary: str):
@@ -50,8 +52,9 @@ class Series:
         if isinstance(q, PromQL):
             return self.row.get("promql", Inconclusive("no PromQL value scripted"))
         who = "canary" if dict(q.selector)["version"] == self.canary else "stable"
-        kind = {RequestCount: "requests", SuccessRate: "success", LatencyQuantile: "p99"}[type(q)]
-        value = self.row.get(f"{who}.{kind}", self.row.get(kind))
+        kind = {RequestCount: "requests", SuccessRate: "success", ClientErrorRate: "client",
+                LatencyQuantile: "p99"}[type(q)]
+        value = self.row.get(f"{who}.{kind}", self.row.get(kind, 0.0 if kind == "client" else None))
         return value if value is not None else Inconclusive("no data")
 
 
@@ -200,7 +203,7 @@ def test_status_fields_during_a_canary():
     assert s["startedAt"] == "2025-01-01T12:00:00Z" and s["lastStepAt"] == "2025-01-01T12:01:00Z"
     assert s["nextAnalysisAt"] == "2025-01-01T12:02:00Z"
     assert s["analysis"]["outcome"] == "Passed" and s["reason"] == "StepAdvanced"
-    assert [c["name"] for c in s["analysis"]["checks"]] == ["requests", "successRate"]
+    assert [c["name"] for c in s["analysis"]["checks"]] == ["requests", "successRate", "clientErrorsVsStable"]
     assert r.state.traffic.canary == "2" and r.state.traffic.weight == 50
 
 

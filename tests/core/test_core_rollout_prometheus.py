@@ -12,6 +12,7 @@ time by Prometheus's answers: v2 is promoted after exactly len(steps) intervals,
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from bad_model import poisoned_copy
+from bad_model import poisoned_copy, renamed_copy
 
 
 from onnx import TensorProto, helper
@@ -42,11 +43,13 @@ ERRORS_500 = ('sum(increase(modelops_predictor_requests_total{model="$model",ver
 
 @pytest.fixture(scope="module")
 def fleet(prometheus, mlp_model, mlp_converted, convert, tmp_path_factory):
-    """v1 (stable), v2 (good canary), v3 (canary failing on some inputs), scraped by Prometheus."""
+    """v1 (stable), v2 (good canary), v3 (canary failing on some inputs), v4 (v2 with its input
+    renamed `features`: it refuses every request that names `input`), scraped by Prometheus."""
     v2 = convert(mlp_model, mlp_model.versions[1])
     bad_dir = poisoned_copy(v2.model_file, tmp_path_factory.mktemp("poisoned") / "onnx")
+    renamed = renamed_copy(v2.model_file, tmp_path_factory.mktemp("renamed") / "onnx")
     logs = tmp_path_factory.mktemp("rollout-logs")
-    dirs = {"1": mlp_converted.out_dir, "2": v2.out_dir, "3": bad_dir}
+    dirs = {"1": mlp_converted.out_dir, "2": v2.out_dir, "3": bad_dir, "4": renamed}
     servers = {}
     try:
         for version, d in dirs.items():
@@ -91,6 +94,7 @@ def traffic(fleet, prometheus):
     sent = {v: send(p, 100) for v, p in fleet.items()}
     assert sent["1"] == {200: 100} and sent["2"] == {200: 100}
     assert sent["3"] == {200: 80, 500: 20}  # real 500s from the poisoned model
+    assert sent["4"] == {400: 100}  # the renamed input: every request refused
     deadline = time.monotonic() + 30
     while any(scraped_requests(prometheus, v) < 105 for v in fleet):
         assert time.monotonic() < deadline, "Prometheus did not scrape the requests"
@@ -118,7 +122,8 @@ def test_a_healthy_canary_passes_against_prometheus(prometheus, traffic):
     assert result.outcome == Outcome.PASSED, result.to_status()
     by = {c.name: c for c in result.checks}
     assert set(by) == {"requests", "successRate", "successRateVsStable", "p99LatencyMs",
-                       "p99LatencyVsStable", "no-500s"}
+                       "p99LatencyVsStable", "clientErrorsVsStable", "no-500s"}
+    assert by["clientErrorsVsStable"].outcome == Outcome.PASSED and by["clientErrorsVsStable"].value == 0
     assert by["requests"].value >= 90  # increase() extrapolates; ~100 requests
     assert by["successRate"].value == pytest.approx(1.0)
     assert 0 < by["p99LatencyMs"].value < 2000
@@ -153,8 +158,25 @@ def test_inconclusive_against_prometheus(prometheus, traffic):
     # At 100% the stable takes no traffic: relative checks are skipped, the absolute ones decide.
     full = analyse(SPEC, provider, target("2", weight=100), now())
     assert full.outcome == Outcome.PASSED
-    assert {c.name for c in full.checks if c.outcome == Outcome.SKIPPED} == {"successRateVsStable",
-                                                                             "p99LatencyVsStable"}
+    assert {c.name for c in full.checks if c.outcome == Outcome.SKIPPED} == {
+        "successRateVsStable", "p99LatencyVsStable", "clientErrorsVsStable"}
+
+
+def test_a_canary_that_refuses_what_the_stable_accepts_fails_client_errors_vs_stable(prometheus, traffic):
+    """v4 answers 400 to every request v1 answers 200: the healthiest canary by successRate and
+    latency, and the one clientErrorsVsStable exists for."""
+    provider = PrometheusProvider(prometheus.url)
+    result = analyse(SPEC, provider, target("4"), now())
+    by = {c.name: c for c in result.checks}
+    assert by["successRate"].outcome == Outcome.PASSED  # 4xx are not failures of the server
+    assert result.outcome == Outcome.FAILED and result.deciding.name == "clientErrorsVsStable", result.to_status()
+    assert by["clientErrorsVsStable"].value == pytest.approx(1.0, abs=0.01)
+    assert "4xx share 1 vs stable v1 0" in by["clientErrorsVsStable"].message
+    # A bound of 1 turns it off; too few stable requests is inconclusive, never a pass.
+    off = analyse(replace(SPEC, client_errors_max_increase=1.0), provider, target("4"), now())
+    assert "clientErrorsVsStable" not in {c.name for c in off.checks}
+    few = analyse(replace(SPEC, min_requests=10**6), provider, target("4"), now())
+    assert {c.name: c.outcome for c in few.checks}["clientErrorsVsStable"] == Outcome.INCONCLUSIVE
 
 
 def test_scrape_provider_reads_the_predictors_own_metrics(fleet, traffic):
@@ -173,6 +195,9 @@ def test_scrape_provider_reads_the_predictors_own_metrics(fleet, traffic):
     bad = analyse(spec, provider, target("3"), now())
     assert bad.outcome == Outcome.FAILED and bad.deciding.name == "successRate"
     assert bad.deciding.value == pytest.approx(0.8)
+    refused = analyse(spec, provider, target("4"), now())
+    assert refused.outcome == Outcome.FAILED and refused.deciding.name == "clientErrorsVsStable"
+    assert refused.deciding.value == pytest.approx(1.0)
     promql = analyse(SPEC, provider, target("2"), now())
     assert promql.outcome == Outcome.INCONCLUSIVE and promql.deciding.name == "no-500s"
     assert "PromQL checks need Prometheus" in promql.deciding.message

@@ -23,6 +23,7 @@ TAG_ERROR = TAG_PREFIX + "conversion.error"
 TAG_ONNX_URI = TAG_PREFIX + "onnx.uri"
 TAG_SHA256 = TAG_PREFIX + "onnx.sha256"
 TAG_PARITY = TAG_PREFIX + "parity"
+MAX_RECORD = 5000  # MLflow's limit for a model-version tag value
 
 
 def options_tag(options: ConversionOptions) -> str:
@@ -73,6 +74,12 @@ def publish_tags(report: dict, uri: str | None, options: ConversionOptions) -> d
     if report["status"] == "passed":
         tags.update({TAG_ONNX_URI: uri, TAG_SHA256: report["sha256"], TAG_ERROR: ""})
         record.update(uri=uri, sha256=report["sha256"])
+        interface = {"inputs": report.get("inputs"), "outputs": report.get("outputs")}
+        if all(isinstance(v, list) for v in interface.values()) and \
+                len(json.dumps({**record, "interface": interface})) <= MAX_RECORD:
+            # What the predictor serves, for the rollout's interface check without a download
+            # (a larger one is read from conversion.json).
+            record["interface"] = interface
     else:
         tags[TAG_ERROR] = str(report.get("error", ""))[:4000]
         record.update(error=tags[TAG_ERROR], reason=report.get("reason", "ConversionFailed"))

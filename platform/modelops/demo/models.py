@@ -174,9 +174,10 @@ def register_sklearn_pipeline(tracking_uri: str, name: str, seed: int = 0,
 
 
 def register_onnx_model(tracking_uri: str, name: str, seed: int = 0, epochs: int = 5,
-                        transform=None) -> str:
+                        transform=None, signature: bool = True) -> str:
     """Register an MLP exported to ONNX under the mlflow.onnx flavor (the passthrough path);
-    `transform(onnx.ModelProto)` edits the graph first (see `register_guarded_mlp`)."""
+    `transform(onnx.ModelProto)` edits the graph first (see `register_guarded_mlp`).
+    `signature=False` logs it without signature and input example: the graph says what it takes."""
     import io
 
     import mlflow.onnx
@@ -194,10 +195,10 @@ def register_onnx_model(tracking_uri: str, name: str, seed: int = 0, epochs: int
     example = np.random.default_rng(seed).normal(size=(4, MLP_FEATURES)).astype(np.float32)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
+    described = {"input_example": example, "signature": infer_signature(example, out)} if signature else {}
     return _register(
         lambda n: mlflow.onnx.log_model(proto, name="model", registered_model_name=n,
-                                        input_example=example, signature=infer_signature(example, out),
-                                        pip_requirements=ONNX_REQUIREMENTS),
+                                        pip_requirements=ONNX_REQUIREMENTS, **described),
         tracking_uri, name, "modelops-demo")
 
 
@@ -243,3 +244,25 @@ def add_runtime_guard(model, limit: float = GUARD_LIMIT):
 def register_guarded_mlp(tracking_uri: str, name: str, seed: int = 0) -> str:
     """Register a deliberately bad MLP version (`add_runtime_guard`) under the mlflow.onnx flavor."""
     return register_onnx_model(tracking_uri, name, seed, epochs=30, transform=add_runtime_guard)
+
+
+def rename_input(model, new_name: str = "features"):
+    """A copy of an ONNX model (`onnx.ModelProto`) whose first input is called `new_name`: the same
+    numbers, but every client request that names the old input is refused (a 400) — a retrained
+    model exported by other code, a common accident."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    old = m.graph.input[0].name
+    m.graph.input[0].name = new_name
+    for node in m.graph.node:
+        node.input[:] = [new_name if i == old else i for i in node.input]
+    onnx.checker.check_model(m)
+    return m
+
+
+def register_renamed_mlp(tracking_uri: str, name: str, seed: int = 0, new_name: str = "features") -> str:
+    """Register a good MLP whose ONNX input is called `new_name` instead of `input`."""
+    return register_onnx_model(tracking_uri, name, seed, transform=lambda m: rename_input(m, new_name),
+                               signature=False)

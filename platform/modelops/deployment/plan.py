@@ -30,6 +30,8 @@ class Served:
     options: str  # ConversionSpec.fingerprint
     cached: bool = False
     storage_note: str = ""  # how storage_uri was derived, when that needs saying (not persisted)
+    # {"inputs", "outputs"} it serves, when known (not persisted; not part of its identity)
+    interface: dict | None = field(default=None, compare=False)
 
     def to_status(self) -> dict:
         return {"version": self.version, "onnxUri": self.onnx_uri, "storageUri": self.storage_uri,

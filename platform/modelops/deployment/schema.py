@@ -83,8 +83,8 @@ _check = {
 
 _analysis = {
     "type": "object",
-    "description": "How each canary step is judged. Defaults: successRate.min 0.99, minRequests 10, "
-                   "failureLimit 2, inconclusiveLimit 3.",
+    "description": "How each canary step is judged. Defaults: successRate.min 0.99, "
+                   "clientErrors.maxIncrease 0.01, minRequests 10, failureLimit 2, inconclusiveLimit 3.",
     "properties": {
         "successRate": {
             "type": "object",
@@ -103,6 +103,17 @@ _analysis = {
                 "max": {"type": "number", "minimum": 0, "description": "Absolute ceiling in ms."},
                 "maxRatio": {"type": "number", "minimum": 1, "maximum": 100,
                              "description": "At most this multiple of the stable version's p99 (1.2)."},
+            },
+        },
+        "clientErrors": {
+            "type": "object",
+            "description": "clientErrorsVsStable: the canary's share of 4xx answers (refused requests) "
+                           "against the stable version's over the same interval; a request the serving "
+                           "version accepts and the canary refuses is the canary's failure.",
+            "properties": {
+                "maxIncrease": {"type": "number", "minimum": 0, "maximum": 1,
+                                "description": "At most this far above the stable version's share "
+                                               "(default 0.01, one percentage point; 1 turns the check off)."},
             },
         },
         "minRequests": {"type": "integer", "minimum": 0, "maximum": 1000000000,
@@ -261,6 +272,11 @@ SPEC_SCHEMA: dict = {
                         "message": "promoteAlias must not be 'latest' nor look like a version (v3)",
                     }],
                 },
+                "allowInterfaceChange": {
+                    "type": "boolean", "default": False,
+                    "description": "Let a canary whose inputs or outputs changed incompatibly with the "
+                                   "stable version's through (clients were changed first); "
+                                   "clientErrorsVsStable still judges it."},
                 "analysis": _analysis,
             },
         },

@@ -93,6 +93,7 @@ class AnalysisSpec:
     success_rate_max_drop: float | None = None  # canary >= stable - drop
     p99_latency_ms_max: float | None = None
     p99_latency_max_ratio: float | None = None  # canary p99 <= ratio * stable p99
+    client_errors_max_increase: float | None = 0.01  # canary 4xx share <= stable's + this (1: off)
     min_requests: int = 10
     failure_limit: int = 2
     inconclusive_limit: int = 3
@@ -107,6 +108,7 @@ class RolloutSpec:
     interval: str = "60s"
     paused: bool = False
     promote_alias: str | None = None
+    allow_interface_change: bool = False  # let an incompatible interface through (clients changed first)
     analysis: AnalysisSpec = AnalysisSpec()
 
     @property
@@ -339,6 +341,7 @@ def _rollout(raw: Any) -> RolloutSpec:
         strategy=strategy, steps=tuple(steps), interval=interval,
         paused=_bool(raw.get("paused", False), "spec.rollout.paused"),
         promote_alias=None if alias is None else _alias(alias, "spec.rollout.promoteAlias"),
+        allow_interface_change=_bool(raw.get("allowInterfaceChange", False), "spec.rollout.allowInterfaceChange"),
         analysis=_analysis(raw.get("analysis")),
     )
 
@@ -353,6 +356,7 @@ def _analysis(raw: Any) -> AnalysisSpec:
     d = AnalysisSpec()
     rate = _obj(raw.get("successRate"), f"{p}.successRate")
     p99 = _obj(raw.get("p99LatencyMs"), f"{p}.p99LatencyMs")
+    client = _obj(raw.get("clientErrors"), f"{p}.clientErrors")
     checks = []
     for i, c in enumerate(_list(raw.get("checks"), f"{p}.checks", 16)):
         cp = f"{p}.checks[{i}]"
@@ -376,6 +380,8 @@ def _analysis(raw: Any) -> AnalysisSpec:
         success_rate_max_drop=_optional_num(rate, "maxDrop", f"{p}.successRate", 0, 1),
         p99_latency_ms_max=_optional_num(p99, "max", f"{p}.p99LatencyMs", 0, float("inf")),
         p99_latency_max_ratio=_optional_num(p99, "maxRatio", f"{p}.p99LatencyMs", 1, 100),
+        client_errors_max_increase=(d.client_errors_max_increase if client.get("maxIncrease") is None
+                                    else _num(client["maxIncrease"], f"{p}.clientErrors.maxIncrease", 0, 1)),
         min_requests=_int(raw.get("minRequests", d.min_requests), f"{p}.minRequests", 0, 10**9),
         failure_limit=_int(raw.get("failureLimit", d.failure_limit), f"{p}.failureLimit", 1, 100),
         inconclusive_limit=_int(raw.get("inconclusiveLimit", d.inconclusive_limit),

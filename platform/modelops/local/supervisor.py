@@ -41,7 +41,8 @@ from .. import errors
 from ..rollout import (Analyse, AnalysisResult, CallGate, GateResult, Notify, Observations, Outcome,
                        Promote, RollBack, RolloutPolicy, RolloutState, acknowledge, analyse, drive, pending)
 from ..rollout.analysis import LatencyQuantile, RequestCount, Target
-from ..rollout.engine import transitions
+from ..rollout.engine import transitions, wants_interface
+from ..rollout.interface import InterfaceCheck, check as check_interface, from_model_dir
 from .display import Display, Row
 from .manifest import LOCAL_NAMESPACE, Manifest
 from .ports import free_port
@@ -489,6 +490,15 @@ class Supervisor:
             return self.target, v
         return self.target, None
 
+    def _interface(self, target: str | None) -> InterfaceCheck | None:
+        """The target's served interface against the stable version's, when a canary may start."""
+        if not wants_interface(self.state, target):
+            return None
+        stable = self.state.stable_version
+        dirs = [(self.slots.get(v) or Slot(v)).onnx_dir for v in (stable, target)]
+        old, new = (from_model_dir(d) if d is not None else None for d in dirs)
+        return check_interface(target, stable, old, new)
+
     def _analyse(self, a: Analyse, now: datetime) -> AnalysisResult:
         target = Target(model=self.manifest.name, version=a.version, stable_version=a.stable_version,
                         window=a.window_seconds, weight=a.weight, namespace=LOCAL_NAMESPACE)
@@ -585,7 +595,8 @@ class Supervisor:
             self.state = acknowledge(self.state, webhook, seq, self.policy)
         self._acks.clear()
         obs = Observations.from_resource(self.spec, self.manifest.annotations, target=target,
-                                         preparing=preparing, generation=self.generation)
+                                         preparing=preparing, generation=self.generation,
+                                         interface=self._interface(target))
         weight = self.state.weight
         state, actions, stats = await asyncio.to_thread(self._drive, obs, now, driving)
         self.state = state

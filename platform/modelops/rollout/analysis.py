@@ -10,7 +10,8 @@ Queries are values, so that the same checks run against Prometheus (`PrometheusP
 PromQL) and against predictors' own `/metrics` (`ScrapeProvider`, local mode). They are written
 against the predictor's metrics contract (`modelops.serving.metrics`):
 
-- `modelops_predictor_requests_total{model, version, protocol, code}` (counter)
+- `modelops_predictor_requests_total{model, version, protocol, code}` (counter; `code` is the
+  HTTP status, gRPC answers included: 200, 4xx for a refused request, 5xx for a failure)
 - `modelops_predictor_request_seconds_bucket/_sum/_count{model, version, protocol}` (histogram)
 """
 
@@ -69,6 +70,14 @@ class SuccessRate:
 
 
 @dataclass(frozen=True)
+class ClientErrorRate:
+    """Requests answered with a 4xx (the request was refused), as a fraction of all requests."""
+
+    selector: tuple[tuple[str, str], ...]
+    window: float
+
+
+@dataclass(frozen=True)
 class LatencyQuantile:
     """The q-quantile of request latency in seconds over the window (from the histogram)."""
 
@@ -84,7 +93,7 @@ class PromQL:
     text: str
 
 
-Query = Union[RequestCount, SuccessRate, LatencyQuantile, PromQL]
+Query = Union[RequestCount, SuccessRate, ClientErrorRate, LatencyQuantile, PromQL]
 
 
 class MetricProvider(Protocol):
@@ -267,7 +276,40 @@ def analyse(spec: AnalysisSpec, provider: MetricProvider, target: Target, now: d
                     limit = base * 1000.0 * spec.p99_latency_max_ratio
                     checks.append(_threshold("p99LatencyVsStable", p99_ms, hi=limit, unit="ms"))
 
+    if spec.client_errors_max_increase is not None and spec.client_errors_max_increase < 1:
+        checks.append(_client_errors_vs_stable(spec, provider, target, count, skip))
+
     for check in spec.checks:
         value = provider.query(PromQL(render(check.query, target)))
         checks.append(_threshold(check.name, value, lo=check.min, hi=check.max))
     return combine(target.version, now, checks)
+
+
+def _client_errors_vs_stable(spec: AnalysisSpec, provider: MetricProvider, target: Target, count: Value,
+                             skip: str | None) -> CheckResult:
+    """`clientErrorsVsStable`: the canary's share of 4xx answers may exceed the stable version's,
+    over the same window, by at most `clientErrors.maxIncrease`. A request the serving version
+    accepts and the canary refuses is the canary's failure, not the client's."""
+    name = "clientErrorsVsStable"
+    if skip:
+        return CheckResult(name, Outcome.SKIPPED, None, skip)
+    need = max(spec.min_requests, 1)
+    stable_sel = target.selector(target.stable_version)
+    for who, n in ((f"v{target.version}", count),
+                   (f"stable v{target.stable_version}", usable(provider.query(RequestCount(stable_sel, target.window))))):
+        if isinstance(n, Inconclusive):
+            return CheckResult(name, Outcome.INCONCLUSIVE, None, f"{who}: {n.reason}")
+        if n < need:
+            return CheckResult(name, Outcome.INCONCLUSIVE, None, f"{who}: {_fmt(n)} requests < minRequests {need}")
+    mine = usable(provider.query(ClientErrorRate(target.selector(target.version), target.window)))
+    base = usable(provider.query(ClientErrorRate(stable_sel, target.window)))
+    for who, v in ((f"v{target.version}", mine), (f"stable v{target.stable_version}", base)):
+        if isinstance(v, Inconclusive):
+            return CheckResult(name, Outcome.INCONCLUSIVE, None, f"{who}: {v.reason}")
+    bound = spec.client_errors_max_increase
+    rise = mine - base
+    text = (f"4xx share {_fmt(mine)} vs stable v{target.stable_version} {_fmt(base)} "
+            f"({'+' if rise >= 0 else ''}{_fmt(rise)}")
+    if rise > bound + 1e-12:
+        return CheckResult(name, Outcome.FAILED, rise, f"{text} > max +{_fmt(bound)})")
+    return CheckResult(name, Outcome.PASSED, rise, f"{text} <= max +{_fmt(bound)})")

@@ -24,6 +24,13 @@ Rules:
 - Manual promote / abort name the canary's version (annotations `modelops.dev/promote: "3"`,
   `modelops.dev/abort: "3"`), so a leftover annotation never acts on a later canary.
 - A rolled-back version is not canaried again until the resolved version or the generation changes.
+- Before a canary starts, its served interface is compared with the stable version's
+  (`Observations.interface`, `modelops.rollout.interface`): an incompatible change (an input
+  renamed, added or removed; a datatype, rank or fixed dimension changed; an output removed) rolls
+  it back at 0% with reason `InterfaceChanged` and every difference named, unless
+  `allowInterfaceChange`; compatible changes are noted in its Started message. Interfaces that
+  cannot be read yet hold it (`InterfaceUnknown`): a canary never starts unchecked when the policy
+  requires the check (every policy built from a spec does).
 - Restart safety: everything is in the state. Notifications carry a sequence number from the
   state and wait in its outbox until every subscribed webhook acknowledged them
   (`acknowledge()`); the same state and inputs give the same actions with the same numbers, and
@@ -38,6 +45,8 @@ from typing import Callable, Iterable
 
 from ..deployment.spec import DeploymentSpec
 from .analysis import AnalysisResult, Outcome
+from .interface import CHECK_NAME as INTERFACE_CHECK
+from .interface import InterfaceCheck
 from .state import (EVENTS, GateWait, Notification, Phase, RolledBack, RolloutState, format_time, utc)
 
 PROMOTE_ANNOTATION = "modelops.dev/promote"
@@ -61,6 +70,8 @@ class RolloutPolicy:
     webhooks: tuple[WebhookSubscription, ...] = ()
     gates: frozenset[str] = frozenset()  # gate types configured (preRollout, confirmPromotion)
     max_outbox: int = 64
+    require_interface: bool = False  # a canary starts only once its interface was compared
+    allow_interface_change: bool = False  # an incompatible interface is noted, not refused
 
     @property
     def interval(self) -> timedelta:
@@ -73,7 +84,8 @@ class RolloutPolicy:
                    failure_limit=a.failure_limit, inconclusive_limit=a.inconclusive_limit,
                    webhooks=tuple(WebhookSubscription(w.name, frozenset(w.events))
                                   for w in spec.hooks.webhooks),
-                   gates=frozenset(g.type for g in spec.hooks.gates))
+                   gates=frozenset(g.type for g in spec.hooks.gates), require_interface=True,
+                   allow_interface_change=r.allow_interface_change)
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,7 @@ class Observations:
     canary_ready: bool | None = None  # the serving platform reports the canary's predictor ready (None: unknown)
     analysis: AnalysisResult | None = None  # the answer to an Analyse action
     gates: tuple[GateResult, ...] = ()  # answers to CallGate actions
+    interface: InterfaceCheck | None = None  # the target's interface against the stable version's
 
     @classmethod
     def from_resource(cls, spec: DeploymentSpec, annotations: dict | None, *, target: str | None,
@@ -185,6 +198,7 @@ class _Step:
     now: datetime
     generation: int = 0
     actions: list = field(default_factory=list)
+    interface_note: str = ""  # compatible interface changes of the canary being started
 
     def set(self, **changes) -> None:
         self.state = self.state.evolve(**changes)
@@ -211,6 +225,7 @@ def step(state: RolloutState | None, obs: Observations, policy: RolloutPolicy,
     """The next rollout state and the actions that lead there (pure)."""
     now = utc(now)
     s = _Step(state or RolloutState(), policy, now, obs.generation)
+    s.interface_note = _interface_note(obs.interface, policy)
     _decide(s, obs)
     s.set(outbox=_prune(s.state.outbox, s.state.delivered, policy))
     return s.state, tuple(s.actions)
@@ -264,6 +279,8 @@ def _decide(s: _Step, obs: Observations) -> None:
         if obs.paused:
             s.hold("Paused", f"v{target} waits: the rollout is paused")
             return
+        if not _interface_allows(s, target, obs):
+            return
         _start_canary(s, target, obs)
         return
 
@@ -293,6 +310,43 @@ def _decide(s: _Step, obs: Observations) -> None:
         _progress(s, obs)
 
 
+def wants_interface(state: RolloutState | None, target: str | None) -> bool:
+    """Whether a step with this target may start a canary, so the caller should pass
+    `Observations.interface` (comparing `target` with `state.stable_version`)."""
+    st = state or RolloutState()
+    return (target is not None and st.stable_version is not None and target != st.stable_version
+            and (not st.phase.active or st.version != target))
+
+
+def _interface_note(ic: InterfaceCheck | None, policy: RolloutPolicy) -> str:
+    if ic is None or ic.error is not None:
+        return ""
+    allowed = (f"changed, allowed by spec.rollout.allowInterfaceChange: {ic.message}"
+               if ic.incompatible and policy.allow_interface_change else "")
+    return "; ".join(x for x in (allowed, ic.note) if x)
+
+
+def _interface_allows(s: _Step, target: str, obs: Observations) -> bool:
+    """The interface check before any weight moves; False: held or refused (done here)."""
+    ic = obs.interface if obs.interface is not None and obs.interface.version == target else None
+    if ic is None and not s.policy.require_interface:
+        return True
+    stable = s.state.stable_version
+    if ic is None or ic.error is not None or ic.stable_version != stable:
+        why = ic.error if ic is not None and ic.error else f"v{target}'s interface was not compared with v{stable}'s yet"
+        s.hold("InterfaceUnknown", f"v{target} waits before any traffic: {why}")
+        return False
+    if not ic.incompatible or s.policy.allow_interface_change:
+        return True
+    st = s.state
+    if st.phase.active:  # the canary it supersedes goes too: the alias moved away from it
+        _roll_back(s, "Superseded", f"the resolved version is v{target}: canary v{st.version} removed")
+    s.set(version=target, weight=0, step=0, failed_checks=0, inconclusive_checks=0, started_at=s.now,
+          last_step_at=None, last_analysis_at=None, next_analysis_at=None, analysis=None, gate=None)
+    _fail(s, "InterfaceChanged", f"InterfaceChanged: {ic.message}", INTERFACE_CHECK)
+    return False
+
+
 def _start_canary(s: _Step, target: str, obs: Observations) -> None:
     st = s.state
     previous = st.version if st.phase.active else None
@@ -316,8 +370,9 @@ def _begin_traffic(s: _Step, superseded: str | None = None) -> None:
           message=f"canary v{st.version} at {weight}% (step 1/{len(s.policy.steps)})")
     s.actions.append(SetWeight(st.version, weight, 0, st.stable_version))
     why = f"; supersedes canary v{superseded}" if superseded else ""
+    noted = f" (interface: {s.interface_note})" if s.interface_note else ""
     s.notify("Started", reason="Restarted" if superseded else "Started",
-             message=f"canary v{st.version} started at {weight}% against stable v{st.stable_version}{why}")
+             message=f"canary v{st.version} started at {weight}% against stable v{st.stable_version}{why}{noted}")
 
 
 def _resume(s: _Step) -> None:

@@ -15,8 +15,8 @@ from typing import Callable, Iterable
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from .analysis import (LATENCY_METRIC, REQUESTS_METRIC, Inconclusive, LatencyQuantile, PromQL, Query,
-                       RequestCount, SuccessRate, Value, usable)
+from .analysis import (LATENCY_METRIC, REQUESTS_METRIC, ClientErrorRate, Inconclusive, LatencyQuantile, PromQL,
+                       Query, RequestCount, SuccessRate, Value, usable)
 
 
 # --- Prometheus ------------------------------------------------------------------------------
@@ -47,6 +47,11 @@ def to_promql(q: Query) -> str:
         total = f"{REQUESTS_METRIC}{_matchers(q.selector)}"
         # `or vector(0)`: no 5xx series yet means no errors; no requests at all stays empty/NaN.
         return f"1 - ((sum(increase({errors}{w})) or vector(0)) / sum(increase({total}{w})))"
+    if isinstance(q, ClientErrorRate):
+        four_xx = 'code=~"4.."'
+        refused = f"{REQUESTS_METRIC}{_matchers(q.selector, four_xx)}"
+        total = f"{REQUESTS_METRIC}{_matchers(q.selector)}"
+        return f"(sum(increase({refused}{w})) or vector(0)) / sum(increase({total}{w}))"
     if isinstance(q, LatencyQuantile):
         return (f"histogram_quantile({q.q}, sum by (le) "
                 f"(rate({LATENCY_METRIC}_bucket{_matchers(q.selector)}{w})))")
@@ -190,7 +195,7 @@ class ScrapeProvider:
     def query(self, q: Query) -> Value:
         if isinstance(q, PromQL):
             return Inconclusive("PromQL checks need Prometheus (spec.rollout.analysis.prometheusUrl); "
-                                "reading predictors' /metrics supports requests, successRate and p99LatencyMs")
+                                "reading predictors' /metrics supports requests, successRate, clientErrorsVsStable and p99LatencyMs")
         pair = self._pair(q.window)
         if isinstance(pair, Inconclusive):
             return pair
@@ -198,13 +203,14 @@ class ScrapeProvider:
         if isinstance(q, RequestCount):
             inc = self._increase(pair, REQUESTS_METRIC, selector)
             return float(sum(inc.values())) if inc else Inconclusive("no requests series for the selector")
-        if isinstance(q, SuccessRate):
+        if isinstance(q, (SuccessRate, ClientErrorRate)):
             inc = self._increase(pair, REQUESTS_METRIC, selector)
             total = sum(inc.values())
-            errors = sum(v for labels, v in inc.items() if dict(labels).get("code", "").startswith("5"))
+            first = "5" if isinstance(q, SuccessRate) else "4"
+            counted = sum(v for labels, v in inc.items() if dict(labels).get("code", "").startswith(first))
             if not inc or total <= 0:
                 return Inconclusive("no requests in the window")
-            return 1.0 - errors / total
+            return 1.0 - counted / total if isinstance(q, SuccessRate) else counted / total
         if isinstance(q, LatencyQuantile):
             inc = self._increase(pair, f"{LATENCY_METRIC}_bucket", selector)
             buckets: dict[float, float] = {}
