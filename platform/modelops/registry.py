@@ -249,7 +249,13 @@ class Registry:
         """One small JSON artifact (e.g. a published `conversion.json`), without the directory."""
         import mlflow.artifacts
 
-        return self._call("load_dict", mlflow.artifacts.load_dict, artifact_uri)
+        with tempfile.TemporaryDirectory(prefix="modelops-dl-") as tmp:
+            local = self._call("download_artifacts", mlflow.artifacts.download_artifacts,
+                               artifact_uri, None, None, tmp, self.tracking_uri)
+            try:
+                return json.loads(Path(local).read_text())
+            except (OSError, ValueError) as exc:
+                raise errors.RegistryError(f"{artifact_uri} is not a JSON document: {exc}") from exc
 
     # --- write back -------------------------------------------------------------------------
     def set_tags(self, resolved: ResolvedModel, tags: dict[str, object]) -> None:
