@@ -20,7 +20,7 @@ def test_demo_shows_a_promotion_and_a_rollback(tmp_path):
                        capture_output=True, text=True, timeout=600)
     out = r.stdout
     assert r.returncode == 0, out[-6000:] + r.stderr[-3000:]
-    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+    for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
         assert step in out
     # The promotion, step by step, then the rollback with the deciding check.
     assert re.search(r"Started: canary v2 started at 20% against stable v1", out)
@@ -36,15 +36,22 @@ def test_demo_shows_a_promotion_and_a_rollback(tmp_path):
     assert re.search(r"^v1 .*served first .*replaced by v2", table, re.M)
     assert re.search(r"^v2 .*promoted +3 passed +- +promoted ", table, re.M)
     assert re.search(r"^v3 .*rolled back +2 failed +successRate: 0\.\d+ < min 0\.99 +rolled back ", table, re.M)
+    # v4 (input renamed): refused before any traffic, every difference named.
+    assert "Started: canary v4" not in out
+    assert "RolledBack: InterfaceChanged: input 'input' renamed or removed; new input 'features' " \
+           "[deciding check: interface]" in out
+    assert re.search(r"^v4 .*refused +- +InterfaceChanged: input 'input' renamed or removed; new input 'features' "
+                     r"+rolled back ", table, re.M)
     m = re.search(r"client: (\d+) requests through the router, 0 lost; (\d+) answered 500 by v3 itself.*"
-                  r", 0 failed after the rollback", out)
+                  r", 0 failed after the rollback; 0 reached v4", out)
     assert m and int(m.group(1)) > 100 and int(m.group(2)) > 0
-    assert "production -> v2" in out and "champion -> v3" in out
+    assert "production -> v2" in out and "champion -> v4" in out
     assert re.search(r"done in \d+s \(wall time\)", out)
     assert "SOMETHING WENT WRONG" not in out
     # What it leaves behind: the status document of the deployment, as the operator writes it.
     status = json.loads((work / "local" / "status.json").read_text())
     assert status["stable"]["version"] == "2"
-    assert status["canary"]["rolledBack"]["version"] == "3"
-    assert status["canary"]["rolledBack"]["check"] == "successRate"
+    assert status["canary"]["rolledBack"]["version"] == "4"
+    assert status["canary"]["rolledBack"]["reason"] == "InterfaceChanged"
+    assert status["canary"]["rolledBack"]["check"] == "interface"
     assert not (work / "local" / "supervisor.json").exists()  # everything stopped

@@ -2,15 +2,18 @@
 promoted or rolled back by itself, with MLflow showing what happened. All on this machine.
 
 1. starts an embedded MLflow server (sqlite + local artifacts under the work dir);
-2. trains and registers three versions of a PyTorch MLP (seeded, nothing downloaded): v1, a
-   good v2, and a deliberately bad v3 (`register_guarded_mlp`: it fails at run time on inputs whose first
-   feature exceeds 50, which one request in five has); the alias `champion` points at v1;
+2. trains and registers four versions of a PyTorch MLP (seeded, nothing downloaded): v1, a
+   good v2, a deliberately bad v3 (`register_guarded_mlp`: it fails at run time on inputs whose first
+   feature exceeds 50, which one request in five has), and v4, a good MLP whose ONNX input is
+   called `features` instead of `input` (`register_renamed_mlp`); the alias `champion` points at v1;
 3. runs `modelops local up` on a ModelDeployment that follows `champion` with a canary rollout,
    and sends client traffic through its router for the rest of the demo;
 4. moves `champion` to v2: the canary goes 20% -> 50% -> 100%, analysed every interval, and is
    promoted (the alias `production` follows);
 5. moves `champion` to v3: its analysis fails on the success rate and it is rolled back;
-6. prints what happened, the client's count of lost requests (zero), where to look in MLflow,
+6. moves `champion` to v4: its interface is not the serving version's, so it is refused before
+   any traffic (`InterfaceChanged`): no client request reaches it;
+7. prints what happened, the client's count of lost requests (zero), where to look in MLflow,
    and the wall time. `--keep-running` leaves it all up to explore.
 """
 
@@ -41,6 +44,7 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # also for `local up`, a child
     for name in ("mlflow", "alembic", "urllib3", "torch", "root"):
         logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)
@@ -168,7 +172,10 @@ def _story(events: list[dict], tags: dict[str, dict], key: str) -> list[tuple[st
         passed = sum(1 for a in analyses if a["outcome"] == "Passed")
         failed = sum(1 for a in analyses if a["outcome"] == "Failed")
         kinds = [e["kind"] for e in mine]
-        if "RolledBack" in kinds:
+        refused = next((e for e in mine if e["kind"] == "RolledBack" and e.get("reason") == "InterfaceChanged"), None)
+        if refused is not None:
+            outcome = "refused"
+        elif "RolledBack" in kinds:
             outcome = "rolled back"
         elif "Promoted" in kinds:
             outcome = "promoted"
@@ -178,7 +185,9 @@ def _story(events: list[dict], tags: dict[str, dict], key: str) -> list[tuple[st
             outcome = "-"
         decided = next((e for e in reversed(mine) if e["kind"] == "RolledBack"), None)
         check = ""
-        if decided is not None:
+        if refused is not None:
+            check = refused.get("message") or ""
+        elif decided is not None:
             last = next((a for a in reversed(analyses) if a["outcome"] == "Failed"), None)
             check = (last or {}).get("message") or decided.get("check") or ""
         counts = ", ".join(x for x in (passed and f"{passed} passed", failed and f"{failed} failed") if x) or "-"
@@ -190,11 +199,12 @@ def _story(events: list[dict], tags: dict[str, dict], key: str) -> list[tuple[st
 
 def _table(rows: list[tuple[str, ...]]) -> str:
     head = ("version", "parity max|err|", "outcome", "analyses", "deciding check", "MLflow tag (this deployment)")
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    widths[-1] = min(widths[-1], 60)
+    limits = [60] * (len(head) - 2) + [80, 60]  # the deciding check in full (an interface's differences)
+    widths = [min(limits[i], max(len(str(r[i])) for r in [head, *rows])) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*head), "-" * (sum(widths) + 2 * (len(widths) - 1))]
-    lines += [fmt.format(*(c if len(c) <= 60 else c[:59] + "~" for c in map(str, r))) for r in rows]
+    lines += [fmt.format(*(c if len(c) <= n else c[:n - 1] + "~" for c, n in zip(map(str, r), limits)))
+              for r in rows]
     return "\n".join(lines)
 
 
@@ -212,18 +222,20 @@ def run_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, p
     shutil.rmtree(work_dir, ignore_errors=True)  # every run starts from a clean registry
     work_dir.mkdir(parents=True)
     t0 = time.perf_counter()
-    print(f"[1/5] starting MLflow (sqlite + local artifacts in {work_dir / 'mlflow'})", flush=True)
+    print(f"[1/6] starting MLflow (sqlite + local artifacts in {work_dir / 'mlflow'})", flush=True)
     server = MlflowServer(work_dir / "mlflow").start()
     up = traffic = None
     try:
         tracking = server.url
-        print(f"[2/5] training and registering {MODEL}: v1, v2 (good), v3 (bad on purpose: fails at run time "
-              f"on inputs whose first feature > {models.GUARD_LIMIT:g}); alias champion -> v1", flush=True)
+        print(f"[2/6] training and registering {MODEL}: v1, v2 (good), v3 (bad on purpose: fails at run time "
+              f"on inputs whose first feature > {models.GUARD_LIMIT:g}), v4 (good, but its ONNX input is called "
+              "'features', not 'input'); alias champion -> v1", flush=True)
         with open(work_dir / "register.log", "w") as log, contextlib.redirect_stdout(log), \
                 contextlib.redirect_stderr(log):
             versions = [models.register_torch_mlp(tracking, MODEL, seed=0),
                         models.register_torch_mlp(tracking, MODEL, seed=1),
-                        models.register_guarded_mlp(tracking, MODEL, seed=2)]
+                        models.register_guarded_mlp(tracking, MODEL, seed=2),
+                        models.register_renamed_mlp(tracking, MODEL, seed=3)]
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
@@ -231,7 +243,7 @@ def run_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, p
 
         file = work_dir / f"{DEPLOYMENT}.yaml"
         file.write_text(yaml.safe_dump(manifest(interval), sort_keys=False))
-        print(f"[3/5] modelops local up -f {file}  (the ModelDeployment kubectl would apply; canary steps "
+        print(f"[3/6] modelops local up -f {file}  (the ModelDeployment kubectl would apply; canary steps "
               f"{STEPS}%, interval {interval}: short on purpose for the demo; analysis from the predictors' "
               "own /metrics)", flush=True)
         up = LocalUp(file, work_dir / "local", tracking, port or free_port())
@@ -243,7 +255,7 @@ def run_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, p
               "(2 clients; one input in five has a first feature of 100)", flush=True)
         time.sleep(min(3.0, seconds))
 
-        print(f"[4/5] moving alias champion -> v{versions[1]} in MLflow: the canary is analysed every "
+        print(f"[4/6] moving alias champion -> v{versions[1]} in MLflow: the canary is analysed every "
               f"{interval} and moves {' -> '.join(f'{s}%' for s in STEPS)}", flush=True)
         t = time.perf_counter()
         client.set_registered_model_alias(MODEL, "champion", versions[1])
@@ -252,7 +264,7 @@ def run_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, p
               f"(conversion, predictor start, {len(STEPS)} intervals)", flush=True)
         time.sleep(min(2.0, seconds))
 
-        print(f"[5/5] moving alias champion -> v{versions[2]} (the bad one)", flush=True)
+        print(f"[5/6] moving alias champion -> v{versions[2]} (the bad one)", flush=True)
         t = time.perf_counter()
         client.set_registered_model_alias(MODEL, "champion", versions[2])
         status = up.wait(f"v{versions[2]} to be rolled back",
@@ -260,6 +272,16 @@ def run_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, p
         print(f"      v{versions[2]} rolled back {time.perf_counter() - t:.0f}s after the alias moved", flush=True)
         time.sleep(min(2.0, seconds))
         t_rollback = time.monotonic() - min(2.0, seconds) + 0.5
+
+        print(f"[6/6] moving alias champion -> v{versions[3]} (input renamed 'features': clients send 'input')",
+              flush=True)
+        t = time.perf_counter()
+        client.set_registered_model_alias(MODEL, "champion", versions[3])
+        up.wait(f"v{versions[3]} to be refused",
+                lambda s: (s["canary"].get("rolledBack") or {}).get("version") == versions[3])
+        print(f"      v{versions[3]} refused {time.perf_counter() - t:.0f}s after the alias moved, before any "
+              "traffic", flush=True)
+        time.sleep(min(1.0, seconds))
         traffic.stop()
 
         key = f"modelops.deployment.local.{DEPLOYMENT}"
@@ -268,6 +290,7 @@ def run_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, p
         rows = _story(up.events(), tags, key)
         records = traffic.records
         lost = [r for r in records if r[1] not in (200, 500)]
+        reached_v4 = sum(1 for r in records if r[2] == versions[3])
         by_model = sum(1 for r in records if r[1] == 500)
         bad_after = sum(1 for r in records if r[1] != 200 and r[0] > t_rollback)
         print()
@@ -275,13 +298,15 @@ def run_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, p
         print(_table(rows))
         print()
         print(f"client: {len(records)} requests through the router, {len(lost)} lost; {by_model} answered 500 "
-              f"by v{versions[2]} itself (its bug, during its canary), {bad_after} failed after the rollback")
+              f"by v{versions[2]} itself (its bug, during its canary), {bad_after} failed after the rollback; "
+              f"{reached_v4} reached v{versions[3]}")
         print(f"MLflow UI: {tracking}  -> Models -> {MODEL}: aliases "
               + ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items()))
               + f"; each version's tags {key} (+ .history: every step, with the deciding check) and "
                 "modelops.* (ONNX location, sha256, parity)")
         print(f"status document: modelops local status --state-dir {up.rundir.root}")
         ok = (any(r[2] == "promoted" for r in rows) and any(r[2] == "rolled back" for r in rows)
+              and any(r[2] == "refused" for r in rows) and reached_v4 == 0
               and not lost and bad_after == 0 and aliases.get("production") == versions[1])
         verdict = "" if ok else "  -- SOMETHING WENT WRONG, see above"
         if keep_running:
