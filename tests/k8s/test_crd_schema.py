@@ -44,9 +44,10 @@ def valid_md() -> dict:
                                            "effect": "NoSchedule"}]},
             "rollout": {
                 "strategy": "canary", "steps": [10, 50, 100], "interval": "60s", "paused": False,
-                "promoteAlias": "production",
+                "promoteAlias": "production", "allowInterfaceChange": False,
                 "analysis": {
                     "successRate": {"min": 0.99, "maxDrop": 0.01},
+                    "clientErrors": {"maxIncrease": 0.02},
                     "p99LatencyMs": {"max": 250.0, "maxRatio": 1.2},
                     "minRequests": 20, "failureLimit": 2, "inconclusiveLimit": 3,
                     "prometheusUrl": "http://prometheus.monitoring:9090",
@@ -175,6 +176,10 @@ MALFORMED = [
     ("paused-not-bool", "spec.rollout.paused", "yes", "spec.rollout.paused"),
     ("promote-alias-latest", "spec.rollout.promoteAlias", "latest", "spec.rollout.promoteAlias"),
     ("success-rate-over-1", "spec.rollout.analysis.successRate.min", 1.5, "spec.rollout.analysis.successRate.min"),
+    ("client-errors-over-1", "spec.rollout.analysis.clientErrors.maxIncrease", 1.5,
+     "spec.rollout.analysis.clientErrors.maxIncrease"),
+    ("allow-interface-change-not-bool", "spec.rollout.allowInterfaceChange", "yes",
+     "spec.rollout.allowInterfaceChange"),
     ("negative-max-drop", "spec.rollout.analysis.successRate.maxDrop", -0.1,
      "spec.rollout.analysis.successRate.maxDrop"),
     ("p99-ratio-below-1", "spec.rollout.analysis.p99LatencyMs.maxRatio", 0.5,
