@@ -1,0 +1,190 @@
+"""The one rollout driver: observe, decide, persist, apply, record — for the operator and local mode.
+
+The engine (`engine.step`) decides; this module is the only place that feeds it and carries out
+what it decided, in an order that makes every pass restart-safe:
+
+1. **observe** through the serving platform: is the canary's predictor ready, what interface does
+   each version serve (`wants_interface`: only when a canary may start);
+2. **decide**: `engine.drive` with the analysis (a `MetricProvider`) and the gates answering its
+   questions (reads only: nothing has changed anywhere yet);
+3. **persist** the new state (`Store.save`: `status.canary` for the operator, `status.json` in
+   local mode). A failure here changes nothing: the next pass decides again from the old state;
+4. **apply** the persisted traffic (`Platform.apply(state.traffic)`, idempotent). A failure here
+   leaves the state ahead of the platform; the next pass applies it again (level-triggered, like
+   every reconcile), so a restart between 3 and 4 converges;
+5. **record** the transitions in the history (MLflow tags, `promoteAlias`) after they were
+   persisted: a transition is never recomputed once persisted, so it is recorded at most once; an
+   MLflow outage loses those tags (the error is returned for the caller to log), never the rollout.
+
+Webhook notifications need no step of their own: the engine keeps them in the persisted outbox,
+and the caller's dispatcher delivers them from there (at least once, in order, deduplicated by
+their sequence number).
+
+A platform is a few methods (`Platform`): the operator's `KServePlatform` writes the
+InferenceService (Standard `spec.canary[]`, Knative `canaryTrafficPercent`); local mode's
+`LocalPlatform` sets the router's routes and stops predictors nothing routes to; tests use a
+fake. The driver never imports Kubernetes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable, Mapping, Protocol
+
+from .. import errors
+from ..deployment.spec import DeploymentSpec
+from . import analysis as analysis_mod
+from .engine import (Analyse, CallGate, GateResult, Notify, Observations, Promote, RollBack, RolloutPolicy,
+                     SetWeight, drive, transitions, wants_interface)
+from .interface import Interface, InterfaceCheck, check
+from .state import Phase, RolloutState, Traffic
+
+
+class Platform(Protocol):
+    """Where versions are served; every method may raise (a write refused, a 409, a dead process)."""
+
+    def canary_ready(self, traffic: Traffic) -> bool | None:
+        """Whether the canary of `traffic` serves (None: the platform does not say yet)."""
+
+    def interface(self, version: str) -> Interface | None:
+        """What `version` serves (None: unknown); raises a retryable ModelOpsError to say "later"."""
+
+    def apply(self, traffic: Traffic) -> None:
+        """Make the platform serve `traffic` (idempotent; stop what nothing routes to)."""
+
+
+class Store(Protocol):
+    def save(self, state: RolloutState, result: "TickResult") -> None:
+        """Persist the new state (and whatever status goes with it); raise to abandon the pass."""
+
+
+class History(Protocol):
+    def record(self, moves: tuple, now: datetime) -> None:
+        """Write the transitions (MLflow version tags, the promoted alias)."""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the caller knows this pass, besides the persisted state."""
+
+    target: str | None  # newest resolved version that is converted and ready to serve
+    preparing: str | None = None  # a newer resolved version still being converted
+    generation: int = 0
+    annotations: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisScope:
+    """How the analysis names what it measures: the served model name and extra label matchers."""
+
+    model: str
+    namespace: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TickResult:
+    state: RolloutState
+    previous: RolloutState
+    actions: tuple
+    interface: InterfaceCheck | None = None
+    applied: bool = False  # the platform took the traffic this pass
+    apply_error: str | None = None
+    history_error: str | None = None
+
+    @property
+    def notifications(self) -> tuple:
+        return tuple(a.notification for a in self.actions if isinstance(a, Notify))
+
+    @property
+    def transitions(self) -> tuple:
+        return tuple(transitions(self.actions))
+
+    @property
+    def promoted(self) -> bool:
+        return any(isinstance(a, Promote) for a in self.actions)
+
+    @property
+    def rolled_back(self) -> bool:
+        return any(isinstance(a, RollBack) for a in self.actions)
+
+    @property
+    def analysed(self) -> dict | None:
+        """The analysis counted in this pass (AnalysisResult.to_status()), if one was."""
+        new, old = self.state, self.previous
+        counted = new.last_analysis_at is not None and new.last_analysis_at != old.last_analysis_at
+        return new.analysis if counted else None
+
+
+def compare_interfaces(platform: Platform, target: str, stable: str) -> InterfaceCheck:
+    """The target's served interface against the stable version's; unreadable: an error (wait)."""
+    try:
+        return check(target, stable, platform.interface(stable), platform.interface(target))
+    except errors.ModelOpsError as exc:
+        return check(target, stable, None, None, error=f"cannot read the served interfaces: {exc.reason}: {exc}")
+
+
+def decide(state: RolloutState, spec: DeploymentSpec, facts: Facts, *, platform: Platform,
+           provider: analysis_mod.MetricProvider, scope: AnalysisScope, now: datetime,
+           gate: Callable[[CallGate], GateResult] | None = None,
+           policy: RolloutPolicy | None = None) -> TickResult:
+    """Steps 1 and 2: observe and decide (reads only)."""
+    policy = policy or RolloutPolicy.from_spec(spec)
+    ready = None
+    if state.phase.active and state.version is not None:
+        try:
+            ready = platform.canary_ready(state.traffic)
+        except errors.ModelOpsError:
+            ready = None  # unknown readiness does not hold the canary, nor start its interval
+    interface = None
+    if wants_interface(state, facts.target):
+        interface = compare_interfaces(platform, facts.target, state.stable_version)
+    obs = Observations.from_resource(spec, dict(facts.annotations or {}), target=facts.target,
+                                     preparing=facts.preparing, generation=facts.generation,
+                                     canary_ready=ready, interface=interface)
+
+    def analyse(a: Analyse):
+        target = analysis_mod.Target(model=scope.model, version=a.version, stable_version=a.stable_version,
+                                     window=a.window_seconds, weight=a.weight, namespace=scope.namespace,
+                                     labels=dict(scope.labels))
+        return analysis_mod.analyse(spec.rollout.analysis, provider, target, now)
+
+    new, actions = drive(state, obs, policy, now, analyse=analyse, gate=gate)
+    return TickResult(state=new, previous=state, actions=actions, interface=interface)
+
+
+def tick(state: RolloutState, spec: DeploymentSpec, facts: Facts, *, platform: Platform, store: Store,
+         provider: analysis_mod.MetricProvider, scope: AnalysisScope, now: datetime,
+         history: History | None = None, gate: Callable[[CallGate], GateResult] | None = None,
+         policy: RolloutPolicy | None = None) -> TickResult:
+    """One pass: observe, decide, persist, apply, record (see the module's docstring)."""
+    result = decide(state, spec, facts, platform=platform, provider=provider, scope=scope, now=now,
+                    gate=gate, policy=policy)
+    store.save(result.state, result)  # raises: nothing happened
+    applied, apply_error = True, None
+    try:
+        platform.apply(result.state.traffic)
+    except Exception as exc:  # the state is persisted: the next pass applies it again
+        applied, apply_error = False, f"{type(exc).__name__}: {exc}"
+    history_error = None
+    moves = result.transitions
+    if history is not None and moves:
+        try:
+            history.record(moves, now)
+        except Exception as exc:  # MLflow away: these tags are missed (returned, logged), never retried twice
+            history_error = f"{type(exc).__name__}: {exc}"
+    return TickResult(state=result.state, previous=state, actions=result.actions, interface=result.interface,
+                      applied=applied, apply_error=apply_error, history_error=history_error)
+
+
+def resume_state(state: RolloutState, stable_version: str | None) -> RolloutState:
+    """A state for a version that was deployed before the canary strategy was chosen (or by
+    `replace`): that version serves."""
+    if state.stable_version is None and stable_version is not None:
+        return state.evolve(phase=Phase.STABLE, stable_version=stable_version)
+    return state
+
+
+__all__ = ["AnalysisScope", "Facts", "History", "Platform", "SetWeight", "Store", "TickResult",
+           "compare_interfaces", "decide", "resume_state", "tick"]
