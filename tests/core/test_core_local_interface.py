@@ -68,7 +68,7 @@ def test_a_renamed_input_is_refused_before_traffic_then_judged_by_client_errors(
         assert all(e["reason"] == "InterfaceChanged" and e["message"] == expected and e["weight"] == 0
                    for e in failed)
         tag = mlflow_client.get_model_version(renamed_model, "2").tags["modelops.deployment.local.scorer"]
-        assert tag.startswith("rolled back ") and f"({expected})" in tag
+        assert tag.startswith("rolled back ") and f"({expected})" in tag  # local up stopped: written
 
         # 2. The clients were "changed first": allowInterfaceChange lets v2 through (a new
         # generation), but they still send `input`, and clientErrorsVsStable rolls it back.
@@ -98,8 +98,14 @@ def test_a_renamed_input_is_refused_before_traffic_then_judged_by_client_errors(
         # v2's own answers were refusals of the old input name; v1 answered everything else.
         assert {r[2] for r in records if r[3] == "2"} == {400}
         assert all(r[2] == 200 for r in records if r[3] != "2")
-        assert json.loads(mlflow_client.get_model_version(renamed_model, "2").tags[
-            "modelops.deployment.local.scorer.history"])[-1]["check"] == "clientErrorsVsStable"
+        def last_history() -> dict:  # written by local mode's history worker, after the status
+            return json.loads(mlflow_client.get_model_version(renamed_model, "2").tags[
+                "modelops.deployment.local.scorer.history"])[-1]
+
+        deadline = time.monotonic() + 20
+        while last_history().get("reason") != "AnalysisFailed" and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert last_history()["check"] == "clientErrorsVsStable"
     finally:
         if client is not None:
             client.stop()

@@ -38,44 +38,20 @@ from typing import TextIO
 import httpx
 
 from .. import errors
-from ..rollout import (Analyse, AnalysisResult, CallGate, GateResult, Notify, Observations, Outcome,
-                       Promote, RollBack, RolloutPolicy, RolloutState, acknowledge, analyse, drive, pending)
+from ..rollout import (CallGate, GateResult, Notify, Outcome, Promote, RollBack, RolloutPolicy, RolloutState,
+                       acknowledge, pending)
+from ..rollout import driver
 from ..rollout.analysis import LatencyQuantile, RequestCount, Target
-from ..rollout.engine import transitions, wants_interface
-from ..rollout.interface import InterfaceCheck, check as check_interface, from_model_dir
 from .display import Display, Row
+from .local_platform import LocalPlatform
 from .manifest import LOCAL_NAMESPACE, Manifest
 from .ports import free_port
+from .predictors import Predictors, convert_version
 from .processes import spawn, stop
 from .rundir import RunDir, process_record, read_json, write_json
 from .status import Facts, compose
 
 ROUTER_READY_TIMEOUT = 30.0
-PREDICTOR_READY_TIMEOUT = 180.0
-
-
-@dataclass
-class Slot:
-    """One model version in local mode: converted, then served by its own predictor."""
-
-    version: str
-    state: str = "pending"  # converting | starting | ready | failed | stopping | stopped
-    onnx_dir: Path | None = None
-    served: dict | None = None  # {version, onnxUri, storageUri, sha256, options} (status.stable)
-    proc: subprocess.Popen | None = None
-    port: int | None = None
-    grpc_port: int | None = None
-    error: errors.ModelOpsError | None = None
-    task: asyncio.Task | None = None
-    retry_at: float = 0.0  # after a retryable failure (MLflow unreachable): when to try again
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"{self.url}/metrics"
 
 
 def _utcnow() -> datetime:
@@ -107,7 +83,8 @@ class Supervisor:
         self.display = Display(out, live=live, every=max(2.0, min(10.0, interval)))
         self.out = self.display.out
 
-        self.slots: dict[str, Slot] = {}
+        self.predictors: Predictors | None = None
+        self.platform: LocalPlatform | None = None
         self.state = RolloutState()
         self.generation = 1
         self.resolved: str | None = None
@@ -126,11 +103,9 @@ class Supervisor:
         self.webhooks: list = []
         self.gates: list = []
         self.stopping = False
-        self._routes: list | None = None
         self._acks: list[tuple[str, int]] = []
         self._history: asyncio.Queue | None = None
         self._history_task: asyncio.Task | None = None
-        self._convert_lock: asyncio.Lock | None = None
         self._next_resolve = 0.0
         self._status: dict | None = None
         self._last_analysis_at: str | None = None
@@ -259,7 +234,11 @@ class Supervisor:
         self.dispatcher = WebhookDispatcher(on_delivered=self._delivered, base_delay=0.5, max_delay=10)
         self._history = asyncio.Queue()
         self._history_task = asyncio.create_task(self._history_worker())
-        self._convert_lock = asyncio.Lock()
+        self.predictors = Predictors(
+            logs=self.rundir.logs, name=self.manifest.name, device=self.device, grpc=bool(self.grpc_port),
+            convert=self._convert, record=self._add_child, forget=self._drop_child, say=self.display.event,
+            log_event=self._events_log, on_ready=self._targets_changed)
+        self.platform = LocalPlatform(self.predictors, self.admin_url)
         model = self.spec.model
         follows = f"alias @{model.alias} (re-resolved every {self.resolve_interval:g}s)" if model.alias \
             else f"version {model.version}"
@@ -310,30 +289,9 @@ class Supervisor:
         c = self.spec.conversion
         return ConversionOptions(precision=c.precision, opset=c.opset, rtol=c.rtol, atol=c.atol)
 
-    def _convert(self, version: str) -> tuple[Path, dict, bool]:
-        """Resolve, then reuse a published conversion or convert and publish (the operator's code)."""
-        from ..conversion import convert_and_publish, find_published
-
-        options = self._options()
-        resolved = self.registry.resolve_version(self.spec.model.name, version=version)
-        out = self.rundir.models / f"v{version}-{options.key}"
-        found = find_published(self.registry, resolved, options, fresh=True)
-        if found is not None:
-            from ..conversion.pipeline import file_sha256
-
-            if not ((out / "model.onnx").exists() and file_sha256(out / "model.onnx") == found.sha256):
-                if out.exists():
-                    import shutil
-
-                    shutil.rmtree(out)
-                self.registry.download_dir(found.onnx_uri, out)
-            result, cached = found, True
-        else:
-            result = convert_and_publish(self.registry, resolved, options, out_dir=out)
-            cached = False
-        served = {"version": version, "onnxUri": result.onnx_uri, "storageUri": str(out),
-                  "sha256": result.sha256, "options": self.spec.conversion.fingerprint}
-        return out, served, cached
+    def _convert(self, version: str):
+        return convert_version(self.registry, self.spec.model.name, version, self._options(),
+                               self.spec.conversion.fingerprint, self.rundir.models)
 
     def _needed(self) -> set[str]:
         """Versions that must have a running predictor now."""
@@ -349,103 +307,15 @@ class Supervisor:
         return (rb is not None and rb.version == version and rb.generation == self.generation
                 and version != self.state.stable_version)
 
-    def _ensure(self, version: str) -> Slot:
-        slot = self.slots.get(version)
-        if slot is None:
-            slot = self.slots[version] = Slot(version)
-        if slot.state in ("pending", "stopped") and not self.stopping and time.monotonic() >= slot.retry_at:
-            slot.state = "converting" if slot.onnx_dir is None else "starting"
-            slot.task = asyncio.create_task(self._prepare(slot))
-        return slot
-
-    async def _prepare(self, slot: Slot) -> None:
-        v = slot.version
+    async def _drain(self, url: str) -> float | None:
         try:
-            if slot.onnx_dir is None:
-                async with self._convert_lock:
-                    t = time.monotonic()
-                    slot.onnx_dir, slot.served, cached = await asyncio.to_thread(self._convert, v)
-                how = "published conversion reused" if cached else "converted with the parity gate"
-                self.display.event(f"v{v}: {how} in {time.monotonic() - t:.1f}s "
-                                   f"(sha256 {slot.served['sha256'][:12]})")
-                self._events_log("Converted", version=v, cached=cached, sha256=slot.served["sha256"])
-            if self.stopping or v not in self._needed():
-                slot.state = "stopped"
-                return
-            slot.state = "starting"
-            await self._start_predictor(slot)
-            slot.state = "ready"
-            self.metrics_provider.set_targets(self._metrics_urls())
-            self.display.event(f"v{v}: predictor ready at {slot.url} (pid {slot.proc.pid})")
-        except errors.ModelOpsError as exc:
-            slot.state, slot.error = ("pending" if exc.retryable else "failed"), exc
-            if exc.retryable:
-                slot.retry_at = time.monotonic() + 5.0
-            self.display.event(f"v{v}: {exc.reason}: {exc}" + ("; retrying in 5s" if exc.retryable else ""))
-            self._events_log("Failed", version=v, reason=exc.reason, message=str(exc))
-            if slot.proc is not None:
-                await asyncio.to_thread(stop, slot.proc)
-                self._drop_child(f"predictor-v{v}")
-                slot.proc = None
-        except Exception as exc:  # an unexpected failure of one version never stops the others
-            slot.state = "failed"
-            slot.error = errors.ConversionError(f"{type(exc).__name__}: {exc}")
-            self.display.event(f"v{v}: failed: {type(exc).__name__}: {exc}")
-            if slot.proc is not None:
-                await asyncio.to_thread(stop, slot.proc)
-                self._drop_child(f"predictor-v{v}")
-                slot.proc = None
-
-    async def _start_predictor(self, slot: Slot) -> None:
-        slot.port = free_port()
-        slot.grpc_port = free_port() if self.grpc_port else 0
-        while slot.grpc_port and slot.grpc_port == slot.port:
-            slot.grpc_port = free_port()
-        cmd = [sys.executable, "-m", "modelops.cli", "serve", str(slot.onnx_dir), "--name", self.manifest.name,
-               "--model-version", slot.version, "--http-port", str(slot.port), "--grpc-port", str(slot.grpc_port),
-               "--device", self.device]
-        log = self.rundir.logs / f"predictor-v{slot.version}.log"
-        slot.proc = spawn(cmd, log)
-        self._add_child(f"predictor-v{slot.version}", slot.proc, port=slot.port, version=slot.version)
-        deadline = time.monotonic() + PREDICTOR_READY_TIMEOUT
-        why = "not answering"
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while True:
-                if slot.proc.poll() is not None:
-                    tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
-                    raise errors.ServingError(f"the predictor of v{slot.version} exited with "
-                                              f"{slot.proc.returncode}; {log}: {tail.strip()[-300:]}")
-                if self.stopping:
-                    raise errors.ServingError("stopping")
-                try:
-                    r = await client.get(f"{slot.url}/v2/health/ready")
-                    if r.status_code == 200:
-                        return
-                    why = r.text[:300]
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise errors.DeviceUnavailable(f"the predictor of v{slot.version} is not ready after "
-                                                   f"{PREDICTOR_READY_TIMEOUT:.0f}s: {why}")
-                await asyncio.sleep(0.2)
-
-    def _metrics_urls(self) -> list[str]:
-        return [s.metrics_url for s in self.slots.values() if s.state == "ready"]
-
-    async def _retire(self, slot: Slot) -> None:
-        """Stop a predictor once the router no longer sends to it and its requests finished."""
-        slot.state = "stopping"
-        try:
-            r = await self.http.post(f"{self.admin_url}/drain", json={"urls": [slot.url], "timeout": 30})
-            waited = r.json().get("waited_ms", 0)
+            r = await self.http.post(f"{self.admin_url}/drain", json={"urls": [url], "timeout": 30})
+            return r.json().get("waited_ms", 0)
         except (httpx.HTTPError, ValueError):
-            waited = None
-        await asyncio.to_thread(stop, slot.proc)
-        self._drop_child(f"predictor-v{slot.version}")
-        slot.proc, slot.port = None, None
-        slot.state = "stopped"
-        drained = f"drained in {waited:.0f} ms, " if waited is not None else ""
-        self.display.event(f"v{slot.version}: predictor stopped ({drained}no longer routed)")
+            return None
+
+    def _targets_changed(self) -> None:
+        self.metrics_provider.set_targets(self.predictors.metrics_urls())
 
     # --- one pass ------------------------------------------------------------------------------
     async def _resolve(self) -> None:
@@ -471,7 +341,7 @@ class Supervisor:
                 self.display.event(f"{model.uri} resolves to v{resolved.version}")
             self._events_log("Resolved", version=resolved.version)
             self.resolved = resolved.version
-            slot = self.slots.get(resolved.version)
+            slot = self.predictors.get(resolved.version)
             if slot is not None and slot.state == "failed":  # the alias changed: try that version again
                 slot.state, slot.error = "pending", None
 
@@ -482,27 +352,13 @@ class Supervisor:
             return self.target, None
         if self._refused(v):
             return v, None  # the engine knows it was rolled back: it will not canary it again
-        slot = self.slots.get(v)
-        if slot is not None and slot.state == "ready":
+        slot = self.predictors.get(v)
+        if slot is not None and slot.ready:
             self.target = v
             return v, None
         if slot is not None and slot.state in ("converting", "starting", "pending"):
             return self.target, v
         return self.target, None
-
-    def _interface(self, target: str | None) -> InterfaceCheck | None:
-        """The target's served interface against the stable version's, when a canary may start."""
-        if not wants_interface(self.state, target):
-            return None
-        stable = self.state.stable_version
-        dirs = [(self.slots.get(v) or Slot(v)).onnx_dir for v in (stable, target)]
-        old, new = (from_model_dir(d) if d is not None else None for d in dirs)
-        return check_interface(target, stable, old, new)
-
-    def _analyse(self, a: Analyse, now: datetime) -> AnalysisResult:
-        target = Target(model=self.manifest.name, version=a.version, stable_version=a.stable_version,
-                        window=a.window_seconds, weight=a.weight, namespace=LOCAL_NAMESPACE)
-        return analyse(self.spec.rollout.analysis, self.provider, target, now)
 
     def _gate(self, c: CallGate) -> GateResult:
         from ..rollout.hooks import call_gates
@@ -523,103 +379,72 @@ class Supervisor:
                       p99 * 1000 if isinstance(p99, float) else None)
         return out
 
-    def _drive(self, obs: Observations, now: datetime, driving: bool):
-        """In a worker thread: scrape, step the engine (answering its questions), read stats."""
+    # The driver's Store and History (local mode's status document; MLflow through the worker).
+    def save(self, state: RolloutState, result) -> None:
+        self.state = state
+        self._write_status()
+
+    def record(self, moves: tuple, now: datetime) -> None:
+        self._loop.call_soon_threadsafe(self._history.put_nowait, (moves, now))
+
+    def _pass(self, facts: driver.Facts, now: datetime):
+        """In a worker thread: scrape, one pass of the rollout driver, stats for the table."""
         if self.metrics_provider.urls:
             self.metrics_provider.scrape()
-        state, actions = self.state, ()
-        if driving:
-            state, actions = drive(self.state, obs, self.policy, now,
-                                   analyse=lambda a: self._analyse(a, now), gate=self._gate)
-        t = state.traffic
+        result = driver.tick(self.state, self.spec, facts, platform=self.platform, store=self, history=self,
+                             provider=self.provider, scope=driver.AnalysisScope(self.manifest.name, LOCAL_NAMESPACE),
+                             now=now, gate=self._gate, policy=self.policy)
+        t = result.state.traffic
         stats = self._stats([v for v in (t.stable, t.canary) if v]) if self.metrics_provider.urls else {}
-        return state, actions, stats
-
-    async def _apply_traffic(self) -> None:
-        t = self.state.traffic
-        routes = []
-        for version, weight in ((t.stable, 100 - t.weight if t.canary else 100), (t.canary, t.weight)):
-            if version is None:
-                continue
-            slot = self.slots.get(version)
-            if slot is None or slot.state != "ready":
-                continue
-            route = {"version": version, "url": slot.url, "weight": weight}
-            if slot.grpc_port:
-                route["grpc"] = f"127.0.0.1:{slot.grpc_port}"
-            routes.append(route)
-        if routes == self._routes:
-            return
-        r = await self.http.put(f"{self.admin_url}/routes", json={"routes": routes})
-        r.raise_for_status()
-        self._routes = routes
-        self._events_log("Routes", routes=[{"version": x["version"], "weight": x["weight"]} for x in routes])
-
-    def _check_children(self) -> None:
-        """A predictor that died is restarted; the router dying ends local mode (exit 1)."""
-        if self.router_proc is not None and self.router_proc.poll() is not None:
-            raise RuntimeError(f"the router exited with {self.router_proc.returncode}; "
-                               f"see {self.rundir.logs / 'router.log'}")
-        for slot in self.slots.values():
-            if slot.state == "ready" and slot.proc is not None and slot.proc.poll() is not None:
-                self.display.event(f"v{slot.version}: predictor exited with {slot.proc.returncode} "
-                                   f"(see {self.rundir.logs / f'predictor-v{slot.version}.log'}); restarting")
-                self._drop_child(f"predictor-v{slot.version}")
-                slot.proc, slot.state = None, "stopped"
-                self.metrics_provider.set_targets(self._metrics_urls())
+        return result, stats
 
     async def tick_once(self) -> None:
         now = _utcnow()
-        self._check_children()
+        if self.router_proc is not None and self.router_proc.poll() is not None:
+            raise RuntimeError(f"the router exited with {self.router_proc.returncode}; "
+                               f"see {self.rundir.logs / 'router.log'}")
+        self.predictors.check()
         if time.monotonic() >= self._next_resolve:
             await self._resolve()
             self._next_resolve = time.monotonic() + self.resolve_interval
         for v in self._needed():
-            self._ensure(v)
+            self.predictors.ensure(v, self._needed)
         target, preparing = self._observe()
         traffic = self.state.traffic
-        waiting = [v for v in (traffic.stable, traffic.canary)
-                   if v and (self.slots.get(v) is None or self.slots[v].state != "ready")]
-        if self._restoring and any(self.slots.get(v) and self.slots[v].state == "failed" for v in waiting):
-            self.display.event("could not restore the previous versions: starting afresh")
-            self.state, self._restoring = RolloutState(), False
-            waiting = []
-        elif self._restoring and not waiting:
-            self._restoring = False
-            if self.state.phase.active and self.state.next_analysis_at is not None:
-                # Nothing was measured while local mode was down: like a resumed pause, the
-                # canary gets a fresh interval of traffic before it is analysed.
-                self.state = self.state.evolve(next_analysis_at=now + self.policy.interval)
-        driving = not waiting
+        if self._restoring:
+            waiting = [v for v in (traffic.stable, traffic.canary) if v and not self.predictors.ready(v)]
+            if any((self.predictors.get(v) or None) and self.predictors.get(v).state == "failed" for v in waiting):
+                self.display.event("could not restore the previous versions: starting afresh")
+                self.state = RolloutState()
+            self._restoring = bool(waiting) and self.state.stable_version is not None
         for webhook, seq in self._acks:
             self.state = acknowledge(self.state, webhook, seq, self.policy)
         self._acks.clear()
-        obs = Observations.from_resource(self.spec, self.manifest.annotations, target=target,
-                                         preparing=preparing, generation=self.generation,
-                                         interface=self._interface(target))
         weight = self.state.weight
-        state, actions, stats = await asyncio.to_thread(self._drive, obs, now, driving)
-        self.state = state
-        self._report(actions, now, weight)
+        facts = driver.Facts(target=target, preparing=preparing, generation=self.generation,
+                             annotations=self.manifest.annotations)
+        result, stats = await asyncio.to_thread(self._pass, facts, now)
+        if result.apply_error:
+            self.display.event(f"router: routes not applied ({result.apply_error}); trying again")
+        elif self.platform.changed:
+            self._events_log("Routes", routes=[{"version": x["version"], "weight": x["weight"]}
+                                               for x in self.platform.routes])
+        self._report(result.actions, now, weight)
         if self.webhooks:
             self.dispatcher.submit(self.manifest.deployment_id, self.spec.model.name, self.webhooks,
                                    pending(self.state, self.policy), self.state.delivered)
-        await self._apply_traffic()
         need = self._needed()
-        for slot in list(self.slots.values()):
-            if slot.state == "ready" and slot.version not in need:
-                self.metrics_provider.set_targets([u for u in self._metrics_urls() if u != slot.metrics_url])
+        for slot in list(self.predictors.slots.values()):
+            if slot.ready and slot.version not in need:
+                self.metrics_provider.set_targets([u for u in self.predictors.metrics_urls() if u != slot.metrics_url])
+                asyncio.create_task(self.predictors.retire(slot, self._drain))
                 slot.state = "stopping"
-                asyncio.create_task(self._retire(slot))
         self._write_status()
         self._show(stats)
 
     # --- output --------------------------------------------------------------------------------
     def _report(self, actions, now: datetime, weight: int) -> None:
         """Event lines and the events log; `weight`: the canary's weight before this pass."""
-        moves = transitions(actions)
-        if moves:
-            self._history.put_nowait((moves, now))
         # The analysis first, then what it decided.
         a = self.state.analysis
         if a and a.get("at") != self._last_analysis_at:
@@ -667,14 +492,14 @@ class Supervisor:
         self.display.table(rows, f"{phase}; canary {s.phase.value}: {s.message}" if s.message else phase)
 
     def _facts(self) -> Facts:
-        stable_slot = self.slots.get(self.state.stable_version or "")
+        stable_slot = self.predictors.get(self.state.stable_version)
         stable = stable_slot.served if stable_slot is not None else None
         if stable is None and self._status and (self._status.get("stable") or {}).get("version") == \
                 self.state.stable_version:
             stable = self._status.get("stable")
         facts = Facts(generation=self.generation, resolved_version=self.resolved, stable=stable,
-                      url=self.router_url if self._routes else None, canary=self.state)
-        slot = self.slots.get(self.resolved or "")
+                      url=self.router_url if self.platform.routes else None, canary=self.state)
+        slot = self.predictors.get(self.resolved)
         if self.resolve_error is not None:
             e = self.resolve_error
             facts.error = (e.reason, str(e), e.retryable)
@@ -758,17 +583,10 @@ class Supervisor:
         # The router first (uvicorn finishes the requests in flight), then what it forwarded to.
         await asyncio.to_thread(stop, self.router_proc)
         self._drop_child("router")
-        for slot in self.slots.values():
-            if slot.task is not None and not slot.task.done():
-                try:
-                    await asyncio.wait_for(slot.task, 60)
-                except (asyncio.TimeoutError, Exception):
-                    pass
-        for slot in self.slots.values():
-            if slot.proc is not None:
-                await asyncio.to_thread(stop, slot.proc)
-                self._drop_child(f"predictor-v{slot.version}")
-                slot.proc = None
+        if self.predictors is not None:
+            await self.predictors.close()
+        if self.platform is not None:
+            self.platform.close()
         if self.http is not None:
             await self.http.aclose()
         if self.mlflow is not None:
