@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # MLflow draws download progress bars on stderr when tqdm is installed: our stderr says one
+    # line (the reason) on failure, and progress of ours where there is any.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if argv[:1] == ["operator"]:
         return cmd_operator(argv[1:])
     try:
