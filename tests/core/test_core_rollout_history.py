@@ -13,7 +13,7 @@ import pytest
 from modelops.deployment.spec import AnalysisSpec
 from modelops.errors import VersionNotFound
 from modelops.rollout import Observations, Phase, RolloutPolicy, RolloutState, analyse, drive
-from modelops.rollout.analysis import LatencyQuantile, RequestCount, SuccessRate, Target
+from modelops.rollout.analysis import ClientErrorRate, LatencyQuantile, RequestCount, SuccessRate, Target
 from modelops.rollout.history import deployment_key, record_actions
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=timezone.utc)
@@ -25,7 +25,7 @@ class Metrics:
         self.success = success
 
     def query(self, q):
-        return {RequestCount: 200.0, SuccessRate: self.success, LatencyQuantile: 0.005}[type(q)]
+        return {RequestCount: 200.0, SuccessRate: self.success, ClientErrorRate: 0.0, LatencyQuantile: 0.005}[type(q)]
 
 
 def run(registry, model: str, status: dict, target: str, success: float, until: int, alias: str | None):
