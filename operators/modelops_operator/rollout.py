@@ -16,7 +16,7 @@ import httpx
 from modelops.deployment.plan import Served
 from modelops.deployment.spec import DeploymentSpec
 from modelops.rollout import analysis as analysis_mod
-from modelops.rollout import interface as interface_mod
+from modelops.rollout.driver import compare_interfaces
 from modelops.rollout.engine import (Analyse, CallGate, GateResult, Notify, Observations, Promote,
                                      RolloutPolicy, drive, transitions, wants_interface)
 from modelops.rollout.hooks import call_gates, gates_from_spec
@@ -54,21 +54,6 @@ def _provider(spec: DeploymentSpec, config: OperatorConfig):
     return PrometheusProvider(url) if url else NoPrometheus()
 
 
-def interface_check(version: str, stable_version: str, stable: Served | None, target: Served,
-                    interface_of) -> interface_mod.InterfaceCheck:
-    """Compare what `target` serves with what the stable version serves; `interface_of(served)`
-    reads one (raising a ModelOpsError when MLflow cannot be read: the canary waits)."""
-    from modelops import errors
-
-    try:
-        old = interface_of(stable) if stable is not None else None
-        new = interface_of(target)
-    except errors.ModelOpsError as exc:
-        return interface_mod.check(version, stable_version, None, None,
-                                   error=f"cannot read the served interfaces: {exc.reason}: {exc}")
-    return interface_mod.check(version, stable_version, old, new)
-
-
 def step_deployment(md: dict, spec: DeploymentSpec, status: dict, target: Served | None,
                     config: OperatorConfig, *, now: str, secret_reader=None,
                     canary_ready: bool | None = None, interface_of=None) -> StepResult:
@@ -84,8 +69,10 @@ def step_deployment(md: dict, spec: DeploymentSpec, status: dict, target: Served
     policy = RolloutPolicy.from_spec(spec)
     checked = None
     if target is not None and interface_of is not None and wants_interface(state, target.version):
-        checked = interface_check(target.version, state.stable_version, served.get(state.stable_version),
-                                  target, interface_of)
+        def read(version: str):
+            return interface_of(served[version]) if version in served else None
+
+        checked = compare_interfaces(read, target.version, state.stable_version)
     obs = Observations.from_resource(spec, meta.get("annotations"), target=target and target.version,
                                      generation=int(meta.get("generation") or 0), canary_ready=canary_ready,
                                      interface=checked)

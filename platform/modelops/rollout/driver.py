@@ -35,10 +35,9 @@ from typing import Callable, Mapping, Protocol
 from .. import errors
 from ..deployment.spec import DeploymentSpec
 from . import analysis as analysis_mod
-from .engine import (Analyse, CallGate, GateResult, Notify, Observations, Promote, RollBack, RolloutPolicy,
-                     SetWeight, drive, transitions, wants_interface)
+from .engine import Analyse, CallGate, GateResult, Observations, RolloutPolicy, drive, transitions, wants_interface
 from .interface import Interface, InterfaceCheck, check
-from .state import Phase, RolloutState, Traffic
+from .state import RolloutState, Traffic
 
 
 class Platform(Protocol):
@@ -51,7 +50,7 @@ class Platform(Protocol):
         """What `version` serves (None: unknown); raises a retryable ModelOpsError to say "later"."""
 
     def apply(self, traffic: Traffic) -> None:
-        """Make the platform serve `traffic` (idempotent; stop what nothing routes to)."""
+        """Make the platform serve `traffic` (idempotent)."""
 
 
 class Store(Protocol):
@@ -86,41 +85,21 @@ class AnalysisScope:
 @dataclass(frozen=True)
 class TickResult:
     state: RolloutState
-    previous: RolloutState
     actions: tuple
     interface: InterfaceCheck | None = None
-    applied: bool = False  # the platform took the traffic this pass
-    apply_error: str | None = None
-    history_error: str | None = None
-
-    @property
-    def notifications(self) -> tuple:
-        return tuple(a.notification for a in self.actions if isinstance(a, Notify))
+    apply_error: str | None = None  # the platform did not take the traffic (applied next pass)
+    history_error: str | None = None  # MLflow missed these transitions
 
     @property
     def transitions(self) -> tuple:
         return tuple(transitions(self.actions))
 
-    @property
-    def promoted(self) -> bool:
-        return any(isinstance(a, Promote) for a in self.actions)
 
-    @property
-    def rolled_back(self) -> bool:
-        return any(isinstance(a, RollBack) for a in self.actions)
-
-    @property
-    def analysed(self) -> dict | None:
-        """The analysis counted in this pass (AnalysisResult.to_status()), if one was."""
-        new, old = self.state, self.previous
-        counted = new.last_analysis_at is not None and new.last_analysis_at != old.last_analysis_at
-        return new.analysis if counted else None
-
-
-def compare_interfaces(platform: Platform, target: str, stable: str) -> InterfaceCheck:
-    """The target's served interface against the stable version's; unreadable: an error (wait)."""
+def compare_interfaces(read: Callable[[str], Interface | None], target: str, stable: str) -> InterfaceCheck:
+    """`target`'s served interface against the stable version's, each read by `read(version)`;
+    one that cannot be read (a ModelOpsError, e.g. MLflow unreachable) is an error: wait."""
     try:
-        return check(target, stable, platform.interface(stable), platform.interface(target))
+        return check(target, stable, read(stable), read(target))
     except errors.ModelOpsError as exc:
         return check(target, stable, None, None, error=f"cannot read the served interfaces: {exc.reason}: {exc}")
 
@@ -139,7 +118,7 @@ def decide(state: RolloutState, spec: DeploymentSpec, facts: Facts, *, platform:
             ready = None  # unknown readiness does not hold the canary, nor start its interval
     interface = None
     if wants_interface(state, facts.target):
-        interface = compare_interfaces(platform, facts.target, state.stable_version)
+        interface = compare_interfaces(platform.interface, facts.target, state.stable_version)
     obs = Observations.from_resource(spec, dict(facts.annotations or {}), target=facts.target,
                                      preparing=facts.preparing, generation=facts.generation,
                                      canary_ready=ready, interface=interface)
@@ -151,7 +130,7 @@ def decide(state: RolloutState, spec: DeploymentSpec, facts: Facts, *, platform:
         return analysis_mod.analyse(spec.rollout.analysis, provider, target, now)
 
     new, actions = drive(state, obs, policy, now, analyse=analyse, gate=gate)
-    return TickResult(state=new, previous=state, actions=actions, interface=interface)
+    return TickResult(state=new, actions=actions, interface=interface)
 
 
 def tick(state: RolloutState, spec: DeploymentSpec, facts: Facts, *, platform: Platform, store: Store,
@@ -162,11 +141,11 @@ def tick(state: RolloutState, spec: DeploymentSpec, facts: Facts, *, platform: P
     result = decide(state, spec, facts, platform=platform, provider=provider, scope=scope, now=now,
                     gate=gate, policy=policy)
     store.save(result.state, result)  # raises: nothing happened
-    applied, apply_error = True, None
+    apply_error = None
     try:
         platform.apply(result.state.traffic)
     except Exception as exc:  # the state is persisted: the next pass applies it again
-        applied, apply_error = False, f"{type(exc).__name__}: {exc}"
+        apply_error = f"{type(exc).__name__}: {exc}"
     history_error = None
     moves = result.transitions
     if history is not None and moves:
@@ -174,17 +153,9 @@ def tick(state: RolloutState, spec: DeploymentSpec, facts: Facts, *, platform: P
             history.record(moves, now)
         except Exception as exc:  # MLflow away: these tags are missed (returned, logged), never retried twice
             history_error = f"{type(exc).__name__}: {exc}"
-    return TickResult(state=result.state, previous=state, actions=result.actions, interface=result.interface,
-                      applied=applied, apply_error=apply_error, history_error=history_error)
+    return TickResult(state=result.state, actions=result.actions, interface=result.interface,
+                      apply_error=apply_error, history_error=history_error)
 
 
-def resume_state(state: RolloutState, stable_version: str | None) -> RolloutState:
-    """A state for a version that was deployed before the canary strategy was chosen (or by
-    `replace`): that version serves."""
-    if state.stable_version is None and stable_version is not None:
-        return state.evolve(phase=Phase.STABLE, stable_version=stable_version)
-    return state
-
-
-__all__ = ["AnalysisScope", "Facts", "History", "Platform", "SetWeight", "Store", "TickResult",
-           "compare_interfaces", "decide", "resume_state", "tick"]
+__all__ = ["AnalysisScope", "Facts", "History", "Platform", "Store", "TickResult", "compare_interfaces",
+           "decide", "tick"]
