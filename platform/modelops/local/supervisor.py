@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
@@ -38,11 +37,12 @@ from typing import TextIO
 import httpx
 
 from .. import errors
-from ..rollout import (CallGate, GateResult, Notify, Outcome, Promote, RollBack, RolloutPolicy, RolloutState,
-                       acknowledge, pending)
+from ..rollout import CallGate, GateResult, RolloutPolicy, RolloutState, acknowledge, pending
 from ..rollout import driver
 from ..rollout.analysis import LatencyQuantile, RequestCount, Target
-from .display import Display, Row
+from . import narrate
+from .display import Display
+from .preflight import check_ports, check_secrets, secret_reader
 from .local_platform import LocalPlatform
 from .manifest import LOCAL_NAMESPACE, Manifest
 from .ports import free_port
@@ -137,48 +137,7 @@ class Supervisor:
 
     # --- start ---------------------------------------------------------------------------------
     def _secret_reader(self):
-        def read(ref) -> bytes:
-            base = self.secrets_dir or (Path(os.environ["MODELOPS_SECRETS_DIR"])
-                                        if os.environ.get("MODELOPS_SECRETS_DIR") else None)
-            if base is None:
-                raise FileNotFoundError("no --secrets-dir")
-            return (base / ref.name / ref.key).read_bytes().strip()
-        return read
-
-    def _check_secrets(self) -> None:
-        """A secretRef that cannot be read fails before anything starts, naming the field."""
-        read = self._secret_reader()
-        hooks = self.spec.hooks
-        for kind, items in (("webhooks", hooks.webhooks), ("gates", hooks.gates)):
-            for i, item in enumerate(items):
-                if item.secret_ref is None:
-                    continue
-                try:
-                    read(item.secret_ref)
-                except OSError:
-                    raise errors.InvalidSpec(
-                        f"spec.hooks.{kind}[{i}].secretRef",
-                        f"secret {item.secret_ref.name}/{item.secret_ref.key} not found: local mode reads "
-                        f"secrets from files --secrets-dir DIR/{item.secret_ref.name}/{item.secret_ref.key}") \
-                        from None
-
-    def _check_ports(self) -> None:
-        import socket
-
-        if self.port == 0:
-            self.port = free_port()
-        elif self.port == self.grpc_port:
-            raise errors.InvalidSpec("--grpc-port", f"{self.port} is the HTTP port too")
-        for flag, port in (("--port", self.port), ("--grpc-port", self.grpc_port)):
-            if not port:
-                continue
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind((self.host, port))
-                except OSError as exc:
-                    raise errors.InvalidSpec(flag, f"{self.host}:{port} is not free ({exc.strerror}); choose "
-                                                   f"another with {flag}") from None
+        return secret_reader(self.secrets_dir)
 
     def _restore(self) -> None:
         """Resume from the last status document of this directory (like the operator's status)."""
@@ -199,8 +158,8 @@ class Supervisor:
 
     def preflight(self) -> None:
         """What can be wrong before anything starts: ports taken, hook secrets missing (named)."""
-        self._check_ports()
-        self._check_secrets()
+        self.port = check_ports(self.host, self.port, self.grpc_port)
+        check_secrets(self.spec.hooks, self._secret_reader())
 
     async def _start(self) -> None:
         from ..rollout.hooks import WebhookDispatcher, gates_from_spec, webhooks_from_spec
@@ -429,7 +388,7 @@ class Supervisor:
         elif self.platform.changed:
             self._events_log("Routes", routes=[{"version": x["version"], "weight": x["weight"]}
                                                for x in self.platform.routes])
-        self._report(result.actions, now, weight)
+        self._report(result.actions, weight)
         if self.webhooks:
             self.dispatcher.submit(self.manifest.deployment_id, self.spec.model.name, self.webhooks,
                                    pending(self.state, self.policy), self.state.delivered)
@@ -443,53 +402,17 @@ class Supervisor:
         self._show(stats)
 
     # --- output --------------------------------------------------------------------------------
-    def _report(self, actions, now: datetime, weight: int) -> None:
+    def _report(self, actions, weight: int) -> None:
         """Event lines and the events log; `weight`: the canary's weight before this pass."""
-        # The analysis first, then what it decided.
         a = self.state.analysis
-        if a and a.get("at") != self._last_analysis_at:
-            self._last_analysis_at = a.get("at")
-            checks = ", ".join(c.get("message", "") if c["name"] in c.get("message", "")
-                               else f"{c['name']} {c.get('message', '')}" for c in a.get("checks", [])
-                               if c.get("outcome") != Outcome.SKIPPED.value)
-            self.display.event(f"analysis of v{a['version']} at {weight}%: {a['outcome']} ({checks})")
-            self._events_log("Analysis", version=a["version"], outcome=a["outcome"], check=a.get("check"),
-                             message=a.get("message"), weight=weight)
-        for a in actions:
-            if isinstance(a, Notify):
-                n = a.notification
-                check = f" [deciding check: {n.check}]" if n.check else ""
-                self.display.event(f"{n.event}: {n.message}{check}")
-                self._events_log(n.event, version=n.version, weight=n.weight, stableVersion=n.stable_version,
-                                 reason=n.reason, message=n.message, check=n.check)
-            elif isinstance(a, Promote) and a.reason not in ("Analysis", "Manual"):
-                what = "first deployment" if a.reason == "FirstDeployment" else f"strategy replace, was v{a.previous}"
-                self.display.event(f"v{a.version} serves 100% ({what})")
-                self._events_log("Serving", version=a.version, reason=a.reason, previous=a.previous)
-            elif isinstance(a, RollBack) and a.reason in ("TargetIsStable", "Superseded", "Replace"):
-                self.display.event(f"canary v{a.version} removed: {a.message}")
-                self._events_log("Removed", version=a.version, reason=a.reason, message=a.message)
+        new = a if a and a.get("at") != self._last_analysis_at else None
+        if new:
+            self._last_analysis_at = new.get("at")
+        narrate.report(self.display.event, self._events_log, actions, new, weight)
 
     def _show(self, stats: dict) -> None:
-        s = self.state
-        t = s.traffic
-        rows = []
-        if t.stable:
-            rps, p99 = stats.get(t.stable, (None, None))
-            rows.append(Row(t.stable, "stable", 100 - t.weight if t.canary else 100, rps=rps, p99_ms=p99))
-        if t.canary:
-            rps, p99 = stats.get(t.canary, (None, None))
-            a = s.analysis if s.analysis and s.analysis.get("version") == t.canary else None
-            checks = ""
-            if a:
-                outcomes = [c.get("outcome") for c in a.get("checks", [])]
-                checks = f"{outcomes.count('Passed')} passed, {outcomes.count('Failed')} failed"
-            rows.append(Row(t.canary, "canary", t.weight, step=f"{s.step + 1}/{len(self.policy.steps)}",
-                            checks=checks or "none yet",
-                            analyses=f"failed {s.failed_checks}/{self.policy.failure_limit}",
-                            rps=rps, p99_ms=p99))
         phase = (self._status or {}).get("phase", "Pending")
-        self.display.table(rows, f"{phase}; canary {s.phase.value}: {s.message}" if s.message else phase)
+        self.display.table(*narrate.table(self.state, self.policy, stats, phase))
 
     def _facts(self) -> Facts:
         stable_slot = self.predictors.get(self.state.stable_version)
