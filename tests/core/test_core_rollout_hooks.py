@@ -39,9 +39,9 @@ def receiver():
 
 class Row:
     def query(self, q):
-        from modelops.rollout.analysis import LatencyQuantile, RequestCount, SuccessRate
+        from modelops.rollout.analysis import ClientErrorRate, LatencyQuantile, RequestCount, SuccessRate
 
-        return {RequestCount: 100.0, SuccessRate: 1.0, LatencyQuantile: 0.003}[type(q)]
+        return {RequestCount: 100.0, SuccessRate: 1.0, LatencyQuantile: 0.003, ClientErrorRate: 0.0}[type(q)]
 
 
 def rollout_ticks(pol: RolloutPolicy, status: dict, times: list[float], obs=Observations(target="2")):
