@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from modelops import retry
+
 DEFAULT_RUNTIME = "modelops-onnxruntime"
 DEFAULT_CONVERTER_IMAGE = "ghcr.io/modelops/modelops-converter:0.1.0"
 
@@ -21,16 +23,18 @@ class OperatorConfig:
     converter_service_account: str | None = None  # None: the namespace's default, token not mounted
     job_timeout: int = 3600  # activeDeadlineSeconds of conversion Jobs
     converter_resources: dict | None = None  # None: the builder's default (1 CPU, 2Gi; 8Gi limit)
-    backoff_base: float = 5.0  # first retry delay after a retryable error; doubles per retry
-    backoff_max: float = 300.0
+    backoff_base: float = retry.OPERATOR.first  # first retry delay after a retryable error; doubles per retry
+    backoff_max: float = retry.OPERATOR.cap
     api_url: str | None = None  # Kubernetes API server; None: in-cluster or KUBECONFIG
     work_dir: str | None = None  # scratch for in-process conversion
     prometheus_url: str | None = None  # canary analysis; a ModelDeployment may override it
     rollout_tick: float = 5.0  # seconds between passes of an active canary (analysis is due per interval)
     extra_env: dict = field(default_factory=dict)
 
-    def backoff(self, retry: int) -> float:
-        return min(self.backoff_max, self.backoff_base * (2 ** max(0, retry)))
+    def backoff(self, retry_count: int) -> float:
+        """Delay before Kopf's retry `retry_count` (0 for the first): the `retry.OPERATOR` shape
+        with this configuration's first delay and cap."""
+        return retry.Backoff(self.backoff_base, self.backoff_max).delay(retry_count + 1)
 
     @staticmethod
     def env_tracking_uri() -> str | None:

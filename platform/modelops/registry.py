@@ -15,13 +15,13 @@ from pathlib import Path
 
 import httpx
 
-from . import errors
+from . import errors, retry
 
 # MLflow's REST client retries for minutes by default (7 retries, backoff factor 2). We retry at
-# our own boundary (operator backoff, CLI exit code), so keep MLflow's own retries short.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# our own boundary (operator backoff, CLI exit code), so keep MLflow's own retries short: the
+# numbers are `retry.MLFLOW_HTTP` (an environment variable the user set wins).
+for _name, _value in retry.MLFLOW_HTTP.items():
+    os.environ.setdefault(_name, _value)
 
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -110,7 +110,7 @@ def _is_unreachable(exc: Exception) -> bool:
 class Registry:
     """A thin, error-translating layer over `MlflowClient` for one tracking server."""
 
-    def __init__(self, tracking_uri: str, *, probe_timeout: float = 3.0):
+    def __init__(self, tracking_uri: str, *, probe_timeout: float = retry.MLFLOW_PROBE_TIMEOUT):
         if not tracking_uri:
             raise errors.InvalidSpec("registry.trackingUri", "no MLflow tracking URI given")
         self.tracking_uri = tracking_uri.rstrip("/")

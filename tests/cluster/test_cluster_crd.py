@@ -63,3 +63,24 @@ def test_malformed_rejected_by_the_real_server_naming_the_field(cluster, case, p
     assert "is invalid" in message, message
     leaf = field.rsplit(".", 1)[-1].split("[")[0]
     assert field in message or leaf in message, (case, message)
+
+
+def test_the_server_defaults_and_rules_are_the_parsers(cluster):
+    """The parser fills the schema's defaults before the rules, as the real server does: the
+    server's defaulted object is the parser's, and both refuse minReplicas over the default max."""
+    from modelops.deployment.spec import parse_spec
+    from modelops.deployment.validation import validated
+
+    spec = {"model": {"name": "m", "version": "1"}, "conversion": {}, "predictor": {"gpu": 0},
+            "rollout": {"analysis": {"successRate": {}, "clientErrors": {}}},
+            "hooks": {"webhooks": [{"name": "w", "url": "http://x"}]}}
+    obj = {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment",
+           "metadata": {"name": "defaults", "namespace": "default"}, "spec": spec}
+    proc = server_dry_run(cluster, obj)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["spec"] == validated(spec)
+    obj["spec"] = {"model": {"name": "m", "version": "1"}, "predictor": {"minReplicas": 3}}
+    proc = server_dry_run(cluster, obj)
+    assert proc.returncode != 0 and "predictor.minReplicas must not exceed predictor.maxReplicas" in proc.stderr
+    with pytest.raises(Exception, match="predictor.minReplicas must not exceed predictor.maxReplicas"):
+        parse_spec(obj["spec"])

@@ -295,3 +295,171 @@ def test_every_status_field_the_operator_writes_is_in_the_schema():
     props = schema.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     assert set(status) <= set(props), set(status) - set(props)
     assert set(status["canaryModel"]) <= set(props["canaryModel"]["properties"])
+
+
+# --- one schema: the parser validates against it, its CEL rules' twins agree -----------------------
+def _rule_sites(obj, node, path=()):
+    """(path, rule, self) of every CEL rule the schema applies to `obj`."""
+    for rule in node.get("x-kubernetes-validations", []):
+        yield path, rule["rule"], obj
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            sub = node.get("properties", {}).get(key)
+            if sub is not None:
+                yield from _rule_sites(value, sub, path + (key,))
+    elif isinstance(obj, list) and isinstance(node.get("items"), dict):
+        for i, value in enumerate(obj):
+            yield from _rule_sites(value, node["items"], path + (i,))
+
+
+# Values beyond the malformed corpus, for each rule (its `self`).
+EXTRA_RULE_VALUES = {
+    "spec.model": [{"name": "m"}, {"name": "m", "version": "1"}, {"name": "m", "alias": "a"},
+                   {"name": "m", "version": "1", "alias": "a"}],
+    "spec.model.alias": ["latest", "v3", "V12", "champion", "v3a", "xv3", "latest2", "v"],
+    "spec.rollout.promoteAlias": ["latest", "v3", "production", "v3-rc"],
+    "spec.predictor": [{}, {"minReplicas": 2}, {"maxReplicas": 1}, {"minReplicas": 2, "maxReplicas": 1},
+                       {"minReplicas": 1, "maxReplicas": 1}, {"minReplicas": 0, "maxReplicas": 3}],
+    "spec.rollout.steps": [[100], [10, 100], [1, 2, 3, 100], [100, 10], [10, 10, 100], [10, 50], [],
+                           [50, 10, 100], [100, 100], [5]],
+    "spec.rollout.analysis.checks[0]": [{}, {"min": 1.0}, {"max": 1.0}, {"min": 2.0, "max": 1.0},
+                                        {"min": 1.0, "max": 1.0}, {"min": -1.0, "max": 2.5}],
+    "spec.rollout.analysis.checks": [[], [{"name": "a"}], [{"name": "a"}, {"name": "a"}],
+                                     [{"name": "a"}, {"name": "b"}], [{"name": "a"}, {"name": "b"}, {"name": "a"}]],
+}
+
+
+def _corpus_sites():
+    objs = [valid_md()]
+    for case, path, value, _ in MALFORMED:
+        obj = valid_md()
+        if case == "neither-version-nor-alias":
+            obj["spec"]["model"].pop("version", None)
+        _set(obj, path, value if value is _DELETE else copy.deepcopy(value))
+        objs.append(obj)
+    objs += [yaml.safe_load(p.read_text()) for p in sorted((REPO_ROOT / "manifests/examples").glob("*.yaml"))]
+    sites = [(".".join(map(str, p)), rule, value) for obj in objs
+             for p, rule, value in _rule_sites(obj.get("spec"), schema.SPEC_SCHEMA, ("spec",))]
+    for path, values in EXTRA_RULE_VALUES.items():
+        node = schema.SPEC_SCHEMA
+        for key in path.removeprefix("spec.").replace("[0]", "").split("."):
+            while node.get("type") == "array":
+                node = node["items"]
+            node = node["properties"][key]
+        if path.endswith("[0]"):
+            node = node["items"]
+        rules = [r["rule"] for r in node["x-kubernetes-validations"]]
+        sites += [(path, rule, v) for rule in rules for v in values]
+    return sites
+
+
+def test_every_cel_rule_has_a_python_twin():
+    rules = {r["rule"] for _, n in walk_schema(schema.open_api_schema())
+             for r in n.get("x-kubernetes-validations", [])}
+    assert rules and rules <= set(schema.CEL_TWINS), rules - set(schema.CEL_TWINS)
+
+
+def test_python_twins_agree_with_cel_on_the_corpus():
+    """The parser runs each rule's Python twin; cel-python evaluates the rule text as the API
+    server would. Every rule, on every value the corpus gives it, gets the same verdict."""
+    from modelops.deployment.validation import rule_holds
+
+    sites = _corpus_sites()
+    seen = {rule for _, rule, _ in sites}
+    assert seen == set(schema.CEL_TWINS), set(schema.CEL_TWINS) - seen  # every rule is exercised
+    verdicts = {True: 0, False: 0}
+    for path, rule, value in sites:
+        cel = eval_rule(rule, value)
+        assert rule_holds(rule, value) == cel, (path, rule, value, cel)
+        verdicts[cel] += 1
+    assert verdicts[True] > 20 and verdicts[False] > 20, verdicts
+
+
+def test_the_parser_follows_a_changed_schema(monkeypatch):
+    """No limit, enum, default or rule is restated in the parser: change them in the schema and
+    the parser follows (the same schema object the CRD is generated from)."""
+    changed = copy.deepcopy(schema.SPEC_SCHEMA)
+    spec = {"model": {"name": "m", "version": "1"}, "conversion": {"opset": 19}}
+    assert parse_spec(spec).conversion.opset == 19
+    schema.node("conversion.opset", changed)["maximum"] = 18
+    schema.node("conversion.precision", changed)["enum"].append("fp8")
+    schema.node("rollout.analysis.failureLimit", changed)["default"] = 7
+    schema.node("rollout.steps", changed)["maxItems"] = 2
+    schema.node("rollout.steps", changed)["x-kubernetes-validations"] = []  # no more "ends at 100"
+    monkeypatch.setattr(schema, "SPEC_SCHEMA", changed)
+    with pytest.raises(InvalidSpec, match=r"^spec.conversion.opset: must be between 7 and 18, got 19$"):
+        parse_spec(spec)
+    parsed = parse_spec({"model": {"name": "m", "version": "1"}, "conversion": {"precision": "fp8"},
+                         "rollout": {"steps": [10, 50]}})
+    assert (parsed.conversion.precision, parsed.rollout.analysis.failure_limit) == ("fp8", 7)
+    assert parsed.rollout.steps == (10, 50)
+    with pytest.raises(InvalidSpec, match=r"^spec.rollout.steps: must have at most 2 items, got 3$"):
+        parse_spec({"model": {"name": "m", "version": "1"}, "rollout": {"steps": [10, 50, 100]}})
+
+
+def test_dataclass_defaults_are_the_schema_defaults():
+    """A minimal spec parses to exactly the dataclasses' defaults, which come from the schema."""
+    from modelops.deployment.spec import DeploymentSpec, ModelRef, WebhookSpec
+
+    assert parse_spec({"model": {"name": "m", "version": "1"}}) == DeploymentSpec(model=ModelRef("m", "1"))
+    hooked = parse_spec({"model": {"name": "m", "version": "1"},
+                         "hooks": {"webhooks": [{"name": "w", "url": "http://x"}]}})
+    assert hooked.hooks.webhooks == (WebhookSpec("w", "http://x"),)
+    assert hooked.hooks.webhooks[0].events == tuple(schema.HOOK_EVENTS)
+    d = DeploymentSpec(model=ModelRef("m", "1"))
+    assert (d.conversion.opset, d.rollout.analysis.failure_limit, d.rollout.steps) == (
+        schema.default("conversion.opset"), schema.default("rollout.analysis.failureLimit"),
+        tuple(schema.default("rollout.steps")))
+
+
+def test_enums_are_defined_once():
+    from modelops.deployment.plan import ACTIVE_ROLLOUT_PHASES
+    from modelops.rollout import EVENTS, Phase
+    from modelops.rollout.state import GATE_TYPES
+
+    assert EVENTS == tuple(schema.HOOK_EVENTS) and GATE_TYPES == tuple(schema.GATE_TYPES)
+    assert [p.value for p in Phase if p.active] == schema.ACTIVE_ROLLOUT_PHASES == list(ACTIVE_ROLLOUT_PHASES)
+    assert schema.node("hooks.webhooks.events")["items"]["enum"] is schema.HOOK_EVENTS
+    assert schema.node("hooks.gates.type")["enum"] is schema.GATE_TYPES
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"model": {"version": "1"}}, "spec.model.name: is required"),
+    ({"model": {"name": "m", "version": "1"}, "conversion": {"opset": 3}},
+     "spec.conversion.opset: must be between 7 and 23, got 3"),
+    ({"model": {"name": "m", "version": "1"}, "predictor": {"gpu": "one"}},
+     "spec.predictor.gpu: must be an integer, got 'one'"),
+    ({"model": {"name": "m", "version": "1"}, "predictor": {"gpu": True}},
+     "spec.predictor.gpu: must be an integer, got True"),
+    ({"model": {"name": "m", "version": "1"}, "conversion": {"precision": "fp8"}},
+     "spec.conversion.precision: must be one of fp32, fp16, int8, got 'fp8'"),
+    ({"model": {"name": "m", "version": "1"}, "rollout": {"interval": "soon"}},
+     "spec.rollout.interval: 'soon' is not a duration such as 60s, 5m or 1h30m"),
+    ({"model": {"name": "m", "version": "1"}, "rollout": {"steps": [10, 50]}},
+     "spec.rollout.steps: rollout.steps must end at 100"),
+    ({"model": {"name": "m", "version": "1"}, "rollout": "canary"},
+     "spec.rollout: must be an object, got 'canary'"),
+    ({"model": {"name": "m", "version": "1"}, "predictor": {"resources": {"requests": {"memory": "lots"}}}},
+     "spec.predictor.resources.requests.memory: 'lots' is not a Kubernetes quantity"),
+    ({"model": {"name": "m", "version": "1"}, "hooks": {"webhooks": [{"name": "w", "url": "http://x",
+                                                                      "secretRef": {"name": "s"}}]}},
+     "spec.hooks.webhooks[0].secretRef.key: is required"),
+    # As the API server: maxReplicas defaults to 1 before the rules run.
+    ({"model": {"name": "m", "version": "1"}, "predictor": {"minReplicas": 3}},
+     "spec.predictor: predictor.minReplicas must not exceed predictor.maxReplicas"),
+    ([], "spec: must be an object, got list"),
+])
+def test_parser_messages_name_the_field(spec, message):
+    with pytest.raises(InvalidSpec) as info:
+        parse_spec(spec)
+    assert str(info.value) == message
+
+
+def test_nulls_dropped_unquoted_version_read_and_input_untouched():
+    raw = {"model": {"name": "m", "version": 3}, "rollout": None, "hooks": {"webhooks": None},
+           "predictor": {"resources": {"requests": {"cpu": 2}}}}
+    before = copy.deepcopy(raw)
+    spec = parse_spec(raw)
+    assert raw == before
+    assert spec.model.version == "3" and spec.rollout.steps == (10, 50, 100) and spec.hooks.webhooks == ()
+    assert spec.predictor.requests == {"cpu": "2"}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from . import schema
 from .spec import DeploymentSpec
 
 
@@ -325,7 +326,7 @@ def _plan_deployed(inp: Inputs, old_stable: Served | None, target: Served) -> Pl
 
 
 # --- canary rollouts (the engine decided; this says it in the status) -----------------------------
-ACTIVE_ROLLOUT_PHASES = ("WaitingForGate", "Progressing", "Paused", "AwaitingPromotion")
+ACTIVE_ROLLOUT_PHASES = tuple(schema.ACTIVE_ROLLOUT_PHASES)  # defined once, in the schema
 NOTIFY_EVENTS = {  # engine notification -> (Event type, Event reason)
     "Started": ("Normal", "CanaryStarted"),
     "StepAdvanced": ("Normal", "CanaryStepAdvanced"),

@@ -10,11 +10,21 @@ Compatibility: the CRD must install on Kubernetes 1.25+ (CEL validation on by de
 the standard macros), a ternary instead of comparing two `has()` results with `!=` (which old
 cost estimators reject), and `maxItems`/`maxLength` on everything a rule iterates or matches so
 the estimated cost stays inside the API server's budget.
+
+One definition of each thing: every limit, pattern, enum and default is written here once, in
+the schema node it constrains; `modelops.deployment.spec` validates against this very schema
+(jsonschema) and takes its dataclass defaults from it (`default(path)`). Each CEL rule is
+declared with `_rule(rule, message, twin)`: `twin` is its Python equivalent, which the parser runs
+(cel-python, with its RE2 and date-library dependencies, stays a test tool);
+`tests/k8s/test_crd_schema.py` proves every twin agrees with its rule, evaluated by cel-python as
+the API server would, on the test corpus, and that no rule lacks a twin.
 """
 
 from __future__ import annotations
 
 import copy
+import re
+from typing import Any, Callable
 
 from . import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 
@@ -26,6 +36,9 @@ DEPLOYMENT_MODES = ["Standard", "Knative"]
 # The rollout engine's phases (`modelops.rollout.Phase`), shown in status.canary.phase.
 ROLLOUT_PHASES = ["Idle", "Stable", "WaitingForGate", "Progressing", "Paused", "AwaitingPromotion",
                   "Promoted", "RolledBack"]
+# The phases in which a canary exists (it may hold 0% while waiting for a gate): Phase.active.
+ACTIVE_ROLLOUT_PHASES = ["WaitingForGate", "Progressing", "Paused", "AwaitingPromotion"]
+# The rollout transitions a webhook can subscribe to (modelops.rollout.EVENTS).
 HOOK_EVENTS = ["Started", "StepAdvanced", "Promoted", "RolledBack", "Failed"]
 GATE_TYPES = ["preRollout", "confirmPromotion"]
 CHECK_OUTCOMES = ["Passed", "Failed", "Inconclusive", "Skipped"]
@@ -39,6 +52,46 @@ DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 MODEL_NAME_MAX = 256
 ALIAS_PATTERN = r"^[A-Za-z0-9_\-]+$"
+VERSION_PATTERN = r"^[1-9][0-9]{0,8}$"  # an MLflow model version number
+
+# --- CEL rules, each with its Python twin ----------------------------------------------------
+# rule text -> a function of the rule's `self` (plain JSON data) giving the rule's verdict.
+CEL_TWINS: dict[str, Callable[[Any], bool]] = {}
+
+
+def _rule(rule: str, message: str, twin: Callable[[Any], bool]) -> dict:
+    """An `x-kubernetes-validations` entry; `twin` must decide exactly as the CEL `rule` does
+    (`has(x.f)` is `"f" in x`: the parser drops nulls first, as the API server prunes them)."""
+    if CEL_TWINS.setdefault(rule, twin) is not twin:
+        raise ValueError(f"CEL rule declared twice with different twins: {rule}")
+    return {"rule": rule, "message": message}
+
+
+def _not_latest_nor_version(field: str) -> dict:
+    return _rule("self != 'latest' && !self.matches('^[vV][0-9]+$')",
+                 f"{field} must not be 'latest' nor look like a version (v3)",
+                 _alias_twin)
+
+
+def _alias_twin(s: str) -> bool:
+    return s != "latest" and not re.search(r"^[vV][0-9]+$", s)
+
+
+def _unique_names_twin(items: list) -> bool:
+    names = [i["name"] for i in items]
+    return all(names.count(n) == 1 for n in names)
+
+
+def _strictly_increasing_twin(steps: list) -> bool:
+    return all(a <= b for a, b in zip(steps, steps[1:])) and all(steps.count(s) == 1 for s in steps)
+
+def _defaults_in(node: dict, prefix: str = ""):
+    """(dotted path, default) of every default under an object schema node, in schema order."""
+    for key, sub in node.get("properties", {}).items():
+        if "default" in sub:
+            yield prefix + key, sub["default"]
+        yield from _defaults_in(sub, f"{prefix}{key}.")
+
 
 _quantity_map = {
     "type": "object",
@@ -60,8 +113,8 @@ _secret_ref = {
     },
 }
 
-_unique_names_rule = {"rule": "self.all(a, self.exists_one(b, b.name == a.name))",
-                      "message": "names must be unique"}
+_unique_names_rule = _rule("self.all(a, self.exists_one(b, b.name == a.name))", "names must be unique",
+                           _unique_names_twin)
 
 _check = {
     "type": "object",
@@ -75,59 +128,66 @@ _check = {
         "max": {"type": "number"},
     },
     "x-kubernetes-validations": [
-        {"rule": "has(self.min) || has(self.max)", "message": "a check needs min or max"},
-        {"rule": "!has(self.min) || !has(self.max) || self.min <= self.max",
-         "message": "a check's min must not exceed its max"},
+        _rule("has(self.min) || has(self.max)", "a check needs min or max",
+              lambda c: "min" in c or "max" in c),
+        _rule("!has(self.min) || !has(self.max) || self.min <= self.max",
+              "a check's min must not exceed its max",
+              lambda c: "min" not in c or "max" not in c or c["min"] <= c["max"]),
     ],
 }
 
+_SUCCESS_RATE_MIN = 0.99
+_CLIENT_ERRORS_MAX_INCREASE = 0.01
+_analysis_properties = {
+    "successRate": {
+        "type": "object",
+        "description": "Canary requests answered without a 5xx, as a fraction of all its requests.",
+        "properties": {
+            "min": {"type": "number", "minimum": 0, "maximum": 1, "default": _SUCCESS_RATE_MIN,
+                    "description": f"Absolute floor (default {_SUCCESS_RATE_MIN}; 0 turns the check off)."},
+            "maxDrop": {"type": "number", "minimum": 0, "maximum": 1,
+                        "description": "At most this far below the stable version's rate."},
+        },
+    },
+    "p99LatencyMs": {
+        "type": "object",
+        "description": "The canary's 99th-percentile request latency.",
+        "properties": {
+            "max": {"type": "number", "minimum": 0, "description": "Absolute ceiling in ms."},
+            "maxRatio": {"type": "number", "minimum": 1, "maximum": 100,
+                         "description": "At most this multiple of the stable version's p99 (1.2)."},
+        },
+    },
+    "clientErrors": {
+        "type": "object",
+        "description": "clientErrorsVsStable: the canary's share of 4xx answers (refused requests) "
+                       "against the stable version's over the same interval; a request the serving "
+                       "version accepts and the canary refuses is the canary's failure.",
+        "properties": {
+            "maxIncrease": {"type": "number", "minimum": 0, "maximum": 1,
+                            "default": _CLIENT_ERRORS_MAX_INCREASE,
+                            "description": "At most this far above the stable version's share "
+                                           f"(default {_CLIENT_ERRORS_MAX_INCREASE}, one percentage "
+                                           "point; 1 turns the check off)."},
+        },
+    },
+    "minRequests": {"type": "integer", "minimum": 0, "maximum": 1000000000, "default": 10,
+                    "description": "Canary requests needed in an interval before it can pass; "
+                                   "fewer is inconclusive."},
+    "failureLimit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 2,
+                     "description": "Failed analyses of a canary before it is rolled back."},
+    "inconclusiveLimit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 3,
+                          "description": "Inconclusive analyses in a row before it is rolled back."},
+    "prometheusUrl": {"type": "string", "maxLength": 2048, "pattern": URL_PATTERN,
+                      "description": "Overrides the operator's --prometheus-url."},
+    "checks": {"type": "array", "maxItems": 16, "items": _check,
+               "x-kubernetes-validations": [_unique_names_rule]},
+}
 _analysis = {
     "type": "object",
-    "description": "How each canary step is judged. Defaults: successRate.min 0.99, "
-                   "clientErrors.maxIncrease 0.01, minRequests 10, failureLimit 2, inconclusiveLimit 3.",
-    "properties": {
-        "successRate": {
-            "type": "object",
-            "description": "Canary requests answered without a 5xx, as a fraction of all its requests.",
-            "properties": {
-                "min": {"type": "number", "minimum": 0, "maximum": 1,
-                        "description": "Absolute floor (default 0.99; 0 turns the check off)."},
-                "maxDrop": {"type": "number", "minimum": 0, "maximum": 1,
-                            "description": "At most this far below the stable version's rate."},
-            },
-        },
-        "p99LatencyMs": {
-            "type": "object",
-            "description": "The canary's 99th-percentile request latency.",
-            "properties": {
-                "max": {"type": "number", "minimum": 0, "description": "Absolute ceiling in ms."},
-                "maxRatio": {"type": "number", "minimum": 1, "maximum": 100,
-                             "description": "At most this multiple of the stable version's p99 (1.2)."},
-            },
-        },
-        "clientErrors": {
-            "type": "object",
-            "description": "clientErrorsVsStable: the canary's share of 4xx answers (refused requests) "
-                           "against the stable version's over the same interval; a request the serving "
-                           "version accepts and the canary refuses is the canary's failure.",
-            "properties": {
-                "maxIncrease": {"type": "number", "minimum": 0, "maximum": 1,
-                                "description": "At most this far above the stable version's share "
-                                               "(default 0.01, one percentage point; 1 turns the check off)."},
-            },
-        },
-        "minRequests": {"type": "integer", "minimum": 0, "maximum": 1000000000,
-                        "description": "Canary requests needed in an interval before it can pass; "
-                                       "fewer is inconclusive."},
-        "failureLimit": {"type": "integer", "minimum": 1, "maximum": 100,
-                         "description": "Failed analyses of a canary before it is rolled back."},
-        "inconclusiveLimit": {"type": "integer", "minimum": 1, "maximum": 100,
-                              "description": "Inconclusive analyses in a row before it is rolled back."},
-        "prometheusUrl": {"type": "string", "maxLength": 2048, "pattern": URL_PATTERN,
-                          "description": "Overrides the operator's --prometheus-url."},
-        "checks": {"type": "array", "maxItems": 16, "items": _check,
-                   "x-kubernetes-validations": [_unique_names_rule]},
-    },
+    "description": "How each canary step is judged. Defaults: " + ", ".join(
+        f"{path} {value}" for path, value in _defaults_in({"properties": _analysis_properties})) + ".",
+    "properties": _analysis_properties,
 }
 
 _webhook = {
@@ -136,8 +196,8 @@ _webhook = {
     "properties": {
         "name": {"type": "string", "minLength": 1, "maxLength": 63, "pattern": NAME_PATTERN},
         "url": {"type": "string", "maxLength": 2048, "pattern": URL_PATTERN},
-        "events": {"type": "array", "maxItems": 5, "items": {"type": "string", "enum": HOOK_EVENTS},
-                   "description": "Events to deliver (default: all)."},
+        "events": {"type": "array", "maxItems": len(HOOK_EVENTS), "items": {"type": "string", "enum": HOOK_EVENTS},
+                   "default": list(HOOK_EVENTS), "description": "Events to deliver (default: all)."},
         "secretRef": _secret_ref,
     },
 }
@@ -176,28 +236,25 @@ SPEC_SCHEMA: dict = {
             "properties": {
                 "name": {"type": "string", "minLength": 1, "maxLength": MODEL_NAME_MAX,
                          "description": "MLflow registered model name."},
-                "version": {"type": "string", "pattern": r"^[1-9][0-9]{0,8}$", "maxLength": 9,
+                "version": {"type": "string", "pattern": VERSION_PATTERN, "maxLength": 9,
                             "description": "Pinned model version (quote it: \"3\")."},
                 "alias": {
                     "type": "string", "minLength": 1, "maxLength": 255, "pattern": ALIAS_PATTERN,
                     "description": "Registered-model alias to follow (e.g. champion).",
-                    "x-kubernetes-validations": [{
-                        "rule": "self != 'latest' && !self.matches('^[vV][0-9]+$')",
-                        "message": "alias must not be 'latest' nor look like a version (v3)",
-                    }],
+                    "x-kubernetes-validations": [_not_latest_nor_version("alias")],
                 },
             },
-            "x-kubernetes-validations": [{
+            "x-kubernetes-validations": [_rule(
                 # A ternary, not `has(self.version) != has(self.alias)`: 1.25's cost estimator
                 # rejects comparing two has() results.
-                "rule": "has(self.version) ? !has(self.alias) : has(self.alias)",
-                "message": "exactly one of model.version or model.alias must be set",
-            }],
+                "has(self.version) ? !has(self.alias) : has(self.alias)",
+                "exactly one of model.version or model.alias must be set",
+                lambda m: ("version" in m) != ("alias" in m))],
         },
         "registry": {
             "type": "object",
             "properties": {
-                "trackingUri": {"type": "string", "maxLength": 2048, "pattern": r"^https?://.+",
+                "trackingUri": {"type": "string", "maxLength": 2048, "pattern": URL_PATTERN,
                                 "description": "MLflow tracking server; the operator's default otherwise."},
                 "credentialsSecret": {
                     "type": "string", "maxLength": 253,
@@ -238,25 +295,24 @@ SPEC_SCHEMA: dict = {
                 "deploymentMode": {"type": "string", "enum": DEPLOYMENT_MODES, "default": "Standard",
                                    "description": "KServe deployment mode of the InferenceService."},
             },
-            "x-kubernetes-validations": [{
-                "rule": "!has(self.minReplicas) || !has(self.maxReplicas) "
-                        "|| self.minReplicas <= self.maxReplicas",
-                "message": "predictor.minReplicas must not exceed predictor.maxReplicas",
-            }],
+            "x-kubernetes-validations": [_rule(
+                "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+                "predictor.minReplicas must not exceed predictor.maxReplicas",
+                lambda p: "minReplicas" not in p or "maxReplicas" not in p or p["minReplicas"] <= p["maxReplicas"])],
         },
         "rollout": {
             "type": "object",
             "properties": {
                 "strategy": {"type": "string", "enum": STRATEGIES, "default": "replace"},
                 "steps": {
-                    "type": "array", "minItems": 1, "maxItems": 10,
+                    "type": "array", "minItems": 1, "maxItems": 10, "default": [10, 50, 100],
                     "items": {"type": "integer", "minimum": 1, "maximum": 100},
                     "description": "Canary traffic percentages, strictly increasing, ending at 100.",
                     "x-kubernetes-validations": [
-                        {"rule": "self.isSorted() && self.all(s, self.exists_one(t, t == s))",
-                         "message": "rollout.steps must be strictly increasing"},
-                        {"rule": "size(self) > 0 && self[size(self) - 1] == 100",
-                         "message": "rollout.steps must end at 100"},
+                        _rule("self.isSorted() && self.all(s, self.exists_one(t, t == s))",
+                              "rollout.steps must be strictly increasing", _strictly_increasing_twin),
+                        _rule("size(self) > 0 && self[size(self) - 1] == 100",
+                              "rollout.steps must end at 100", lambda s: len(s) > 0 and s[-1] == 100),
                     ],
                 },
                 "interval": {"type": "string", "maxLength": 32, "pattern": DURATION_PATTERN,
@@ -267,10 +323,7 @@ SPEC_SCHEMA: dict = {
                 "promoteAlias": {
                     "type": "string", "minLength": 1, "maxLength": 255, "pattern": ALIAS_PATTERN,
                     "description": "MLflow alias moved to a version when it is promoted (e.g. production).",
-                    "x-kubernetes-validations": [{
-                        "rule": "self != 'latest' && !self.matches('^[vV][0-9]+$')",
-                        "message": "promoteAlias must not be 'latest' nor look like a version (v3)",
-                    }],
+                    "x-kubernetes-validations": [_not_latest_nor_version("promoteAlias")],
                 },
                 "allowInterfaceChange": {
                     "type": "boolean", "default": False,
@@ -436,6 +489,23 @@ PRINTER_COLUMNS = [
 ]
 
 
+def node(path: str, root: dict | None = None) -> dict:
+    """The schema node at a dotted spec path (`rollout.analysis.failureLimit`); list items are
+    stepped through (`hooks.webhooks.events`)."""
+    here = SPEC_SCHEMA if root is None else root
+    for key in path.split("."):
+        while here.get("type") == "array":
+            here = here["items"]
+        here = here["properties"][key]
+    return here
+
+
+def default(path: str) -> Any:
+    """The default of the field at a dotted spec path (a fresh copy): the dataclasses in
+    `modelops.deployment.spec` take theirs from here."""
+    return copy.deepcopy(node(path)["default"])
+
+
 def open_api_schema() -> dict:
     """The `openAPIV3Schema` of the served version."""
     return {
@@ -479,4 +549,4 @@ def crd() -> dict:
     }
 
 
-__all__ = ["API_VERSION", "crd", "open_api_schema", "SPEC_SCHEMA", "STATUS_SCHEMA"]
+__all__ = ["API_VERSION", "CEL_TWINS", "crd", "default", "node", "open_api_schema", "SPEC_SCHEMA", "STATUS_SCHEMA"]

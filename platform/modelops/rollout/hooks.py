@@ -7,7 +7,8 @@ Delivery contract (README): `POST` with a JSON body, headers
 - `X-ModelOps-Event`: Started | StepAdvanced | Promoted | RolledBack | Failed
 - `X-ModelOps-Delivery`: `<namespace>/<name>/<seq>`, the same for every attempt (dedupe on it)
 - `X-ModelOps-Signature-256`: `sha256=<hex HMAC-SHA256 of the raw body>` when a secret is set.
-A 2xx answer acknowledges. Anything else (or no answer) is retried with exponential backoff.
+A 2xx answer acknowledges. Anything else (or no answer) is retried with exponential backoff
+(`modelops.retry.WEBHOOK` unless the dispatcher is given another policy).
 Per ModelDeployment and webhook, notifications go out one at a time in sequence order (at least
 once: a retry after a lost acknowledgement repeats one); each (ModelDeployment, webhook) has its
 own worker, so a slow receiver never blocks another object or another webhook.
@@ -27,6 +28,7 @@ from typing import Awaitable, Callable, Iterable, Sequence
 
 import httpx
 
+from .. import retry
 from .engine import GateResult
 from .state import Notification
 
@@ -68,9 +70,9 @@ def headers(body: bytes, secret: bytes | None, **extra: str) -> dict[str, str]:
     return out
 
 
-def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
+def backoff(attempt: int, base: float = retry.WEBHOOK.first, cap: float = retry.WEBHOOK.cap) -> float:
     """Delay before retry number `attempt` (1, 2, ...): base, 2 base, 4 base, ... capped."""
-    return min(cap, base * (2 ** max(0, attempt - 1)))
+    return retry.Backoff(base, cap).delay(attempt)
 
 
 def acknowledged(status_code: int) -> bool:
@@ -131,6 +133,10 @@ async def call_gates(client: httpx.AsyncClient, gates: Iterable[Gate], gate_type
 
 
 # --- notifications ---------------------------------------------------------------------------
+class _NotAcknowledged(Exception):
+    """A delivery attempt got no 2xx (the text says what it got)."""
+
+
 OnDelivered = Callable[[str, str, int], "Awaitable[None] | None"]
 
 
@@ -144,13 +150,17 @@ class WebhookDispatcher:
     """
 
     def __init__(self, *, client: httpx.AsyncClient | None = None, on_delivered: OnDelivered | None = None,
-                 base_delay: float = 1.0, max_delay: float = 60.0, timeout: float = 10.0,
-                 max_attempts: int | None = None):
+                 base_delay: float | None = None, max_delay: float | None = None, timeout: float = 10.0,
+                 max_attempts: int | None = None, policy: retry.Backoff = retry.WEBHOOK):
+        """`policy` (default `retry.WEBHOOK`) sets the delays; `base_delay`, `max_delay` and
+        `max_attempts` override its parts."""
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self._own_client = client is None
         self._on_delivered = on_delivered
-        self._base, self._cap, self._timeout = base_delay, max_delay, timeout
-        self._max_attempts = max_attempts
+        self._policy = retry.Backoff(policy.first if base_delay is None else base_delay,
+                                     policy.cap if max_delay is None else max_delay,
+                                     policy.attempts if max_attempts is None else max_attempts)
+        self._timeout = timeout
         self._queues: dict[tuple[str, str], deque] = {}
         self._done: dict[tuple[str, str], int] = {}
         self._hooks: dict[tuple[str, str], Webhook] = {}
@@ -207,31 +217,35 @@ class WebhookDispatcher:
 
     async def _deliver(self, key: tuple[str, str], n: Notification) -> bool:
         deployment, name = key
-        attempt = 0
-        while True:
+        tries = (deployment, name, n.seq)
+
+        async def attempt() -> None:
             hook = self._hooks[key]  # the latest configuration of this webhook
             body = notification_body(deployment, self._models.get(deployment, ""), n)
-            attempt += 1
-            self.attempts[(deployment, name, n.seq)] = attempt
+            self.attempts[tries] = self.attempts.get(tries, 0) + 1
             try:
                 r = await self._client.post(
                     hook.url, content=body, timeout=self._timeout,
                     headers=headers(body, hook.secret, **{EVENT_HEADER: n.event,
                                                           DELIVERY_HEADER: f"{deployment}/{n.seq}"}))
-                if acknowledged(r.status_code):
-                    return True
-                why = f"HTTP {r.status_code}"
             except httpx.HTTPError as exc:
-                why = f"{type(exc).__name__}: {exc}"
-            if self._max_attempts is not None and attempt >= self._max_attempts:
-                self.failures.append((deployment, name, n.seq, why))
-                log.warning("webhook %s of %s: giving up on #%d after %d attempts (%s)",
-                            name, deployment, n.seq, attempt, why)
-                return False
-            delay = backoff(attempt, self._base, self._cap)
+                raise _NotAcknowledged(f"{type(exc).__name__}: {exc}") from exc
+            if not acknowledged(r.status_code):
+                raise _NotAcknowledged(f"HTTP {r.status_code}")
+
+        def retrying(exc, delay: float) -> None:
             log.info("webhook %s of %s: #%d attempt %d failed (%s); retrying in %.1fs",
-                     name, deployment, n.seq, attempt, why, delay)
-            await asyncio.sleep(delay)
+                     name, deployment, n.seq, self.attempts[tries], exc, delay)
+
+        self.attempts.pop(tries, None)
+        try:
+            await self._policy.retrying(retry_on=(_NotAcknowledged,), on_retry=retrying, asynchronous=True)(attempt)
+            return True
+        except _NotAcknowledged as exc:  # only with a bounded policy (max_attempts)
+            self.failures.append((deployment, name, n.seq, str(exc)))
+            log.warning("webhook %s of %s: giving up on #%d after %d attempts (%s)",
+                        name, deployment, n.seq, self.attempts[tries], exc)
+            return False
 
     async def join(self, timeout: float | None = None) -> None:
         """Wait until every queue is empty (tests, shutdown)."""

@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+from ..deployment import schema
+
 
 class Phase(str, Enum):
     IDLE = "Idle"                            # nothing serves yet
@@ -30,10 +32,10 @@ class Phase(str, Enum):
         return self in _ACTIVE
 
 
-_ACTIVE = {Phase.WAITING_FOR_GATE, Phase.PROGRESSING, Phase.PAUSED, Phase.AWAITING_PROMOTION}
-
-EVENTS = ("Started", "StepAdvanced", "Promoted", "RolledBack", "Failed")
-GATE_TYPES = ("preRollout", "confirmPromotion")
+# Defined once, in the CRD's schema (modelops.deployment.schema), which status.canary follows.
+_ACTIVE = frozenset(Phase(p) for p in schema.ACTIVE_ROLLOUT_PHASES)
+EVENTS = tuple(schema.HOOK_EVENTS)
+GATE_TYPES = tuple(schema.GATE_TYPES)
 
 
 # --- time ------------------------------------------------------------------------------------
