@@ -16,8 +16,11 @@ from modelops.deployment.plan import (ApplyService, Convert, Event, Failure, Inp
                                       ServiceObservation, plan, plan_invalid, plan_rollout)
 from modelops.deployment.spec import DeploymentSpec, parse_spec
 
+from modelops.rollout.history import RegistryHistory
+
 from . import builders, diffing, rollout
 from .config import OperatorConfig
+from .kserve_platform import KServePlatform, StatusStore, Versions
 from .kube import INFERENCESERVICES, MODELDEPLOYMENTS, Kube
 
 log = logging.getLogger("modelops.operator")
@@ -49,30 +52,6 @@ def service_observation(observed: dict, changed: bool) -> ServiceObservation:
     uri = observed.get("spec", {}).get("predictor", {}).get("model", {}).get("storageUri")
     message = "" if is_ready else (ready.get("message") or "waiting for KServe")
     return ServiceObservation(storage_uri=uri, ready=is_ready, url=status.get("url"), message=message)
-
-
-def canary_readiness(observed: dict | None) -> bool | None:
-    """Whether KServe reports the canary's predictor ready; None when it says nothing (yet).
-
-    Standard mode: `status.canaryStatuses[]` (the canary predictor's entry), else the
-    `CanaryPredictorReady` condition. Knative mode: the newest revision (the canary's spec) is
-    the latest ready one (`status.components.predictor`)."""
-    if not observed:
-        return None
-    spec, status = observed.get("spec") or {}, observed.get("status") or {}
-    canary = (spec.get("canary") or [None])[0]
-    if canary is not None:
-        name = (canary.get("predictor") or {}).get("name")
-        entries = [c for c in status.get("canaryStatuses") or [] if c.get("name") == name]
-        if entries:
-            return bool(entries[0].get("ready"))
-        cond = next((c for c in status.get("conditions") or [] if c.get("type") == "CanaryPredictorReady"), None)
-        return None if cond is None else cond.get("status") == "True"
-    if (spec.get("predictor") or {}).get("canaryTrafficPercent") is not None:
-        comp = (status.get("components") or {}).get("predictor") or {}
-        created, ready = comp.get("latestCreatedRevision"), comp.get("latestReadyRevision")
-        return None if not created else created == ready
-    return None
 
 
 class Reconciler:
@@ -203,26 +182,36 @@ class Reconciler:
 
     def _rollout(self, md: dict, spec: DeploymentSpec, registry, inputs: Inputs,
                  target: Served | None) -> tuple[Plan, bool, rollout.StepResult]:
-        """`strategy: canary`: one step of the rollout engine, the InferenceService it implies, and
-        the status saying so. Every piece of rollout state is in `status.canary`."""
+        """`strategy: canary`: one pass of the rollout driver on the InferenceService, and the
+        status saying so. Every piece of rollout state is in `status.canary`."""
         status = inputs.status
         ns, name = md["metadata"]["namespace"], md["metadata"]["name"]
-        ready = canary_readiness(self.kube.get(INFERENCESERVICES.path(ns, name)))
-        step = rollout.step_deployment(md, spec, status, target, self.config, now=inputs.now,
-                                       secret_reader=rollout.secret_reader(self.kube, ns), canary_ready=ready,
-                                       interface_of=lambda served: self.interface_of(registry, served))
-        observation, changed = self.apply_service(md, spec, step.stable, step.canary, step.weight)
-        p = plan_rollout(replace(inputs, service=observation), step.stable, step.canary, step.state,
+        versions = Versions(Served.from_status(status.get("stable")), Served.from_status(status.get("canaryModel")),
+                            target)
+        platform = KServePlatform(
+            versions, read_service=lambda: self.kube.get(INFERENCESERVICES.path(ns, name)),
+            write_service=lambda stable, canary, weight: self.apply_service(md, spec, stable, canary, weight),
+            interface_of=lambda served: self.interface_of(registry, served))
+        store = StatusStore(status, versions, lambda patch: self.kube.merge_patch(
+            MODELDEPLOYMENTS.path(ns, name, "status"), {"status": patch}))
+        history = RegistryHistory(registry, spec.model.name, ns, name, promote_alias=spec.rollout.promote_alias)
+        step = rollout.step_deployment(md, spec, status, target, self.config, now=inputs.now, platform=platform,
+                                       store=store, history=history,
+                                       secret_reader=rollout.secret_reader(self.kube, ns))
+        p = plan_rollout(replace(inputs, service=step.observation), step.stable, step.canary, step.state,
                          step.notifications, promoted=step.promoted)
         if inputs.error is not None:  # keep saying what went wrong with the newest version
-            failed = plan(replace(inputs, service=observation))
+            failed = plan(replace(inputs, service=step.observation))
             p = replace(p, retry=failed.retry, events=p.events + failed.events)
             if failed.status.get("phase") == "Failed":
                 p.status.update(phase="Failed", failed=failed.status.get("failed"))
                 p.status["conditions"] = [c for c in failed.status["conditions"]] + \
                     [c for c in p.status["conditions"] if c["type"] in ("Progressing", "RolledBack")]
-        rollout.record_history(registry, md, spec, step.transitions, inputs.now)
-        return p, changed, step
+        if store.wrote:  # the final status write starts from what the store persisted
+            md["status"] = {**status, **{k: v for k, v in store.saved.items() if v is not None}}
+            if store.saved.get("canaryModel") is None:
+                md["status"].pop("canaryModel", None)
+        return p, step.changed, step
 
     def _convert(self, md, spec, registry, resolved, inputs: Inputs) -> Inputs:
         try:

@@ -1,8 +1,7 @@
-"""The operator's side of a canary rollout: the I/O around `modelops.rollout`'s pure engine.
-
-One pass: read the engine's state from `status.canary`, step it (answering its questions: the
-analysis against Prometheus, the gate hooks), and hand back what the InferenceService must serve
-and what happened. Decisions stay in the engine; this module only fetches and records.
+"""The operator's side of a canary rollout: the one driver (`modelops.rollout.driver.tick`)
+run on KServe (`kserve_platform`), with Prometheus for the analysis, the gate hooks, MLflow as
+the history, and the webhook outbox's deliveries. Decisions stay in the engine; the order of
+observe, decide, persist, apply and record is the driver's.
 """
 
 from __future__ import annotations
@@ -13,17 +12,17 @@ from dataclasses import dataclass
 
 import httpx
 
-from modelops.deployment.plan import Served
+from modelops.deployment.plan import Served, ServiceObservation
 from modelops.deployment.spec import DeploymentSpec
 from modelops.rollout import analysis as analysis_mod
-from modelops.rollout.driver import compare_interfaces
-from modelops.rollout.engine import (Analyse, CallGate, GateResult, Notify, Observations, Promote,
-                                     RolloutPolicy, drive, transitions, wants_interface)
+from modelops.rollout.driver import AnalysisScope, Facts, tick
+from modelops.rollout.engine import CallGate, GateResult, Notify, Promote, RolloutPolicy
 from modelops.rollout.hooks import call_gates, gates_from_spec
 from modelops.rollout.providers import PrometheusProvider
-from modelops.rollout.state import Phase, RolloutState, parse_time
+from modelops.rollout.state import RolloutState, parse_time
 
 from .config import OperatorConfig
+from .kserve_platform import KServePlatform, StatusStore
 
 log = logging.getLogger("modelops.operator")
 
@@ -38,6 +37,9 @@ class StepResult:
     transitions: tuple  # SetWeight / Promote / RollBack / Notify (MLflow history)
     promoted: bool  # the stable version changed in this pass
     analysed: dict | None = None  # the analysis counted in this pass (AnalysisResult.to_status())
+    observation: ServiceObservation | None = None  # what KServe reports after the write
+    changed: bool = False  # the InferenceService was written
+    saved: dict | None = None  # the rollout's part of status, as persisted before the write
 
 
 class NoPrometheus:
@@ -48,43 +50,17 @@ class NoPrometheus:
             "no Prometheus configured: give the operator --prometheus-url (MODELOPS_PROMETHEUS_URL) "
             "or set spec.rollout.analysis.prometheusUrl")
 
+    def close(self) -> None:
+        pass
+
 
 def _provider(spec: DeploymentSpec, config: OperatorConfig):
     url = spec.rollout.analysis.prometheus_url or config.prometheus_url
     return PrometheusProvider(url) if url else NoPrometheus()
 
 
-def step_deployment(md: dict, spec: DeploymentSpec, status: dict, target: Served | None,
-                    config: OperatorConfig, *, now: str, secret_reader=None,
-                    canary_ready: bool | None = None, interface_of=None) -> StepResult:
-    meta = md["metadata"]
-    ns, name = meta["namespace"], meta["name"]
-    stable = Served.from_status(status.get("stable"))
-    canary_model = Served.from_status(status.get("canaryModel"))
-    state = RolloutState.from_status(status.get("canary"))
-    if state.stable_version is None and stable is not None:
-        # Deployed before the canary strategy was chosen (or by `replace`): that version serves.
-        state = state.evolve(phase=Phase.STABLE, stable_version=stable.version)
-    served = {s.version: s for s in (stable, canary_model, target) if s is not None}
-    policy = RolloutPolicy.from_spec(spec)
-    checked = None
-    if target is not None and interface_of is not None and wants_interface(state, target.version):
-        def read(version: str):
-            return interface_of(served[version]) if version in served else None
-
-        checked = compare_interfaces(read, target.version, state.stable_version)
-    obs = Observations.from_resource(spec, meta.get("annotations"), target=target and target.version,
-                                     generation=int(meta.get("generation") or 0), canary_ready=canary_ready,
-                                     interface=checked)
-    when = parse_time(now)
-    provider = _provider(spec, config)
-
-    def analyse(a: Analyse):
-        t = analysis_mod.Target(model=name, version=a.version, stable_version=a.stable_version,
-                                window=a.window_seconds, weight=a.weight, namespace=ns,
-                                labels={"namespace": ns})
-        return analysis_mod.analyse(spec.rollout.analysis, provider, t, when)
-
+def gate_caller(spec: DeploymentSpec, deployment: str, secret_reader=None):
+    """The engine's gate questions, asked of `spec.hooks.gates` (signed HTTP calls)."""
     def gate(g: CallGate) -> GateResult:
         try:
             gates = gates_from_spec(spec.hooks, secret_reader or _no_secrets)
@@ -93,29 +69,49 @@ def step_deployment(md: dict, spec: DeploymentSpec, status: dict, target: Served
 
         async def ask() -> GateResult:
             async with httpx.AsyncClient() as client:
-                return await call_gates(client, gates, g.type, deployment=f"{ns}/{name}", model=spec.model.name,
+                return await call_gates(client, gates, g.type, deployment=deployment, model=spec.model.name,
                                         version=g.version, stable_version=g.stable_version, weight=g.weight)
 
         return asyncio.run(ask())  # a worker thread: its own event loop
 
+    return gate
+
+
+def step_deployment(md: dict, spec: DeploymentSpec, status: dict, target: Served | None,
+                    config: OperatorConfig, *, now: str, platform: KServePlatform, store: StatusStore,
+                    history=None, secret_reader=None) -> StepResult:
+    """One pass of the rollout driver (`modelops.rollout.driver.tick`) on this InferenceService.
+    Raises what the InferenceService write raised (after the decision was persisted: the next
+    pass applies it again)."""
+    meta = md["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    versions = platform.versions
+    state = RolloutState.from_status(status.get("canary"))
+    facts = Facts(target=target and target.version, generation=int(meta.get("generation") or 0),
+                  annotations=meta.get("annotations"), serving=versions.stable and versions.stable.version)
+    provider = _provider(spec, config)
     try:
-        new, actions = drive(state, obs, policy, when, analyse=analyse, gate=gate)
+        result = tick(state, spec, facts, platform=platform, store=store, provider=provider,
+                      scope=AnalysisScope(model=name, namespace=ns, labels={"namespace": ns}), now=parse_time(now),
+                      history=history, gate=gate_caller(spec, f"{ns}/{name}", secret_reader))
     finally:
-        if isinstance(provider, PrometheusProvider):
-            provider.close()
-    traffic = new.traffic
-    stable_now = served.get(traffic.stable) if traffic.stable else None
-    if stable_now is None:  # nothing the engine knows serves: keep what the status says
-        stable_now = stable or target
-    canary_now = served.get(traffic.canary) if traffic.canary else None
+        provider.close()
+    if result.history_error:
+        log.warning("%s/%s: could not record the rollout in MLflow: %s", ns, name, result.history_error)
+    if platform.error is not None:
+        raise platform.error
+    new = result.state
+    stable_now, canary_now, weight = versions.split(new.traffic)
+    before = versions.stable
     counted = new.last_analysis_at is not None and new.last_analysis_at != state.last_analysis_at
     return StepResult(
         analysed=new.analysis if counted else None,
-        stable=stable_now, canary=canary_now, weight=traffic.weight if canary_now else 0,
-        state=new.to_status(),
-        notifications=tuple(a.notification for a in actions if isinstance(a, Notify)),
-        transitions=tuple(transitions(actions)),
-        promoted=any(isinstance(a, Promote) for a in actions) or (stable is None or stable.version != stable_now.version),
+        stable=stable_now, canary=canary_now, weight=weight, state=new.to_status(),
+        notifications=tuple(a.notification for a in result.actions if isinstance(a, Notify)),
+        transitions=result.transitions,
+        promoted=any(isinstance(a, Promote) for a in result.actions) or before is None
+        or before.version != stable_now.version,
+        observation=platform.observation, changed=platform.changed, saved=store.saved,
     )
 
 
@@ -180,17 +176,3 @@ def acknowledged(spec: DeploymentSpec, canary_status: dict | None, webhook: str,
 
 def _no_secrets(ref) -> bytes:
     raise PermissionError(f"Secret {getattr(ref, 'name', ref)!r} given but the operator reads no Secrets here")
-
-
-def record_history(registry, md: dict, spec: DeploymentSpec, actions: tuple, now: str) -> None:
-    """MLflow as the history (version tags, the promoted alias); never fails the pass."""
-    if not actions:
-        return
-    from modelops.rollout.history import record_actions
-
-    meta = md["metadata"]
-    try:
-        record_actions(registry, spec.model.name, meta["namespace"], meta["name"], actions, parse_time(now),
-                       promote_alias=spec.rollout.promote_alias)
-    except Exception as exc:  # MLflow down: the rollout goes on; this transition's tags are missed (logged)
-        log.warning("%s/%s: could not record the rollout in MLflow: %s", meta["namespace"], meta["name"], exc)

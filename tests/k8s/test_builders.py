@@ -204,7 +204,7 @@ def test_knative_mode_canary(isvc_schema):
 
 
 def test_canary_readiness_as_kserve_reports_it():
-    from modelops_operator.reconciler import canary_readiness
+    from modelops_operator.kserve_platform import canary_readiness
 
     standard = builders.build_inference_service(MD, GPU_SPEC, SERVED, canary=CANARY, weight=10)
     assert canary_readiness(standard) is None  # KServe said nothing yet: no hold

@@ -37,7 +37,7 @@ from ..deployment.spec import DeploymentSpec
 from . import analysis as analysis_mod
 from .engine import Analyse, CallGate, GateResult, Observations, RolloutPolicy, drive, transitions, wants_interface
 from .interface import Interface, InterfaceCheck, check
-from .state import RolloutState, Traffic
+from .state import Phase, RolloutState, Traffic
 
 
 class Platform(Protocol):
@@ -71,6 +71,16 @@ class Facts:
     preparing: str | None = None  # a newer resolved version still being converted
     generation: int = 0
     annotations: Mapping[str, str] | None = None
+    serving: str | None = None  # the version the platform serves when the state names none
+
+
+def adopt(state: RolloutState, serving: str | None) -> RolloutState:
+    """A deployment made before the canary strategy was chosen (or by `replace`) has no rollout
+    state, yet a version serves: that version is the stable one. The only edit of the state that
+    is not the engine's, and the same for every platform."""
+    if state.stable_version is None and serving is not None:
+        return state.evolve(phase=Phase.STABLE, stable_version=serving)
+    return state
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ def decide(state: RolloutState, spec: DeploymentSpec, facts: Facts, *, platform:
            policy: RolloutPolicy | None = None) -> TickResult:
     """Steps 1 and 2: observe and decide (reads only)."""
     policy = policy or RolloutPolicy.from_spec(spec)
+    state = adopt(state, facts.serving)
     ready = None
     if state.phase.active and state.version is not None:
         try:
@@ -157,5 +168,5 @@ def tick(state: RolloutState, spec: DeploymentSpec, facts: Facts, *, platform: P
                       apply_error=apply_error, history_error=history_error)
 
 
-__all__ = ["AnalysisScope", "Facts", "History", "Platform", "Store", "TickResult", "compare_interfaces",
+__all__ = ["AnalysisScope", "Facts", "adopt", "History", "Platform", "Store", "TickResult", "compare_interfaces",
            "decide", "tick"]

@@ -112,3 +112,19 @@ def record_actions(registry, model_name: str, namespace: str, name: str, actions
             if isinstance(a, Promote):
                 registry.set_alias(model_name, promote_alias, a.version)
     return written
+
+
+@dataclass(frozen=True)
+class RegistryHistory:
+    """The driver's `History` for one deployment, written straight to MLflow (the operator; local
+    mode queues the same call on a worker so a slow MLflow never holds its loop)."""
+
+    registry: object
+    model_name: str
+    namespace: str
+    name: str
+    promote_alias: str | None = None
+
+    def record(self, moves: tuple, now: datetime) -> None:
+        record_actions(self.registry, self.model_name, self.namespace, self.name, moves, now,
+                       promote_alias=self.promote_alias)
