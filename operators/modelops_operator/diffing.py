@@ -83,3 +83,13 @@ def status_patch(old: dict, new: dict) -> dict | None:
         if key not in new:
             patch[key] = None
     return patch or None
+
+
+def replacing(old, new):
+    """A merge patch that makes `old` equal to `new` (a merge patch alone keeps keys `new` lacks:
+    those are set to null here, at every depth)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch = {k: replacing(old.get(k), v) for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch

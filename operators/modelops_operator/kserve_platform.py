@@ -102,7 +102,7 @@ class StatusStore:
     def save(self, state: RolloutState, result) -> None:
         new = self.rollout_status(state)
         old = {k: self._status.get(k) for k in new}
-        patch = diffing.status_patch(old, new)
+        patch = {k: diffing.replacing(old[k], v) for k, v in new.items() if old[k] != v}
         if patch:
             self._patch(patch)
             self.wrote = True

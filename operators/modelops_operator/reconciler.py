@@ -113,6 +113,21 @@ class Reconciler:
             self._interfaces[key] = found
         return self._interfaces[key]
 
+    def rollout_parts(self, md: dict, spec: DeploymentSpec, registry, status: dict,
+                      target: Served | None) -> tuple[KServePlatform, StatusStore, RegistryHistory]:
+        """The driver's platform (this InferenceService), store (this status) and history (MLflow)."""
+        ns, name = md["metadata"]["namespace"], md["metadata"]["name"]
+        versions = Versions(Served.from_status(status.get("stable")), Served.from_status(status.get("canaryModel")),
+                            target)
+        platform = KServePlatform(
+            versions, read_service=lambda: self.kube.get(INFERENCESERVICES.path(ns, name)),
+            write_service=lambda stable, canary, weight: self.apply_service(md, spec, stable, canary, weight),
+            interface_of=lambda served: self.interface_of(registry, served))
+        store = StatusStore(status, versions, lambda patch: self.kube.merge_patch(
+            MODELDEPLOYMENTS.path(ns, name, "status"), {"status": patch}))
+        history = RegistryHistory(registry, spec.model.name, ns, name, promote_alias=spec.rollout.promote_alias)
+        return platform, store, history
+
     # --- the pass ---------------------------------------------------------------------------
     def reconcile(self, namespace: str, name: str, *, resolve: bool) -> Result:
         md = self.kube.get(MODELDEPLOYMENTS.path(namespace, name))
@@ -185,16 +200,8 @@ class Reconciler:
         """`strategy: canary`: one pass of the rollout driver on the InferenceService, and the
         status saying so. Every piece of rollout state is in `status.canary`."""
         status = inputs.status
-        ns, name = md["metadata"]["namespace"], md["metadata"]["name"]
-        versions = Versions(Served.from_status(status.get("stable")), Served.from_status(status.get("canaryModel")),
-                            target)
-        platform = KServePlatform(
-            versions, read_service=lambda: self.kube.get(INFERENCESERVICES.path(ns, name)),
-            write_service=lambda stable, canary, weight: self.apply_service(md, spec, stable, canary, weight),
-            interface_of=lambda served: self.interface_of(registry, served))
-        store = StatusStore(status, versions, lambda patch: self.kube.merge_patch(
-            MODELDEPLOYMENTS.path(ns, name, "status"), {"status": patch}))
-        history = RegistryHistory(registry, spec.model.name, ns, name, promote_alias=spec.rollout.promote_alias)
+        ns = md["metadata"]["namespace"]
+        platform, store, history = self.rollout_parts(md, spec, registry, status, target)
         step = rollout.step_deployment(md, spec, status, target, self.config, now=inputs.now, platform=platform,
                                        store=store, history=history,
                                        secret_reader=rollout.secret_reader(self.kube, ns))

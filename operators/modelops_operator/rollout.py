@@ -79,7 +79,7 @@ def gate_caller(spec: DeploymentSpec, deployment: str, secret_reader=None):
 
 def step_deployment(md: dict, spec: DeploymentSpec, status: dict, target: Served | None,
                     config: OperatorConfig, *, now: str, platform: KServePlatform, store: StatusStore,
-                    history=None, secret_reader=None) -> StepResult:
+                    history=None, secret_reader=None, provider=None) -> StepResult:
     """One pass of the rollout driver (`modelops.rollout.driver.tick`) on this InferenceService.
     Raises what the InferenceService write raised (after the decision was persisted: the next
     pass applies it again)."""
@@ -89,13 +89,15 @@ def step_deployment(md: dict, spec: DeploymentSpec, status: dict, target: Served
     state = RolloutState.from_status(status.get("canary"))
     facts = Facts(target=target and target.version, generation=int(meta.get("generation") or 0),
                   annotations=meta.get("annotations"), serving=versions.stable and versions.stable.version)
-    provider = _provider(spec, config)
+    owned = provider is None  # one we make we close; one we are given is the caller's
+    provider = provider or _provider(spec, config)
     try:
         result = tick(state, spec, facts, platform=platform, store=store, provider=provider,
                       scope=AnalysisScope(model=name, namespace=ns, labels={"namespace": ns}), now=parse_time(now),
                       history=history, gate=gate_caller(spec, f"{ns}/{name}", secret_reader))
     finally:
-        provider.close()
+        if owned:
+            provider.close()
     if result.history_error:
         log.warning("%s/%s: could not record the rollout in MLflow: %s", ns, name, result.history_error)
     if platform.error is not None:

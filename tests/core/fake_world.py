@@ -49,6 +49,7 @@ class World:
     faults: set[str] = field(default_factory=set)  # active this pass
     saves: int = 0
     delivered: list[dict] = field(default_factory=list)  # notifications a receiver accepted
+    labels: str = ""  # more labels on every sample, e.g. ',namespace="ns"' (as Prometheus adds them)
 
     def traffic_pass(self, n: int = 60) -> None:
         """Client requests over one pass, split as the platform serves them."""
@@ -81,12 +82,12 @@ class World:
             if v == version:
                 value = "NaN" if nan else f"{n}"
                 lines.append(f'modelops_predictor_requests_total{{model="m",version="{v}",protocol="rest",'
-                             f'code="{code}"}} {value}')
+                             f'code="{code}"{self.labels}}} {value}')
         lines.append("# TYPE modelops_predictor_request_seconds histogram")
         for (v, le), n in sorted(self.buckets.items()):
             if v == version:
                 lines.append(f'modelops_predictor_request_seconds_bucket{{model="m",version="{v}",'
-                             f'protocol="rest",le="{le}"}} {n}')
+                             f'protocol="rest",le="{le}"{self.labels}}} {n}')
         return "\n".join(lines) + "\n"
 
     def transport(self) -> httpx.MockTransport:

@@ -242,3 +242,12 @@ def test_an_owned_field_at_zero_is_still_removed():
     desired = {"spec": {"predictor": {"model": {}}}}
     patch = diffing.drop_owned_absent(desired, observed, diffing.IS_OWNED_MAPS)
     assert patch == {"spec": {"predictor": {"canaryTrafficPercent": None}}}
+
+
+def test_a_status_patch_removes_what_the_new_rollout_state_lacks():
+    from modelops_operator.diffing import replacing
+
+    old = {"phase": "Progressing", "version": "2", "weight": 10, "rolledBack": {"version": "1", "reason": "x"}}
+    new = {"phase": "Promoted", "weight": 0, "rolledBack": {"version": "1"}}
+    assert replacing(old, new) == {"phase": "Promoted", "version": None, "weight": 0,
+                                   "rolledBack": {"reason": None}}
