@@ -24,6 +24,9 @@ metadata, health), and each request goes to the stable or the canary predictor b
 Every answer carries `x-modelops-version: <version that answered>` (an HTTP header; gRPC initial
 and trailing metadata); a request the router itself cannot place is a JSON error (`503 NoBackend`,
 `502 BackendUnavailable`) or gRPC `UNAVAILABLE`.
+
+This module is the HTTP data plane, its metrics, the control API and the entry point
+(`python -m modelops.local.router`); the routing table is `routes.py`, the gRPC side `router_grpc.py`.
 """
 
 from __future__ import annotations
@@ -31,147 +34,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import random
-import re
 import time
-from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-log = logging.getLogger("modelops.router")
+from .routes import VERSION_HEADER, Backend, Route, RouteError, RoutingTable, parse_routes
 
-VERSION_HEADER = b"x-modelops-version"
+__all__ = ["VERSION_HEADER", "Backend", "Route", "RouteError", "Router", "RoutingTable", "admin_app",
+           "main", "parse_routes", "serve"]
+
+log = logging.getLogger("modelops.router")
 # Hop-by-hop headers (RFC 9110 7.6.1) and the ones the client library sets itself.
 _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
         b"upgrade", b"host", b"content-length"}
 _HOP_RESPONSE = _HOP | {b"date", b"server"}
 _JSON = (b"content-type", b"application/json")
-
-
-@dataclass
-class Backend:
-    version: str
-    url: str  # http://127.0.0.1:PORT
-    weight: int = 0
-    grpc: str | None = None  # host:port of its gRPC server
-    inflight: int = 0
-    served: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def to_json(self) -> dict:
-        out = {"version": self.version, "url": self.url, "weight": self.weight,
-               "inflight": self.inflight, "served": self.served}
-        if self.grpc:
-            out["grpc"] = self.grpc
-        return out
-
-    def enter(self) -> None:
-        self.inflight += 1
-
-    def leave(self) -> None:
-        self.inflight -= 1
-        if self.inflight == 0:
-            self.idle.set()
-
-
-class RouteError(ValueError):
-    pass
-
-
-Route = tuple  # (version, url, weight, grpc target or None)
-_TARGET = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
-
-
-def parse_routes(doc) -> list[Route]:
-    """`{"routes": [{"version", "url", "weight", "grpc"?}]}` -> [(version, url, weight, grpc)], checked."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("routes"), list):
-        raise RouteError("body must be {\"routes\": [{\"version\", \"url\", \"weight\"}, ...]}")
-    out, urls = [], set()
-    for i, r in enumerate(doc["routes"]):
-        if not isinstance(r, dict):
-            raise RouteError(f"routes[{i}] must be an object")
-        version, url, weight = r.get("version"), r.get("url"), r.get("weight")
-        if not isinstance(version, str) or not version:
-            raise RouteError(f"routes[{i}].version must be a non-empty string")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise RouteError(f"routes[{i}].url must be an http(s) URL")
-        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
-            raise RouteError(f"routes[{i}].weight must be an integer between 0 and 100")
-        if url in urls:
-            raise RouteError(f"routes[{i}].url {url} appears twice")
-        grpc_target = r.get("grpc")
-        if grpc_target is not None and (not isinstance(grpc_target, str) or not _TARGET.match(grpc_target)):
-            raise RouteError(f"routes[{i}].grpc must be host:port")
-        urls.add(url)
-        out.append((version, url.rstrip("/"), weight, grpc_target))
-    return out
-
-
-class RoutingTable:
-    """Backends by URL; requests choose among those with weight > 0."""
-
-    def __init__(self):
-        self.backends: dict[str, Backend] = {}  # in the table
-        self.retired: dict[str, Backend] = {}  # left the table, maybe still answering
-        self._active: list[Backend] = []
-        self._total = 0
-        self._random = random.Random().random
-        self.generation = 0
-
-    def set(self, routes: list[Route]) -> None:
-        new: dict[str, Backend] = {}
-        for version, url, weight, grpc_target in routes:
-            b = self.backends.pop(url, None) or self.retired.pop(url, None) or Backend(version, url)
-            b.version, b.weight, b.grpc = version, weight, grpc_target
-            new[url] = b
-        for url, b in self.backends.items():  # what is left was removed
-            b.weight = 0
-            self.retired[url] = b
-        self.backends = new
-        self._active = [b for b in new.values() if b.weight > 0]
-        self._total = sum(b.weight for b in self._active)
-        self.generation += 1
-
-    def choose(self) -> Backend | None:
-        """A backend with probability weight / sum(weights)."""
-        active = self._active
-        if len(active) == 1:
-            return active[0]
-        if not active:
-            return None
-        pick = self._random() * self._total
-        for b in active:
-            pick -= b.weight
-            if pick < 0:
-                return b
-        return active[-1]
-
-    async def drain(self, urls: list[str], timeout: float) -> dict[str, int]:
-        """Wait until every retired backend in `urls` has nothing in flight; returns what is left."""
-        deadline = time.monotonic() + timeout
-        for url in urls:
-            b = self.retired.get(url)
-            while b is not None and b.inflight > 0:
-                b.idle.clear()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(b.idle.wait(), left)
-                except asyncio.TimeoutError:
-                    break
-        left = {u: self.retired[u].inflight for u in urls if u in self.retired and self.retired[u].inflight}
-        for url in urls:
-            if url not in left:
-                self.retired.pop(url, None)
-        return left
-
-    def to_json(self) -> dict:
-        return {"generation": self.generation, "routes": [b.to_json() for b in self.backends.values()],
-                "retired": [b.to_json() for b in self.retired.values()]}
 
 
 class Router:
@@ -293,92 +173,6 @@ class Router:
         self.count(backend.version if backend else "", status, time.perf_counter() - t0)
 
 
-# --- gRPC ------------------------------------------------------------------------------------
-GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024)]
-
-
-class GrpcProxy:
-    """A generic gRPC handler: each unary call goes, as bytes, to the chosen predictor's gRPC port."""
-
-    def __init__(self, router: Router):
-        import grpc
-
-        self._grpc = grpc
-        self.router = router
-        self.table = router.table
-        self._channels: dict[str, object] = {}
-        self._handlers: dict[str, object] = {}
-
-    def _channel(self, target: str):
-        ch = self._channels.get(target)
-        if ch is None:
-            ch = self._channels[target] = self._grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
-        return ch
-
-    def service(self, details):
-        handler = self._handlers.get(details.method)
-        if handler is None:
-            handler = self._handlers[details.method] = self._grpc.unary_unary_rpc_method_handler(
-                self._forwarder(details.method))
-        return handler
-
-    def _forwarder(self, method: str):
-        grpc = self._grpc
-
-        async def forward(request: bytes, context):
-            t0 = time.perf_counter()
-            backend = self.table.choose()
-            if backend is None or not backend.grpc:
-                why = "no predictor is ready behind the router" if backend is None else \
-                    f"v{backend.version} has no gRPC endpoint"
-                self.router.count(backend.version if backend else "", "UNAVAILABLE", time.perf_counter() - t0,
-                                  "grpc")
-                await context.abort(grpc.StatusCode.UNAVAILABLE, why)
-            version = ((VERSION_HEADER.decode(), backend.version),)
-            backend.enter()
-            try:
-                metadata = tuple((k, v) for k, v in (context.invocation_metadata() or ())
-                                 if not k.startswith((":", "grpc-")) and k not in ("user-agent", "te"))
-                remaining = context.time_remaining()
-                call = self._channel(backend.grpc).unary_unary(method)(
-                    request, metadata=metadata, timeout=remaining if remaining and remaining < 1e6 else 60.0)
-                try:
-                    response = await call
-                    code = "OK"
-                except grpc.aio.AioRpcError as exc:
-                    code = exc.code().name
-                    context.set_trailing_metadata(version)
-                    self.router.count(backend.version, code, time.perf_counter() - t0, "grpc")
-                    await context.abort(exc.code(), exc.details() or "")
-            finally:
-                backend.leave()
-            backend.served += 1
-            await context.send_initial_metadata(version)
-            context.set_trailing_metadata(version)
-            self.router.count(backend.version, code, time.perf_counter() - t0, "grpc")
-            return response
-
-        return forward
-
-    async def close(self) -> None:
-        for ch in self._channels.values():
-            await ch.close()
-
-
-async def start_grpc(router: Router, host: str, port: int):
-    """The gRPC side of the router on `host:port`, in the running event loop."""
-    import grpc
-
-    proxy = GrpcProxy(router)
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    server.add_generic_rpc_handlers((proxy,))
-    if server.add_insecure_port(f"{host}:{port}") == 0:
-        raise OSError(f"cannot listen on {host}:{port} for gRPC")
-    await server.start()
-    return server, proxy
-
-
 # --- control plane ---------------------------------------------------------------------------
 def admin_app(router: Router) -> web.Application:
     table = router.table
@@ -428,6 +222,8 @@ def serve(port: int, admin_port: int, host: str = "127.0.0.1", routes: list | No
           grpc_port: int = 0) -> None:
     """Run the router until SIGTERM/SIGINT (graceful: requests in flight finish, HTTP and gRPC)."""
     import uvicorn
+
+    from .router_grpc import start_grpc
 
     router = Router()
     if routes:

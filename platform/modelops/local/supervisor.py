@@ -19,18 +19,19 @@ What the operator does with Kubernetes and KServe, done with local processes:
 
 A predictor leaves only after the router stopped sending to it and its in-flight requests
 finished (`drain`). SIGINT/SIGTERM (`modelops local down`) stop everything it started.
+
+This module is the driving loop. Process management is elsewhere: the router, MLflow and the
+record of children in `services.py`, the predictors in `predictors.py`; what is observed from
+the slots in `observe.py`; the MLflow history writer in `history_writer.py`; the output in
+`narrate.py`/`display.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -39,23 +40,16 @@ import httpx
 from .. import errors
 from ..rollout import CallGate, GateResult, RolloutPolicy, RolloutState, acknowledge, pending
 from ..rollout import driver
-from ..rollout.analysis import LatencyQuantile, RequestCount, Target
-from . import narrate
+from . import narrate, observe
 from .display import Display
-from .preflight import check_ports, check_secrets, secret_reader
+from .history_writer import HistoryWriter
 from .local_platform import LocalPlatform
 from .manifest import LOCAL_NAMESPACE, Manifest
-from .ports import free_port
 from .predictors import Predictors, convert_version
-from .processes import spawn, stop
-from .rundir import RunDir, process_record, read_json, write_json
-from .status import Facts, compose
-
-ROUTER_READY_TIMEOUT = 30.0
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+from .preflight import check_ports, check_secrets, secret_reader
+from .rundir import RunDir, read_json, write_json
+from .services import Services, utcnow
+from .status import compose
 
 
 class Supervisor:
@@ -68,10 +62,6 @@ class Supervisor:
         self.manifest = manifest
         self.spec = manifest.spec
         self.rundir = rundir
-        self.tracking_uri = tracking_uri
-        self.port = port
-        self.grpc_port = grpc_port
-        self.host = host
         interval = self.spec.rollout.interval_seconds
         self.resolve_interval = resolve_interval if resolve_interval is not None else min(5.0, interval)
         self.tick = tick if tick is not None else max(0.2, min(1.0, interval / 4))
@@ -82,6 +72,8 @@ class Supervisor:
         self.policy = RolloutPolicy.from_spec(self.spec)
         self.display = Display(out, live=live, every=max(2.0, min(10.0, interval)))
         self.out = self.display.out
+        self.services = Services(manifest, rundir, tracking_uri=tracking_uri, port=port, grpc_port=grpc_port,
+                                 host=host, say=self.display.event)
 
         self.predictors: Predictors | None = None
         self.platform: LocalPlatform | None = None
@@ -90,11 +82,6 @@ class Supervisor:
         self.resolved: str | None = None
         self.target: str | None = None
         self.resolve_error: errors.ModelOpsError | None = None
-        self.children: dict[str, dict] = {}
-        self.router_proc: subprocess.Popen | None = None
-        self.router_url = ""
-        self.admin_url = ""
-        self.mlflow = None
         self.registry = None
         self.provider = None
         self.metrics_provider = None
@@ -104,8 +91,7 @@ class Supervisor:
         self.gates: list = []
         self.stopping = False
         self._acks: list[tuple[str, int]] = []
-        self._history: asyncio.Queue | None = None
-        self._history_task: asyncio.Task | None = None
+        self.history: HistoryWriter | None = None
         self._next_resolve = 0.0
         self._status: dict | None = None
         self._last_analysis_at: str | None = None
@@ -113,27 +99,13 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
 
-    # --- records -----------------------------------------------------------------------------
-    def _write_supervisor(self) -> None:
-        doc = {**process_record(os.getpid()), "name": self.manifest.name, "manifest": str(self.manifest.path),
-               "trackingUri": self.tracking_uri,
-               "router": {"url": self.router_url, "admin": self.admin_url, "grpcPort": self.grpc_port or None},
-               "children": self.children}
-        doc["pgid"] = os.getpgid(0)
-        write_json(self.rundir.supervisor_path, doc)
+    @property
+    def router_url(self) -> str:
+        return self.services.router_url
 
-    def _add_child(self, role: str, proc: subprocess.Popen, **more) -> None:
-        self.children[role] = process_record(proc.pid, **more)
-        self._write_supervisor()
-
-    def _drop_child(self, role: str) -> None:
-        if self.children.pop(role, None) is not None:
-            self._write_supervisor()
-
-    def _events_log(self, kind: str, **fields) -> None:
-        line = {"at": _utcnow().isoformat().replace("+00:00", "Z"), "kind": kind, **fields}
-        with open(self.rundir.root / "events.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
+    @property
+    def tracking_uri(self) -> str | None:
+        return self.services.tracking_uri
 
     # --- start ---------------------------------------------------------------------------------
     def _secret_reader(self):
@@ -158,7 +130,8 @@ class Supervisor:
 
     def preflight(self) -> None:
         """What can be wrong before anything starts: ports taken, hook secrets missing (named)."""
-        self.port = check_ports(self.host, self.port, self.grpc_port)
+        s = self.services
+        s.port = check_ports(s.host, s.port, s.grpc_port)
         check_secrets(self.spec.hooks, self._secret_reader())
 
     async def _start(self) -> None:
@@ -168,16 +141,11 @@ class Supervisor:
         self._restore()
         write_json(self.rundir.local_path, {"model": self.spec.model.name, "generation": self.generation,
                                             "specHash": self.manifest.spec_hash})
-        self._write_supervisor()
+        self.services.write_record()
         if self.tracking_uri is None:
-            from .mlflow_server import MlflowServer
-
-            self.display.event(f"starting MLflow (sqlite + local artifacts in {self.rundir.mlflow})")
-            self.mlflow = MlflowServer(self.rundir.mlflow, port=self.mlflow_port or None)
-            await asyncio.to_thread(self._start_mlflow)
-            self.tracking_uri = self.mlflow.url
-        self._write_supervisor()
-        await self._start_router()
+            await self.services.start_mlflow(self.mlflow_port)
+        self.services.write_record()
+        await self.services.start_router()
         from ..registry import Registry
         from ..rollout.providers import PrometheusProvider, ScrapeProvider
 
@@ -191,13 +159,14 @@ class Supervisor:
         self.webhooks = webhooks_from_spec(self.spec.hooks, read)
         self.gates = gates_from_spec(self.spec.hooks, read)
         self.dispatcher = WebhookDispatcher(on_delivered=self._delivered, base_delay=0.5, max_delay=10)
-        self._history = asyncio.Queue()
-        self._history_task = asyncio.create_task(self._history_worker())
+        self.history = HistoryWriter(self._write_history, self.display.event)
+        self.history.start()
+        s = self.services
         self.predictors = Predictors(
-            logs=self.rundir.logs, name=self.manifest.name, device=self.device, grpc=bool(self.grpc_port),
-            convert=self._convert, record=self._add_child, forget=self._drop_child, say=self.display.event,
-            log_event=self._events_log, on_ready=self._targets_changed)
-        self.platform = LocalPlatform(self.predictors, self.admin_url)
+            logs=self.rundir.logs, name=self.manifest.name, device=self.device, grpc=bool(s.grpc_port),
+            convert=self._convert, record=s.add_child, forget=s.drop_child, say=self.display.event,
+            log_event=s.log_event, on_ready=self._targets_changed)
+        self.platform = LocalPlatform(self.predictors, s.admin_url)
         model = self.spec.model
         follows = f"alias @{model.alias} (re-resolved every {self.resolve_interval:g}s)" if model.alias \
             else f"version {model.version}"
@@ -207,39 +176,10 @@ class Supervisor:
                + (f"Prometheus {self.prometheus_url}" if self.prometheus_url else "the predictors' /metrics")
                if r.strategy == "canary" else "strategy replace")
         self.display.event(f"ModelDeployment {self.manifest.name}: models:/{model.name} {follows}; {how}")
-        grpc_at = f", gRPC {self.router_url.split('//')[1].rsplit(':', 1)[0]}:{self.grpc_port}" \
-            if self.grpc_port else ""
+        grpc_at = f", gRPC {self.router_url.split('//')[1].rsplit(':', 1)[0]}:{s.grpc_port}" \
+            if s.grpc_port else ""
         self.display.event(f"router: {self.router_url}  (V2 REST: POST {self.router_url}/v2/models/"
                            f"{self.manifest.name}/infer{grpc_at})   MLflow: {self.tracking_uri}")
-
-    def _start_mlflow(self) -> None:
-        self.mlflow.start()
-        self._add_child("mlflow", self.mlflow.proc, port=self.mlflow.port)
-
-    async def _start_router(self) -> None:
-        admin_port = free_port()
-        cmd = [sys.executable, "-m", "modelops.local.router", "--port", str(self.port),
-               "--admin-port", str(admin_port), "--host", self.host, "--grpc-port", str(self.grpc_port or 0)]
-        self.router_proc = spawn(cmd, self.rundir.logs / "router.log")
-        self.router_url = f"http://{'127.0.0.1' if self.host in ('0.0.0.0', '') else self.host}:{self.port}"
-        self.admin_url = f"http://127.0.0.1:{admin_port}"
-        self._add_child("router", self.router_proc, port=self.port, adminPort=admin_port,
-                        grpcPort=self.grpc_port or None)
-        deadline = time.monotonic() + ROUTER_READY_TIMEOUT
-        async with httpx.AsyncClient(timeout=1.0) as client:
-            while True:
-                if self.router_proc.poll() is not None:
-                    raise RuntimeError(f"the router exited with {self.router_proc.returncode}; "
-                                       f"see {self.rundir.logs / 'router.log'}")
-                try:
-                    if (await client.get(f"{self.admin_url}/healthz")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the router did not start in {ROUTER_READY_TIMEOUT:.0f}s; "
-                                       f"see {self.rundir.logs / 'router.log'}")
-                await asyncio.sleep(0.1)
 
     # --- versions ------------------------------------------------------------------------------
     def _options(self):
@@ -254,24 +194,10 @@ class Supervisor:
 
     def _needed(self) -> set[str]:
         """Versions that must have a running predictor now."""
-        traffic = self.state.traffic
-        need = {v for v in (traffic.stable, traffic.canary) if v}
-        if self.resolved and not self._refused(self.resolved):
-            need.add(self.resolved)
-        return need
-
-    def _refused(self, version: str) -> bool:
-        """The engine will not canary this version again (rolled back in this generation)."""
-        rb = self.state.rolled_back
-        return (rb is not None and rb.version == version and rb.generation == self.generation
-                and version != self.state.stable_version)
+        return observe.needed(self.state, self.resolved, self.generation)
 
     async def _drain(self, url: str) -> float | None:
-        try:
-            r = await self.http.post(f"{self.admin_url}/drain", json={"urls": [url], "timeout": 30})
-            return r.json().get("waited_ms", 0)
-        except (httpx.HTTPError, ValueError):
-            return None
+        return await self.services.drain(self.http, url)
 
     def _targets_changed(self) -> None:
         self.metrics_provider.set_targets(self.predictors.metrics_urls())
@@ -298,7 +224,7 @@ class Supervisor:
                                    f"v{resolved.version}" if model.alias else f"resolved v{resolved.version}")
             else:
                 self.display.event(f"{model.uri} resolves to v{resolved.version}")
-            self._events_log("Resolved", version=resolved.version)
+            self.services.log_event("Resolved", version=resolved.version)
             self.resolved = resolved.version
             slot = self.predictors.get(resolved.version)
             if slot is not None and slot.state == "failed":  # the alias changed: try that version again
@@ -306,18 +232,9 @@ class Supervisor:
 
     def _observe(self) -> tuple[str | None, str | None]:
         """(target, preparing) as the operator defines them, from the slots."""
-        v = self.resolved
-        if v is None:
-            return self.target, None
-        if self._refused(v):
-            return v, None  # the engine knows it was rolled back: it will not canary it again
-        slot = self.predictors.get(v)
-        if slot is not None and slot.ready:
-            self.target = v
-            return v, None
-        if slot is not None and slot.state in ("converting", "starting", "pending"):
-            return self.target, v
-        return self.target, None
+        target, preparing, self.target = observe.observe(self.predictors, self.state, self.resolved,
+                                                         self.generation, self.target)
+        return target, preparing
 
     def _gate(self, c: CallGate) -> GateResult:
         from ..rollout.hooks import call_gates
@@ -328,29 +245,26 @@ class Supervisor:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=120)
 
     def _stats(self, versions: list[str]) -> dict[str, tuple[float | None, float | None]]:
-        window = max(2.0, min(5.0, self.spec.rollout.interval_seconds))
-        out = {}
-        for v in versions:
-            selector = Target(self.manifest.name, v, None, window, 0).selector(v)
-            n = self.metrics_provider.query(RequestCount(selector, window))
-            p99 = self.metrics_provider.query(LatencyQuantile(selector, window, 0.99))
-            out[v] = (n / window if isinstance(n, float) else None,
-                      p99 * 1000 if isinstance(p99, float) else None)
-        return out
+        return observe.traffic_stats(self.metrics_provider, self.manifest.name, versions,
+                                     self.spec.rollout.interval_seconds)
 
-    # The driver's Store and History (local mode's status document; MLflow through the worker).
+    # The driver's Store (local mode's status document); its History is the `HistoryWriter`.
     def save(self, state: RolloutState, result) -> None:
         self.state = state
         self._write_status()
 
-    def record(self, moves: tuple, now: datetime) -> None:
-        self._loop.call_soon_threadsafe(self._history.put_nowait, (moves, now))
+    def _write_history(self, moves: tuple, now: datetime) -> None:
+        """In a thread: version tags and `promoteAlias` in MLflow."""
+        from ..rollout.history import record_actions
+
+        record_actions(self.registry, self.spec.model.name, LOCAL_NAMESPACE, self.manifest.name, moves, now,
+                       self.spec.rollout.promote_alias)
 
     def _pass(self, facts: driver.Facts, now: datetime):
         """In a worker thread: scrape, one pass of the rollout driver, stats for the table."""
         if self.metrics_provider.urls:
             self.metrics_provider.scrape()
-        result = driver.tick(self.state, self.spec, facts, platform=self.platform, store=self, history=self,
+        result = driver.tick(self.state, self.spec, facts, platform=self.platform, store=self, history=self.history,
                              provider=self.provider, scope=driver.AnalysisScope(self.manifest.name, LOCAL_NAMESPACE),
                              now=now, gate=self._gate, policy=self.policy)
         t = result.state.traffic
@@ -358,10 +272,8 @@ class Supervisor:
         return result, stats
 
     async def tick_once(self) -> None:
-        now = _utcnow()
-        if self.router_proc is not None and self.router_proc.poll() is not None:
-            raise RuntimeError(f"the router exited with {self.router_proc.returncode}; "
-                               f"see {self.rundir.logs / 'router.log'}")
+        now = utcnow()
+        self.services.check_router()
         self.predictors.check()
         if time.monotonic() >= self._next_resolve:
             await self._resolve()
@@ -386,8 +298,8 @@ class Supervisor:
         if result.apply_error:
             self.display.event(f"router: routes not applied ({result.apply_error}); trying again")
         elif self.platform.changed:
-            self._events_log("Routes", routes=[{"version": x["version"], "weight": x["weight"]}
-                                               for x in self.platform.routes])
+            self.services.log_event("Routes", routes=[{"version": x["version"], "weight": x["weight"]}
+                                                      for x in self.platform.routes])
         self._report(result.actions, weight)
         if self.webhooks:
             self.dispatcher.submit(self.manifest.deployment_id, self.spec.model.name, self.webhooks,
@@ -408,40 +320,17 @@ class Supervisor:
         new = a if a and a.get("at") != self._last_analysis_at else None
         if new:
             self._last_analysis_at = new.get("at")
-        narrate.report(self.display.event, self._events_log, actions, new, weight)
+        narrate.report(self.display.event, self.services.log_event, actions, new, weight)
 
     def _show(self, stats: dict) -> None:
         phase = (self._status or {}).get("phase", "Pending")
         self.display.table(*narrate.table(self.state, self.policy, stats, phase))
 
-    def _facts(self) -> Facts:
-        stable_slot = self.predictors.get(self.state.stable_version)
-        stable = stable_slot.served if stable_slot is not None else None
-        if stable is None and self._status and (self._status.get("stable") or {}).get("version") == \
-                self.state.stable_version:
-            stable = self._status.get("stable")
-        facts = Facts(generation=self.generation, resolved_version=self.resolved, stable=stable,
-                      url=self.router_url if self.platform.routes else None, canary=self.state)
-        slot = self.predictors.get(self.resolved)
-        if self.resolve_error is not None:
-            e = self.resolve_error
-            facts.error = (e.reason, str(e), e.retryable)
-        elif slot is not None and slot.state == "pending" and slot.error is not None:
-            e = slot.error
-            facts.error = (e.reason, str(e), True)
-        elif slot is not None and slot.state == "failed" and slot.error is not None:
-            e = slot.error
-            facts.error = (e.reason, str(e), False)
-            facts.failed = {"version": slot.version, "options": self.spec.conversion.fingerprint,
-                            "reason": e.reason, "message": str(e)[:2048]}
-        elif slot is not None and slot.state == "converting":
-            facts.converting = slot.version
-        elif slot is not None and slot.state == "starting":
-            facts.starting = slot.version
-        return facts
-
     def _write_status(self, stopped: bool = False) -> None:
-        facts = self._facts()
+        facts = observe.status_facts(self.predictors, self.state, generation=self.generation,
+                                     resolved=self.resolved, resolve_error=self.resolve_error, status=self._status,
+                                     url=self.router_url if self.platform.routes else None,
+                                     fingerprint=self.spec.conversion.fingerprint)
         facts.stopped = stopped
         doc = compose(facts, self._status)
         if doc != self._status:
@@ -451,23 +340,6 @@ class Supervisor:
     # --- side channels -------------------------------------------------------------------------
     def _delivered(self, deployment: str, webhook: str, seq: int) -> None:
         self._acks.append((webhook, seq))
-
-    async def _history_worker(self) -> None:
-        """MLflow history (version tags, promoteAlias), in order, retried while MLflow is away."""
-        from ..rollout.history import record_actions
-
-        while True:
-            moves, now = await self._history.get()
-            for attempt in range(1, 6):
-                try:
-                    await asyncio.to_thread(record_actions, self.registry, self.spec.model.name,
-                                            LOCAL_NAMESPACE, self.manifest.name, moves, now,
-                                            self.spec.rollout.promote_alias)
-                    break
-                except errors.ModelOpsError as exc:
-                    self.display.event(f"MLflow history not written yet ({exc.reason}); retrying")
-                    await asyncio.sleep(min(10, attempt * 2))
-            self._history.task_done()
 
     # --- run -----------------------------------------------------------------------------------
     async def run(self) -> int:
@@ -490,13 +362,8 @@ class Supervisor:
 
     async def _shutdown(self) -> None:
         self.stopping = True
-        if self._history is not None:
-            try:  # what happened is written to MLflow before it goes away
-                await asyncio.wait_for(self._history.join(), 15)
-            except asyncio.TimeoutError:
-                pass
-        if self._history_task is not None:
-            self._history_task.cancel()
+        if self.history is not None:
+            await self.history.close(15)  # what happened is written to MLflow before it goes away
         if self.dispatcher is not None:
             try:
                 await asyncio.wait_for(self.dispatcher.join(), 5)
@@ -504,23 +371,17 @@ class Supervisor:
                 pass
             await self.dispatcher.aclose()
         # The router first (uvicorn finishes the requests in flight), then what it forwarded to.
-        await asyncio.to_thread(stop, self.router_proc)
-        self._drop_child("router")
+        await self.services.stop_router()
         if self.predictors is not None:
             await self.predictors.close()
         if self.platform is not None:
             self.platform.close()
         if self.http is not None:
             await self.http.aclose()
-        if self.mlflow is not None:
-            await asyncio.to_thread(self.mlflow.stop)
-            self._drop_child("mlflow")
+        await self.services.stop_mlflow()
         if self._status is not None and self.registry is not None:
             self._write_status(stopped=True)
-        try:
-            self.rundir.supervisor_path.unlink()
-        except FileNotFoundError:
-            pass
+        self.services.remove_record()
         self.display.event("stopped")
 
 

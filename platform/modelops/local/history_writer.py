@@ -1,0 +1,55 @@
+"""Local mode's MLflow history (version tags, `promoteAlias`): the rollout driver's `History`.
+
+The driver records from its worker thread; the writes happen in order on the event loop, each
+retried while MLflow is away (the old hand-made loop: 2, 4, 6, 8 s between five tries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Callable
+
+from .. import errors
+
+
+class HistoryWriter:
+    """`write(moves, now)` runs in a thread; `say` gets a line when a write must wait for MLflow."""
+
+    def __init__(self, write: Callable[[tuple, datetime], None], say: Callable[[str], None]):
+        self._write = write
+        self._say = say
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._worker())
+
+    def record(self, moves: tuple, now: datetime) -> None:
+        """The driver's `History.record`, from any thread."""
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (moves, now))
+
+    async def _worker(self) -> None:
+        while True:
+            moves, now = await self._queue.get()
+            for attempt in range(1, 6):
+                try:
+                    await asyncio.to_thread(self._write, moves, now)
+                    break
+                except errors.ModelOpsError as exc:
+                    self._say(f"MLflow history not written yet ({exc.reason}); retrying")
+                    await asyncio.sleep(min(10, attempt * 2))
+            self._queue.task_done()
+
+    async def close(self, timeout: float = 15.0) -> None:
+        """What happened is written to MLflow before it goes away (waits at most `timeout`)."""
+        if self._queue is not None:
+            try:
+                await asyncio.wait_for(self._queue.join(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        if self._task is not None:
+            self._task.cancel()
