@@ -1,7 +1,8 @@
 """Local mode's MLflow history (version tags, `promoteAlias`): the rollout driver's `History`.
 
 The driver records from its worker thread; the writes happen in order on the event loop, each
-retried while MLflow is away (the old hand-made loop: 2, 4, 6, 8 s between five tries).
+retried while MLflow is away by the one retry policy (`modelops.retry.HISTORY`: 2, 4, 8, 10 s between
+five tries); after the last try those entries are missed (said on the console), never the rollout.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 from datetime import datetime
 from typing import Callable
 
-from .. import errors
+from .. import errors, retry
 
 
 class HistoryWriter:
@@ -35,14 +36,18 @@ class HistoryWriter:
     async def _worker(self) -> None:
         while True:
             moves, now = await self._queue.get()
-            for attempt in range(1, 6):
-                try:
-                    await asyncio.to_thread(self._write, moves, now)
-                    break
-                except errors.ModelOpsError as exc:
-                    self._say(f"MLflow history not written yet ({exc.reason}); retrying")
-                    await asyncio.sleep(min(10, attempt * 2))
-            self._queue.task_done()
+            try:
+                async for attempt in retry.history(on_retry=self._retrying):
+                    with attempt:
+                        await asyncio.to_thread(self._write, moves, now)
+            except errors.ModelOpsError as exc:
+                self._say(f"MLflow history not written ({exc.reason}): these transitions are missed there")
+            finally:
+                self._queue.task_done()
+
+    def _retrying(self, exc: BaseException | None, delay: float) -> None:
+        reason = getattr(exc, "reason", type(exc).__name__)
+        self._say(f"MLflow history not written yet ({reason}); retrying in {delay:g}s")
 
     async def close(self, timeout: float = 15.0) -> None:
         """What happened is written to MLflow before it goes away (waits at most `timeout`)."""
