@@ -7,13 +7,12 @@ facts and executes the planned actions.
 
 from __future__ import annotations
 
-import datetime
 import logging
 from dataclasses import dataclass, replace
 
 from modelops import errors
 from modelops.deployment.plan import (ApplyService, Convert, Event, Failure, Inputs, Plan, Served,
-                                      ServiceObservation, plan, plan_invalid, plan_rollout)
+                                      ServiceObservation, now_rfc3339, plan, plan_invalid, plan_rollout)
 from modelops.deployment.spec import DeploymentSpec, parse_spec
 
 from modelops.rollout.history import RegistryHistory
@@ -36,10 +35,6 @@ class Result:
     deliveries: object = None  # rollout.Deliveries: webhook notifications still owed
     phase: str | None = None  # the phase the status now says (metrics: a RolledBack canary)
     rollout: object = None  # rollout.StepResult of a canary pass (metrics: weight, transitions, analyses)
-
-
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def service_observation(observed: dict, changed: bool) -> ServiceObservation:

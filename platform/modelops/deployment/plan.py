@@ -13,6 +13,8 @@ Converted. `Progressing` and `RolledBack` belong to the canary rollout and are n
 
 from __future__ import annotations
 
+import datetime
+
 from dataclasses import dataclass, field, replace
 
 from . import schema
@@ -110,13 +112,21 @@ class Plan:
 
 
 # --- conditions ------------------------------------------------------------------------------
-def _condition(previous: list[dict], type_: str, status: str, reason: str, message: str,
-               generation: int, now: str) -> dict:
+def now_rfc3339() -> str:
+    """Now, as Kubernetes writes times (the operator's and local mode's status documents)."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(previous: list[dict], type_: str, status: str, reason: str, message: str,
+              generation: int, now: str) -> dict:
     """A kstatus condition; the transition time moves only when `status` flips."""
     old = next((c for c in previous if c.get("type") == type_), None)
     since = old.get("lastTransitionTime", now) if old and old.get("status") == status else now
     return {"type": type_, "status": status, "reason": reason, "message": message[:4096],
             "lastTransitionTime": since, "observedGeneration": generation}
+
+
+_condition = condition
 
 
 def _conditions(inp: Inputs, *, ready: tuple, reconciling: tuple, stalled: tuple,

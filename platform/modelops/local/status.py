@@ -11,11 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from ..deployment.plan import condition as _condition
+from ..deployment.plan import now_rfc3339
 from ..rollout.state import Phase, RolloutState
-
-
-def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -32,15 +30,6 @@ class Facts:
     failed: dict | None = None  # {version, options, reason, message}: not retried for this generation
     stopped: bool = False  # `local down` / Ctrl-C: nothing serves until `local up` again
     canary: RolloutState = field(default_factory=RolloutState)
-
-
-def _condition(previous: list[dict], type_: str, status: str, reason: str, message: str,
-               generation: int, now: str) -> dict:
-    """A kstatus condition; its transition time moves only when `status` flips."""
-    old = next((c for c in previous if c.get("type") == type_), None)
-    since = old.get("lastTransitionTime", now) if old and old.get("status") == status else now
-    return {"type": type_, "status": status, "reason": reason, "message": message[:4096],
-            "lastTransitionTime": since, "observedGeneration": generation}
 
 
 def compose(facts: Facts, previous: dict | None, now: str | None = None) -> dict:
