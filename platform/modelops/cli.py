@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import errors
+from .serving import options as serve_options
 
 # Exit codes: scripts and Kubernetes Jobs can tell "try again later" from "fix your input".
 EXIT_INVALID = 2
@@ -71,9 +72,15 @@ def cmd_serve(args) -> int:
     from .serving.server import serve
 
     batching = BatchingConfig(args.max_batch_size, args.batch_wait_ms) if args.max_batch_size > 1 else None
+    try:
+        access = serve_options.from_args(args)
+    except ValueError as exc:
+        print(f"modelops serve: {exc}", file=sys.stderr)
+        return 2
     serve(args.model_dir, args.name, device=args.device, http_port=args.http_port,
           grpc_port=args.grpc_port, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-          batching=batching, intra_op_threads=args.intra_op_threads, version=args.model_version)
+          batching=batching, intra_op_threads=args.intra_op_threads, version=args.model_version,
+          **access)
     return 0
 
 
@@ -218,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-wait-ms", type=float, default=0.0)
     s.add_argument("--max-body-mb", type=float, default=16.0)
     s.add_argument("--intra-op-threads", type=int, default=0, help="0: onnxruntime's default")
+    serve_options.add_arguments(s)
     s.set_defaults(fn=cmd_serve)
 
     lo = sub.add_parser("local", help="run a ModelDeployment on this machine, without Kubernetes")
