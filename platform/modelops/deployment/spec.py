@@ -73,6 +73,9 @@ class PredictorSpec:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict, ...] = ()
     deployment_mode: str = "Standard"  # KServe: Standard (raw) | Knative
+    auth: str | None = None  # none | kubernetes; None: the operator's default (--predictor-auth)
+    tls_secret: str | None = None  # a kubernetes.io/tls Secret: HTTPS and gRPC over TLS
+    network_policy: tuple[dict, ...] | None = None  # admitted peers; None: no NetworkPolicy
 
 
 @dataclass(frozen=True)
@@ -316,7 +319,44 @@ def _predictor(raw: Any) -> PredictorSpec:
         tolerations=tuple(dict(t) for t in tolerations),
         deployment_mode=_enum(raw.get("deploymentMode", d.deployment_mode), f"{p}.deploymentMode",
                               schema.DEPLOYMENT_MODES),
+        auth=_enum(raw["auth"], f"{p}.auth", schema.AUTH_MODES) if raw.get("auth") is not None else None,
+        tls_secret=_tls_secret(raw.get("tls"), f"{p}.tls"),
+        network_policy=_network_policy(raw.get("networkPolicy"), f"{p}.networkPolicy"),
     )
+
+
+def _tls_secret(raw: Any, path: str) -> str | None:
+    if raw is None:
+        return None
+    return _str(_obj(raw, path).get("secretName"), f"{path}.secretName", pattern=_SECRET_NAME)
+
+
+def _label_map(raw: Any, path: str) -> dict[str, str]:
+    labels = _obj(raw, path)
+    if len(labels) > 16:
+        raise InvalidSpec(path, "at most 16 labels")
+    for key, value in labels.items():
+        if not isinstance(value, str) or len(value) > 63:
+            raise InvalidSpec(f"{path}.{key}", f"must be a label value (a string of at most 63 characters), "
+                                               f"got {value!r}")
+    return dict(labels)
+
+
+def _network_policy(raw: Any, path: str) -> tuple[dict, ...] | None:
+    if raw is None:
+        return None
+    peers = _obj(raw, path).get("from")
+    if not isinstance(peers, list) or not 1 <= len(peers) <= 16:
+        raise InvalidSpec(f"{path}.from", "must be a list of 1 to 16 peers")
+    out = []
+    for i, peer in enumerate(peers):
+        peer = _obj(peer, f"{path}.from[{i}]")
+        if "namespaceSelector" not in peer and "podSelector" not in peer:
+            raise InvalidSpec(f"{path}.from[{i}]", "a networkPolicy peer needs namespaceSelector or podSelector")
+        out.append({key: {"matchLabels": _label_map(_obj(peer[key], f"{path}.from[{i}].{key}").get("matchLabels"),
+                                                    f"{path}.from[{i}].{key}.matchLabels")}
+                    for key in ("namespaceSelector", "podSelector") if key in peer})
+    return tuple(out)
 
 
 def _rollout(raw: Any) -> RolloutSpec:

@@ -26,12 +26,13 @@ log = logging.getLogger("modelops.audit")
 
 
 def _stdout_handler() -> None:
-    if not log.handlers:
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not any(getattr(h, "modelops_audit", False) for h in log.handlers):
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.modelops_audit = True
         log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
 
 
 class AuditLog:
