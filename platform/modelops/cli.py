@@ -133,7 +133,8 @@ def cmd_local_up(args) -> int:
                       grpc_port=args.grpc_port, host=args.host,
                       resolve_interval=args.resolve_interval, prometheus_url=args.prometheus_url,
                       secrets_dir=args.secrets_dir, device=args.device, mlflow_port=args.mlflow_port,
-                      live={"auto": None, "live": True, "lines": False}[args.progress])
+                      live={"auto": None, "live": True, "lines": False}[args.progress],
+                      token_file=args.token_file)
     except RuntimeError as exc:  # a child that would not start (MLflow, the router)
         print(f"modelops: LocalModeFailed: {exc}", file=sys.stderr)
         return 1
@@ -236,7 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an existing MLflow server (default: start an embedded one in the state dir)")
     up.add_argument("--port", type=int, default=8080, help="the router's port (0: a free one)")
     up.add_argument("--grpc-port", type=int, default=8081, help="the router's gRPC port (0: no gRPC)")
-    up.add_argument("--host", default="127.0.0.1", help="the router's address")
+    up.add_argument("--host", default="127.0.0.1",
+                    help="the router's address (predictors, MLflow and the admin API stay on 127.0.0.1)")
+    up.add_argument("--token-file", default=None,
+                    help="require this static bearer token on the router, HTTP, gRPC and admin "
+                         "(default: $MODELOPS_ROUTER_TOKEN, else none)")
     up.add_argument("--state-dir", default=None, help="default: .modelops/local/<metadata.name>")
     up.add_argument("--resolve-interval", type=float, default=None,
                     help="seconds between MLflow alias look-ups (default: min(5, rollout interval))")

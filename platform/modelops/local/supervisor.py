@@ -45,6 +45,7 @@ from ..rollout.engine import transitions
 from .display import Display, Row
 from .manifest import LOCAL_NAMESPACE, Manifest
 from .ports import free_port
+from . import router_auth
 from .processes import spawn, stop
 from .rundir import RunDir, process_record, read_json, write_json
 from .status import Facts, compose
@@ -87,8 +88,12 @@ class Supervisor:
                  resolve_interval: float | None = None,
                  prometheus_url: str | None = None, secrets_dir: str | Path | None = None,
                  device: str | None = None, out: TextIO | None = None, live: bool | None = None,
-                 tick: float | None = None, mlflow_port: int | None = None):
+                 tick: float | None = None, mlflow_port: int | None = None, token_file: str | None = None):
         self.manifest = manifest
+        # The router's static bearer token (router_auth): from the file, else $MODELOPS_ROUTER_TOKEN.
+        self.token_file = token_file
+        token = router_auth.load_token(token_file)
+        self.admin_headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.spec = manifest.spec
         self.rundir = rundir
         self.tracking_uri = tracking_uri
@@ -280,7 +285,8 @@ class Supervisor:
     async def _start_router(self) -> None:
         admin_port = free_port()
         cmd = [sys.executable, "-m", "modelops.local.router", "--port", str(self.port),
-               "--admin-port", str(admin_port), "--host", self.host, "--grpc-port", str(self.grpc_port or 0)]
+               "--admin-port", str(admin_port), "--host", self.host, "--grpc-port", str(self.grpc_port or 0),
+               *(["--token-file", self.token_file] if self.token_file else [])]
         self.router_proc = spawn(cmd, self.rundir.logs / "router.log")
         self.router_url = f"http://{'127.0.0.1' if self.host in ('0.0.0.0', '') else self.host}:{self.port}"
         self.admin_url = f"http://127.0.0.1:{admin_port}"
@@ -402,7 +408,7 @@ class Supervisor:
             slot.grpc_port = free_port()
         cmd = [sys.executable, "-m", "modelops.cli", "serve", str(slot.onnx_dir), "--name", self.manifest.name,
                "--model-version", slot.version, "--http-port", str(slot.port), "--grpc-port", str(slot.grpc_port),
-               "--device", self.device]
+               "--device", self.device, "--host", "127.0.0.1"]  # only the router is reached from outside
         log = self.rundir.logs / f"predictor-v{slot.version}.log"
         slot.proc = spawn(cmd, log)
         self._add_child(f"predictor-v{slot.version}", slot.proc, port=slot.port, version=slot.version)
@@ -435,7 +441,8 @@ class Supervisor:
         """Stop a predictor once the router no longer sends to it and its requests finished."""
         slot.state = "stopping"
         try:
-            r = await self.http.post(f"{self.admin_url}/drain", json={"urls": [slot.url], "timeout": 30})
+            r = await self.http.post(f"{self.admin_url}/drain", json={"urls": [slot.url], "timeout": 30},
+                                 headers=self.admin_headers)
             waited = r.json().get("waited_ms", 0)
         except (httpx.HTTPError, ValueError):
             waited = None
@@ -540,7 +547,7 @@ class Supervisor:
             routes.append(route)
         if routes == self._routes:
             return
-        r = await self.http.put(f"{self.admin_url}/routes", json={"routes": routes})
+        r = await self.http.put(f"{self.admin_url}/routes", json={"routes": routes}, headers=self.admin_headers)
         r.raise_for_status()
         self._routes = routes
         self._events_log("Routes", routes=[{"version": x["version"], "weight": x["weight"]} for x in routes])
