@@ -58,6 +58,10 @@ class Serve:
                "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port), *args]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if isinstance(verify, str):
+            import ssl
+
+            verify = ssl.create_default_context(cafile=verify)
         self.http = httpx.Client(base_url=self.url, timeout=30, verify=verify)
         deadline = time.monotonic() + 120
         while True:

@@ -70,4 +70,11 @@ def from_args(args) -> dict:
     audit_on = args.audit == "on" or (args.audit == "auto" and auth is not None)
     audit = AuditLog(args.audit_sample, args.audit_max_per_second) if audit_on else None
     tls = TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None
+    if tls is not None:
+        import ssl
+
+        try:
+            tls.read()  # a missing or mismatched pair: refused now, not at the first handshake
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"--tls-cert/--tls-key: {exc}") from None
     return {"host": args.host, "auth": auth, "audit": audit, "tls": tls}
