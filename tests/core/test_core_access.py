@@ -6,7 +6,6 @@ tests/cluster/test_cluster_predictor_auth.py."""
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 
 import grpc
@@ -39,21 +38,16 @@ def test_tls_flags_go_together(tmp_path):
     assert r.returncode == 2 and "--tls-cert and --tls-key go together" in r.stderr
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines: list[dict] = []
-
-    def emit(self, record):
-        self.lines.append(json.loads(record.getMessage()))
-
-
 @pytest.fixture
 def audit_lines():
-    handler = _Lines()
-    logging.getLogger("modelops.audit").addHandler(handler)
-    yield handler.lines
-    logging.getLogger("modelops.audit").removeHandler(handler)
+    return []
+
+
+def _sink(lines: list):
+    def write(line: bytes):
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        lines.append(json.loads(line))
+    return write
 
 
 def _record(log: AuditLog, reason: str = ""):
@@ -63,7 +57,7 @@ def _record(log: AuditLog, reason: str = ""):
 
 def test_audit_sampling_keeps_every_refusal(audit_lines):
     draws = iter([0.1, 0.9, 0.1, 0.9] * 3)
-    log = AuditLog(sample=0.5, rng=lambda: next(draws))
+    log = AuditLog(sample=0.5, rng=lambda: next(draws), sink=_sink(audit_lines))
     for _ in range(4):
         _record(log)
     assert len(audit_lines) == 2  # 0.9 >= 0.5 sampled out
@@ -74,7 +68,7 @@ def test_audit_sampling_keeps_every_refusal(audit_lines):
 
 def test_audit_rate_limit_counts_what_it_suppressed(audit_lines):
     now = [0.0]
-    log = AuditLog(max_per_second=2, clock=lambda: now[0])
+    log = AuditLog(max_per_second=2, clock=lambda: now[0], sink=_sink(audit_lines))
     for _ in range(5):  # a burst of 5: the bucket holds 2
         _record(log)
     assert len(audit_lines) == 2 and "suppressed" not in audit_lines[-1]

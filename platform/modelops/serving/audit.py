@@ -6,7 +6,8 @@ Fields: `time` (UTC, ms), `caller` (the TokenReview username, e.g.
 the model), `status` (the HTTP status, or the gRPC code's name), `latency_ms`, and for a refused
 request its `reason` (`missing_token`, `invalid_token`, `forbidden`, `unavailable`).
 
-Lines go to the `modelops.audit` logger, written to stdout (what `kubectl logs` collects). Allowed
+Lines are written to stdout (what `kubectl logs` collects), one `write(2)` each (whole lines,
+never interleaved; no logging-module record, which cost ~15 µs a line here). Allowed
 requests are sampled (`sample`, a fraction), refused ones never are; all lines share a rate limit
 (`max_per_second`, a token bucket; 0: none), and the next line written says how many were
 `suppressed` in between. The probes and `/metrics` are not audited.
@@ -14,30 +15,36 @@ requests are sampled (`sample`, a fraction), refused ones never are; all lines s
 
 from __future__ import annotations
 
-import logging
+import os
 import random
-import sys
 import time
-from datetime import datetime, timezone
 
 import orjson
 
-log = logging.getLogger("modelops.audit")
+
+def write_stdout(line: bytes) -> None:
+    view = memoryview(line)
+    while view:
+        view = view[os.write(1, view):]
 
 
-def _stdout_handler() -> None:
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    if not any(getattr(h, "modelops_audit", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.modelops_audit = True
-        log.addHandler(handler)
+class _Clock:
+    """UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`, the seconds formatted once per second."""
+
+    def __init__(self):
+        self._second, self._text = -1, ""
+
+    def now(self) -> str:
+        t = time.time()
+        second = int(t)
+        if second != self._second:
+            self._second, self._text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._text}.{int((t - second) * 1000):03d}Z"
 
 
 class AuditLog:
     def __init__(self, sample: float = 1.0, max_per_second: float = 0.0, *, clock=time.monotonic,
-                 rng=random.random):
+                 rng=random.random, sink=write_stdout):
         if not 0.0 <= sample <= 1.0:
             raise ValueError(f"--audit-sample must be within [0, 1], got {sample}")
         if max_per_second < 0:
@@ -48,7 +55,8 @@ class AuditLog:
         self._tokens = max(1.0, max_per_second)
         self._last = clock()
         self.suppressed = 0
-        _stdout_handler()
+        self._sink = sink
+        self._utc = _Clock()
 
     def _admit(self, refused: bool) -> bool:
         if not refused and self.sample < 1.0 and self._rng() >= self.sample:
@@ -68,12 +76,11 @@ class AuditLog:
                status: int | str, latency_s: float, reason: str = "") -> None:
         if not self._admit(bool(reason)):
             return
-        line = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "audit": "predictor", "caller": caller, "model": model, "version": version,
+        line = {"time": self._utc.now(), "audit": "predictor", "caller": caller, "model": model, "version": version,
                 "protocol": protocol, "route": route, "status": status,
                 "latency_ms": round(latency_s * 1000, 3)}
         if reason:
             line["reason"] = reason
         if self.suppressed:
             line["suppressed"], self.suppressed = self.suppressed, 0
-        log.info(orjson.dumps(line).decode())
+        self._sink(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))

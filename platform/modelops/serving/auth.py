@@ -172,7 +172,9 @@ class KubeGuard:
         except Unauthenticated as exc:
             return Decision(None, exc, MISSING if not header else INVALID)
         key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-        cached = self._allowed.get(key) or self._refused.get(key)
+        cached = self._allowed.get(key)  # the hot path: one look-up
+        if cached is None:
+            cached = self._refused.get(key)
         if cached is not None:
             return cached
         pending = self._inflight.get(key)
