@@ -7,10 +7,13 @@ For a PyTorch MLP and a small CNN registered in a local MLflow server, compares:
   kserve-torch a plain kserve.ModelServer running the original PyTorch model
   mlflow       `mlflow models serve` for the same MLflow model version
   ort-inproc   onnxruntime called in process, batch 1 (no serving path at all)
+With --auth-kubeconfig (an admin kubeconfig of a real API server, e.g. `$(../shared/k8s/start)`),
+also `modelops+auth` (`--auth kubernetes`, audit lines on, as deployed) and `modelops+auth-noaudit`,
+right after `modelops` in the same run: a ServiceAccount token bound by RBAC on every request.
 Each server runs alone (one process, started and stopped in turn) and gets batch-1 JSON
 requests from a closed-loop client at concurrency 1 and 16. Ratios are against `mlflow`.
 
-    .venv/bin/python scripts/bench_predictor.py [--duration 5] [--out bench.json]
+    .venv/bin/python scripts/bench_predictor.py [--duration 5] [--out bench.json] [--auth-kubeconfig K]
 """
 
 from __future__ import annotations
@@ -57,10 +60,10 @@ def v2_body(x: np.ndarray) -> bytes:
                                    "data": x.ravel().tolist()}]}).encode()
 
 
-def measure(name: str, url: str, body: bytes, duration: float) -> dict:
+def measure(name: str, url: str, body: bytes, duration: float, headers: dict | None = None) -> dict:
     out = {}
     for c in CONCURRENCY:
-        r = run_load(url, body, concurrency=c, requests=10**9, duration=duration, warmup=50)
+        r = run_load(url, body, headers, concurrency=c, requests=10**9, duration=duration, warmup=50)
         if r.errors:
             raise RuntimeError(f"{name}: {r.errors} failed requests at concurrency {c}")
         out[c] = r.to_json()
@@ -89,7 +92,43 @@ def inproc(onnx_dir: Path, x: np.ndarray, duration: float) -> dict:
     return {1: r}
 
 
-def bench_model(label: str, register, shape, tracking: str, work: Path, duration: float) -> dict:
+def kube_auth(kubeconfig: str, work: Path, deployment: str) -> tuple[list[str], dict]:
+    """ServiceAccounts and RBAC on a real API server: (the predictor's auth flags, a caller's header)."""
+    import base64
+    import uuid
+
+    import yaml
+
+    def kubectl(*args, stdin=None):
+        return subprocess.run(["kubectl", "--kubeconfig", kubeconfig, *args], input=stdin, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    ns = f"bench-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", ns)
+    for sa in ("predictor", "caller"):
+        kubectl("-n", ns, "create", "serviceaccount", sa)
+    kubectl("create", "clusterrolebinding", f"{ns}-auth", "--clusterrole=system:auth-delegator",
+            f"--serviceaccount={ns}:predictor")
+    rbac = [{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "p", "namespace": ns},
+             "rules": [{"apiGroups": ["modelops.dev"], "resources": ["modeldeployments/predict"], "verbs": ["get"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "p", "namespace": ns},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "p"},
+             "subjects": [{"kind": "ServiceAccount", "name": "caller", "namespace": ns}]}]
+    for obj in rbac:
+        kubectl("apply", "-f", "-", stdin=json.dumps(obj))
+    cluster = yaml.safe_load(Path(kubeconfig).read_text())["clusters"][0]["cluster"]
+    (work / "ca.crt").write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+    (work / "token").write_text(kubectl("-n", ns, "create", "token", "predictor", "--duration=2h"))
+    caller = kubectl("-n", ns, "create", "token", "caller", "--duration=2h", "--audience=modelops.dev/predict")
+    flags = ["--auth", "kubernetes", "--auth-namespace", ns, "--auth-deployment", deployment,
+             "--kube-api-url", cluster["server"], "--kube-token-file", str(work / "token"),
+             "--kube-ca-file", str(work / "ca.crt")]
+    return flags, {"authorization": f"Bearer {caller}"}
+
+
+def bench_model(label: str, register, shape, tracking: str, work: Path, duration: float,
+                auth_kubeconfig: str | None = None, only: list[str] | None = None) -> dict:
     reg = Registry(tracking)
     version = register(tracking, label)
     resolved = reg.resolve_version(label, version=version)
@@ -102,10 +141,16 @@ def bench_model(label: str, register, shape, tracking: str, work: Path, duration
     print(f"{label}: input {list(x.shape)}", flush=True)
 
     port = free_port()  # each server gets a fresh port below; this one is a placeholder
-    servers = {
-        "modelops": ([PY, "-m", "modelops.cli", "serve", str(onnx_dir), "--name", label,
-                      "--http-port", str(port), "--grpc-port", "0"],
-                     f"/v2/models/{label}/infer", body, {}),
+    ours = [PY, "-m", "modelops.cli", "serve", str(onnx_dir), "--name", label, "--http-port", str(port),
+            "--grpc-port", "0"]
+    servers = {"modelops": (ours, f"/v2/models/{label}/infer", body, {})}
+    headers: dict[str, dict] = {}
+    if auth_kubeconfig:
+        flags, headers["modelops+auth"] = kube_auth(auth_kubeconfig, work, label)
+        headers["modelops+auth-noaudit"] = headers["modelops+auth"]
+        servers["modelops+auth"] = ([*ours, *flags], f"/v2/models/{label}/infer", body, {})
+        servers["modelops+auth-noaudit"] = ([*ours, *flags, "--audit", "off"], f"/v2/models/{label}/infer", body, {})
+    servers |= {
         "kserve-onnx": ([PY, "-m", "modelops.bench.baselines", "kserve-onnx", str(onnx_dir),
                          "--name", label, "--port", str(port)], f"/v2/models/{label}/infer", body, {}),
         "kserve-torch": ([PY, "-m", "modelops.bench.baselines", "kserve-torch", str(src_dir),
@@ -118,17 +163,55 @@ def bench_model(label: str, register, shape, tracking: str, work: Path, duration
                     "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"}),
     }
     for name, (cmd, path, req, env) in servers.items():
+        if only and name not in only:
+            continue
         fresh = free_port()
         cmd = [str(fresh) if a == str(port) else a for a in cmd]
         ready = f"http://127.0.0.1:{fresh}" + ("/ping" if name == "mlflow" else "/v2/health/ready")
         proc = start(cmd, ready, work / f"{label}-{name}.log", env)
         try:
-            results[name] = measure(name, f"http://127.0.0.1:{fresh}{path}", req, duration)
+            results[name] = measure(name, f"http://127.0.0.1:{fresh}{path}", req, duration, headers.get(name))
         finally:
             stop(proc)
         time.sleep(0.5)
-    results["ort-inproc"] = inproc(onnx_dir, x, duration)
+    if auth_kubeconfig:
+        results["auth-cost"] = auth_cost(label, ours, servers, headers, body, work, duration)
+    if not only or "ort-inproc" in only:
+        results["ort-inproc"] = inproc(onnx_dir, x, duration)
     return results
+
+
+def auth_cost(label: str, ours: list[str], servers: dict, headers: dict, body: bytes, work: Path,
+              duration: float, rounds: int = 6) -> dict:
+    """The three modelops variants up at once, measured in alternation (`rounds` short rounds at
+    c=16, the order rotating): on a shared, loaded machine, drift hits all of them alike. The
+    median of the per-round throughput ratios against plain `modelops`."""
+    names = ["modelops", "modelops+auth", "modelops+auth-noaudit"]
+    procs, urls = [], {}
+    try:
+        for name in names:
+            port = free_port()
+            cmd = [str(port) if a == ours[ours.index("--http-port") + 1] else a for a in servers[name][0]]
+            procs.append(start(cmd, f"http://127.0.0.1:{port}/v2/health/ready", work / f"{label}-alt-{name}.log"))
+            urls[name] = f"http://127.0.0.1:{port}/v2/models/{label}/infer"
+        per_round: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(rounds):
+            order = names[r % 3:] + names[:r % 3]
+            for name in order:
+                res = run_load(urls[name], body, headers.get(name), concurrency=16, requests=10**9,
+                               duration=max(1.0, duration / 3), warmup=50)
+                if res.errors:
+                    raise RuntimeError(f"{name}: {res.errors} failed requests")
+                per_round[name].append(res.rps)
+    finally:
+        for proc in procs:
+            stop(proc)
+    out = {"rounds": rounds, "rps": per_round}
+    for name in names[1:]:
+        ratios = sorted(a / b for a, b in zip(per_round[name], per_round["modelops"]))
+        out[name] = round(ratios[len(ratios) // 2], 3)
+        print(f"  {name} / modelops at c=16 (median of {rounds} alternating rounds): {out[name]:.1%}", flush=True)
+    return out
 
 
 def table(all_results: dict) -> str:
@@ -136,17 +219,26 @@ def table(all_results: dict) -> str:
              "| c=16 vs mlflow | c=16 vs kserve-onnx |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for model, res in all_results.items():
-        base = res["mlflow"][16]["rps"]
-        plain = res["kserve-onnx"][16]["rps"]
+        res = {k: v for k, v in res.items() if k != "auth-cost"}
+        base = res["mlflow"][16]["rps"] if "mlflow" in res else None
+        plain = res["kserve-onnx"][16]["rps"] if "kserve-onnx" in res else None
         for name, r in res.items():
             c1, c16 = r[1], r.get(16)
             if c16 is None:
                 lines.append(f"| {model} | {name} (calls/s) | {c1['rps']:.0f} | {c1['p50_ms']:.3f} | "
                              f"{c1['p99_ms']:.3f} | | | | | |")
                 continue
+            vs_base = f"{c16['rps'] / base:.2f}x" if base else ""
+            vs_plain = f"{c16['rps'] / plain:.2f}x" if plain else ""
             lines.append(f"| {model} | {name} | {c1['rps']:.0f} | {c1['p50_ms']:.2f} | {c1['p99_ms']:.2f} | "
                          f"{c16['rps']:.0f} | {c16['p50_ms']:.2f} | {c16['p99_ms']:.2f} | "
-                         f"{c16['rps'] / base:.2f}x | {c16['rps'] / plain:.2f}x |")
+                         f"{vs_base} | {vs_plain} |")
+    for model, res in all_results.items():
+        for name in ("modelops+auth", "modelops+auth-noaudit"):
+            if name in res.get("auth-cost", {}):
+                ratio = res["auth-cost"][name]
+                lines.append(f"\n{model}: {name} at c=16 = {ratio:.1%} of modelops' throughput "
+                             f"(median of alternating rounds; {1 - ratio:+.1%} cost)")
     return "\n".join(lines)
 
 
@@ -155,13 +247,17 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     p.add_argument("--models", default="mlp,cnn")
     p.add_argument("--out", default=None, help="write the results as JSON")
+    p.add_argument("--servers", default=None, help="only these servers (comma-separated), e.g. modelops,modelops+auth")
+    p.add_argument("--auth-kubeconfig", default=None,
+                   help="admin kubeconfig of a real API server: also measure --auth kubernetes")
     args = p.parse_args(argv)
     specs = {"mlp": (models.register_torch_mlp, (models.MLP_FEATURES,)),
              "cnn": (models.register_torch_cnn, models.CNN_SHAPE)}
     with tempfile.TemporaryDirectory(prefix="modelops-bench-") as tmp:
         work = Path(tmp)
         with MlflowServer(work / "mlflow") as server:
-            results = {m: bench_model(m, *specs[m], server.url, work, args.duration)
+            results = {m: bench_model(m, *specs[m], server.url, work, args.duration, args.auth_kubeconfig,
+                                      args.servers.split(",") if args.servers else None)
                        for m in args.models.split(",")}
     print()
     print(table(results))

@@ -30,6 +30,12 @@ class OperatorConfig:
     prometheus_url: str | None = None  # canary analysis; a ModelDeployment may override it
     rollout_tick: float = 5.0  # seconds between passes of an active canary (analysis is due per interval)
     extra_env: dict = field(default_factory=dict)
+    # Predictor access (modelops_operator.access; the chart's predictorAccess and predictor values).
+    predictor_access: bool = False  # may create ServiceAccounts, NetworkPolicies, patch the binding
+    predictor_auth: str = "none"  # spec.predictor.auth when a ModelDeployment does not say
+    predictor_audiences: tuple[str, ...] = ("modelops.dev/predict",)
+    predictor_auth_binding: str = "modelops-predictor-auth"  # the chart's ClusterRoleBinding
+    predictor_scraper_peer: dict | None = None  # NetworkPolicyPeer admitted to scrape /metrics
 
     def backoff(self, retry_count: int) -> float:
         """Delay before Kopf's retry `retry_count` (0 for the first): the `retry.OPERATOR` shape

@@ -22,7 +22,7 @@ import kopf
 
 from modelops.deployment.storage import parse_rewrites
 
-from . import handlers, leader, metrics
+from . import access, handlers, leader, metrics
 from .config import DEFAULT_CONVERTER_IMAGE, DEFAULT_RUNTIME, OperatorConfig
 from .conversion import InProcessConversion, JobConversion
 from .kube import Kube
@@ -70,6 +70,7 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
     ap.add_argument("--verbose", "-v", action="store_true")
     metrics.add_arguments(ap)
     leader.add_arguments(ap)
+    access.add_arguments(ap, env)
     args = ap.parse_args(list(argv) if argv is not None else None)
     if args.resolve_interval <= 0:
         ap.error("--resolve-interval must be positive")
@@ -94,6 +95,7 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
         converter_resources=args.converter_resources, job_timeout=args.converter_deadline,
         extra_env={"liveness": args.liveness or None, "leader": election,
                    "metrics": args.metrics_address or None},
+        **access.config_from_args(args),
     )
 
 

@@ -17,7 +17,7 @@ from modelops.deployment.spec import DeploymentSpec, parse_spec
 
 from modelops.rollout.history import RegistryHistory
 
-from . import builders, diffing, rollout
+from . import access, builders, diffing, rollout
 from .config import OperatorConfig
 from .kserve_platform import KServePlatform, StatusStore, Versions
 from .kube import INFERENCESERVICES, MODELDEPLOYMENTS, Kube
@@ -79,6 +79,8 @@ class Reconciler:
         (KServe's controller writes the same object: a conflict is re-read and retried)."""
         desired = builders.build_inference_service(md, spec, served, runtime=self.config.runtime,
                                                    canary=canary, weight=weight)
+        access.decorate_inference_service(desired, spec, self.config)
+        access.apply_access(self.kube, md, spec, self.config)  # its ServiceAccount first: Pods need it
         ns, name = md["metadata"]["namespace"], md["metadata"]["name"]
         body = {k: desired[k] for k in ("metadata", "spec")}
 
@@ -133,6 +135,7 @@ class Reconciler:
         now = now_rfc3339()
         try:
             spec = parse_spec(md.get("spec"))
+            access.check_available(spec, self.config)
             registry = self.registry_for(spec)
         except errors.InvalidSpec as exc:
             failure = Failure.from_error(exc)

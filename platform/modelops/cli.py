@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import errors
+from .serving import options as serve_options
 
 # Exit codes: scripts and Kubernetes Jobs can tell "try again later" from "fix your input".
 EXIT_INVALID = 2
@@ -71,9 +72,15 @@ def cmd_serve(args) -> int:
     from .serving.server import serve
 
     batching = BatchingConfig(args.max_batch_size, args.batch_wait_ms) if args.max_batch_size > 1 else None
+    try:
+        access = serve_options.from_args(args)
+    except ValueError as exc:
+        print(f"modelops serve: {exc}", file=sys.stderr)
+        return 2
     serve(args.model_dir, args.name, device=args.device, http_port=args.http_port,
           grpc_port=args.grpc_port, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-          batching=batching, intra_op_threads=args.intra_op_threads, version=args.model_version)
+          batching=batching, intra_op_threads=args.intra_op_threads, version=args.model_version,
+          **access)
     return 0
 
 
@@ -126,7 +133,8 @@ def cmd_local_up(args) -> int:
                       grpc_port=args.grpc_port, host=args.host,
                       resolve_interval=args.resolve_interval, prometheus_url=args.prometheus_url,
                       secrets_dir=args.secrets_dir, device=args.device, mlflow_port=args.mlflow_port,
-                      live={"auto": None, "live": True, "lines": False}[args.progress])
+                      live={"auto": None, "live": True, "lines": False}[args.progress],
+                      token_file=args.token_file)
     except RuntimeError as exc:  # a child that would not start (MLflow, the router)
         print(f"modelops: LocalModeFailed: {exc}", file=sys.stderr)
         return 1
@@ -218,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-wait-ms", type=float, default=0.0)
     s.add_argument("--max-body-mb", type=float, default=16.0)
     s.add_argument("--intra-op-threads", type=int, default=0, help="0: onnxruntime's default")
+    serve_options.add_arguments(s)
     s.set_defaults(fn=cmd_serve)
 
     lo = sub.add_parser("local", help="run a ModelDeployment on this machine, without Kubernetes")
@@ -228,7 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an existing MLflow server (default: start an embedded one in the state dir)")
     up.add_argument("--port", type=int, default=8080, help="the router's port (0: a free one)")
     up.add_argument("--grpc-port", type=int, default=8081, help="the router's gRPC port (0: no gRPC)")
-    up.add_argument("--host", default="127.0.0.1", help="the router's address")
+    up.add_argument("--host", default="127.0.0.1",
+                    help="the router's address (predictors, MLflow and the admin API stay on 127.0.0.1)")
+    up.add_argument("--token-file", default=None,
+                    help="require this static bearer token on the router, HTTP, gRPC and admin "
+                         "(default: $MODELOPS_ROUTER_TOKEN, else none)")
     up.add_argument("--state-dir", default=None, help="default: .modelops/local/<metadata.name>")
     up.add_argument("--resolve-interval", type=float, default=None,
                     help="seconds between MLflow alias look-ups (default: min(5, rollout interval))")

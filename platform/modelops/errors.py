@@ -127,6 +127,29 @@ class ModelNotReady(ServingError):
     http_status = 503
 
 
+# --- access control (the predictor's `--auth kubernetes`) ------------------------------------
+class Unauthenticated(ServingError):
+    """No bearer token, or one the API server's TokenReview does not accept (gRPC UNAUTHENTICATED)."""
+
+    reason = "Unauthenticated"
+    http_status = 401
+
+
+class Forbidden(ServingError):
+    """An authenticated caller whom RBAC (a SubjectAccessReview) does not allow (gRPC PERMISSION_DENIED)."""
+
+    reason = "Forbidden"
+    http_status = 403
+
+
+class AuthUnavailable(ServingError):
+    """The API server could not review a token (unreachable, 5xx, refused us): fail closed."""
+
+    reason = "AuthUnavailable"
+    retryable = True
+    http_status = 503
+
+
 # --- specs ----------------------------------------------------------------------------------
 class InvalidSpec(ModelOpsError):
     """A ModelDeployment (or other user input) is invalid; `field` is its JSON path."""

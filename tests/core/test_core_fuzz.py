@@ -51,12 +51,27 @@ def model_dir(tmp_path_factory):
     return pm.mixed_model(tmp_path_factory.mktemp("fuzz-mixed"))
 
 
-@pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=["open", "auth"])
+def server(request, model_dir, tmp_path_factory):
+    """The predictor as is, then with `--auth kubernetes` (the real API server reviews the token;
+    fewer examples: the decoder behind it is the same, the access layer in front is what is new)."""
+    args, auth = [], None
+    if request.param == "auth":
+        from predictor_access import AUDIENCE, KubeAuth
+
+        auth = KubeAuth(request.getfixturevalue("control_plane"), tmp_path_factory.mktemp("fuzz-auth"), "mixed")
+        args = auth.serve_args(ttl=30)
     srv = Predictor(model_dir, "mixed", tmp_path_factory.mktemp("fuzz-logs"), "--model-version", VERSION,
-                    "--max-body-mb", "1")
+                    "--max-body-mb", "1", *args)
+    token = auth.token("caller", AUDIENCE) if auth else None
+    srv.auth_headers = {"Authorization": f"Bearer {token}"} if token else {}
+    srv.grpc_metadata = [("authorization", f"Bearer {token}")] if token else None
+    srv.rest_examples = REST_EXAMPLES if auth is None else max(1, REST_EXAMPLES // 4)
+    srv.grpc_examples = GRPC_EXAMPLES if auth is None else max(1, GRPC_EXAMPLES // 4)
     yield srv
     srv.stop()
+    if auth is not None:
+        auth.close()
 
 
 @pytest.fixture(scope="module")
@@ -308,12 +323,12 @@ def test_rest_fuzz(server, reference, report):
     conn = [RawHTTP(server.http_port)]
 
     @seed(SEED)
-    @settings(max_examples=REST_EXAMPLES, **SETTINGS)
+    @settings(max_examples=server.rest_examples, **SETTINGS)
     @given(rest_case())
     def check(case):
         method, path, body, headers, expected, feeds, wanted, binary_out, label = case
         note(f"{label}: {path} {body[:300]!r} {headers}")
-        status, resp_headers, payload = conn[0].request(method, path, body, headers)
+        status, resp_headers, payload = conn[0].request(method, path, body, {**headers, **server.auth_headers})
         counts[str(status)] += 1
         note(f"-> {status} {payload[:300]!r}")
         assert status < 500, f"{label}: {status} {payload[:300]!r}"
@@ -341,7 +356,7 @@ def test_rest_fuzz(server, reference, report):
         raise AssertionError(f"REST fuzz failed: reproduce with FUZZ_SEED={SEED} ({exc})") from exc
     finally:
         conn[0].close()
-    assert server.alive() and sum(counts.values()) >= REST_EXAMPLES
+    assert server.alive() and sum(counts.values()) >= server.rest_examples
 
 
 GRPC_MUTATIONS = ["name", "datatype", "shape-rank", "shape-dim", "shape-zero", "shape-negative", "count",
@@ -453,13 +468,13 @@ def test_grpc_fuzz(server, reference, report):
     client = pb_grpc.GRPCInferenceServiceStub(channel)
 
     @seed(SEED)
-    @settings(max_examples=GRPC_EXAMPLES, **SETTINGS)
+    @settings(max_examples=server.grpc_examples, **SETTINGS)
     @given(grpc_case())
     def check(case):
         request, expected, feeds, wanted, raw, label = case
         note(f"{label}: {request}")
         try:
-            response = client.ModelInfer(request, timeout=30)
+            response = client.ModelInfer(request, timeout=30, metadata=server.grpc_metadata)
         except grpc.RpcError as exc:
             counts[exc.code().name] += 1
             assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), \

@@ -534,3 +534,32 @@ def test_build_images_script():
     app_version = helm.Chart.load(str(CHART)).metadata["appVersion"]
     for name in ("operator", "converter", "predictor"):
         assert f"ghcr.io/modelops/modelops-{name}:{app_version}" in dry.stdout
+
+
+@pytest.mark.parametrize("base", ["cluster", "namespaced"])
+def test_predictor_access_adds_only_what_it_needs(base):
+    values = copy.deepcopy(example_values("namespaced")) if base == "namespaced" else {}
+    values["predictorAccess"] = {"enabled": True, "defaultAuth": "kubernetes",
+                                 "scraperPeer": {"namespaceSelector": {"matchLabels": {"team": "obs"}}}}
+    objs = render(values)
+    for doc in objs:
+        validate_object(doc)
+    (binding,) = [o for o in of_kind(objs, "ClusterRoleBinding") if o["metadata"]["name"] == "modelops-predictor-auth"]
+    assert binding["roleRef"]["name"] == "system:auth-delegator" and "subjects" not in binding  # Helm leaves them
+    (role,) = [o for o in of_kind(objs, "ClusterRole") if o["metadata"]["name"] == "modelops-operator-predictor-access"]
+    assert {(tuple(r["resources"]), tuple(r["verbs"]), tuple(r["resourceNames"])) for r in role["rules"]} == {
+        (("clusterrolebindings",), ("get", "patch"), ("modelops-predictor-auth",)),
+        (("clusterroles",), ("bind",), ("system:auth-delegator",))}
+    kind = "Role" if base == "namespaced" else "ClusterRole"
+    rules = granted([r for o in of_kind(objs, kind) if o["metadata"]["name"] == "modelops-operator"
+                     for r in o["rules"]])
+    assert {("", "serviceaccounts", "create"), ("networking.k8s.io", "networkpolicies", "delete")} <= rules
+    env = {e["name"]: e.get("value") for e in operator_container(objs)["env"]}
+    assert env["MODELOPS_PREDICTOR_ACCESS"] == "true" and env["MODELOPS_PREDICTOR_AUTH"] == "kubernetes"
+    assert env["MODELOPS_PREDICTOR_AUTH_BINDING"] == "modelops-predictor-auth"
+    assert env["MODELOPS_PREDICTOR_SCRAPER_PEER"] == '{"namespaceSelector":{"matchLabels":{"team":"obs"}}}'
+    # Off (the default): none of it.
+    plain = render({})
+    assert not [o for o in of_kind(plain, "ClusterRoleBinding") if "predictor" in o["metadata"]["name"]]
+    assert not any(r[1] in ("serviceaccounts", "networkpolicies") for o in of_kind(plain, "ClusterRole")
+                   for r in granted(o["rules"]))

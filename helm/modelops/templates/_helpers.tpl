@@ -67,6 +67,20 @@ app.kubernetes.io/component: operator
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create]
+{{- if .Values.predictorAccess.enabled }}
+# Predictor access (spec.predictor.auth, .networkPolicy): the namespace's predictor ServiceAccount
+# and each ModelDeployment's NetworkPolicy.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, create, patch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create, patch, delete]
+{{- end }}
+{{- end -}}
+
+{{- define "modelops.predictorAuthBinding" -}}
+{{- printf "%s-predictor-auth" .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/* Restricted Pod Security for a container. */}}

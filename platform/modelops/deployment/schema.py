@@ -33,6 +33,7 @@ STRATEGIES = ["canary", "replace"]
 PHASES = ["Pending", "Converting", "Deploying", "Progressing", "Ready", "RolledBack", "Failed"]
 CONDITION_TYPES = ["Ready", "Reconciling", "Stalled", "Converted", "Progressing", "RolledBack"]
 DEPLOYMENT_MODES = ["Standard", "Knative"]
+AUTH_MODES = ["none", "kubernetes"]
 # The rollout engine's phases (`modelops.rollout.Phase`), shown in status.canary.phase.
 ROLLOUT_PHASES = ["Idle", "Stable", "WaitingForGate", "Progressing", "Paused", "AwaitingPromotion",
                   "Promoted", "RolledBack"]
@@ -225,6 +226,40 @@ _toleration = {
     },
 }
 
+_label_map = {"type": "object", "maxProperties": 16,
+              "additionalProperties": {"type": "string", "maxLength": 63}}
+
+# Who may reach and call the predictor (README "Security"): auth, TLS, a NetworkPolicy.
+_predictor_access = {
+    "auth": {"type": "string", "enum": AUTH_MODES,
+             "description": "kubernetes: callers need a bearer token that TokenReview accepts and that RBAC "
+                            "allows to get modeldeployments/predict on this ModelDeployment. Unset: the "
+                            "operator's default (chart value predictor.auth, itself 'none')."},
+    "tls": {
+        "type": "object", "required": ["secretName"],
+        "description": "Serve HTTPS and gRPC over TLS from a kubernetes.io/tls Secret (tls.crt, tls.key; "
+                       "e.g. a cert-manager Certificate's), reloaded when it changes.",
+        "properties": {"secretName": {"type": "string", "minLength": 1, "maxLength": 253,
+                                      "pattern": SECRET_NAME_PATTERN}},
+    },
+    "networkPolicy": {
+        "type": "object",
+        "description": "Create a NetworkPolicy admitting to the predictor only these peers (plus the "
+                       "operator's metrics scraper). Each peer: pods matching podSelector in namespaces "
+                       "matching namespaceSelector (either alone: every namespace / every pod).",
+        "required": ["from"],
+        "properties": {"from": {"type": "array", "minItems": 1, "maxItems": 16, "items": {
+            "type": "object",
+            "properties": {"namespaceSelector": {"type": "object", "properties": {"matchLabels": _label_map}},
+                           "podSelector": {"type": "object", "properties": {"matchLabels": _label_map}}},
+            "x-kubernetes-validations": [_rule(
+                "has(self.namespaceSelector) || has(self.podSelector)",
+                "a networkPolicy peer needs namespaceSelector or podSelector",
+                lambda peer: "namespaceSelector" in peer or "podSelector" in peer)],
+        }}},
+    },
+}
+
 SPEC_SCHEMA: dict = {
     "type": "object",
     "required": ["model"],
@@ -294,6 +329,7 @@ SPEC_SCHEMA: dict = {
                 "tolerations": {"type": "array", "maxItems": 32, "items": _toleration},
                 "deploymentMode": {"type": "string", "enum": DEPLOYMENT_MODES, "default": "Standard",
                                    "description": "KServe deployment mode of the InferenceService."},
+                **_predictor_access,
             },
             "x-kubernetes-validations": [_rule(
                 "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",

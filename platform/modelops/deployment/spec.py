@@ -74,6 +74,9 @@ class PredictorSpec:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict, ...] = ()
     deployment_mode: str = _d("predictor.deploymentMode")  # KServe: Standard (raw) | Knative
+    auth: str | None = None  # none | kubernetes; None: the operator's default (--predictor-auth)
+    tls_secret: str | None = None  # a kubernetes.io/tls Secret: HTTPS and gRPC over TLS
+    network_policy: tuple[dict, ...] | None = None  # admitted peers; None: no NetworkPolicy
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,17 @@ def _predictor(raw: dict) -> PredictorSpec:
         requests=_quantities(resources.get("requests", {})), limits=_quantities(resources.get("limits", {})),
         node_selector=dict(raw.get("nodeSelector", {})),
         tolerations=tuple(dict(t) for t in raw.get("tolerations", [])),
-        deployment_mode=raw["deploymentMode"])
+        deployment_mode=raw["deploymentMode"], auth=raw.get("auth"),
+        tls_secret=(raw.get("tls") or {}).get("secretName"),
+        network_policy=_network_policy(raw.get("networkPolicy")))
+
+
+def _network_policy(raw: dict | None) -> tuple[dict, ...] | None:
+    """Admitted peers, each with the selectors it names (validated by the schema: 1..16 peers)."""
+    if raw is None:
+        return None
+    return tuple({key: {"matchLabels": dict((peer[key] or {}).get("matchLabels") or {})}
+                  for key in ("namespaceSelector", "podSelector") if key in peer} for peer in raw["from"])
 
 
 def _analysis(raw: dict) -> AnalysisSpec:

@@ -16,10 +16,11 @@ from .predictors import Predictors
 
 
 class LocalPlatform:
-    def __init__(self, predictors: Predictors, admin_url: str, *, timeout: float = 10.0):
+    def __init__(self, predictors: Predictors, admin_url: str, *, timeout: float = 10.0,
+                 headers: dict | None = None):
         self.predictors = predictors
         self.admin_url = admin_url
-        self._http = httpx.Client(timeout=timeout)
+        self._http = httpx.Client(timeout=timeout, headers=headers or {})  # the router's token, if any
         self.routes: list | None = None  # what the router was last given
         self.changed = False  # the last apply wrote new routes
 

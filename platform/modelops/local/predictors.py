@@ -141,7 +141,7 @@ class Predictors:
             slot.grpc_port = free_port()
         cmd = [sys.executable, "-m", "modelops.cli", "serve", str(slot.onnx_dir), "--name", self.name,
                "--model-version", slot.version, "--http-port", str(slot.port), "--grpc-port", str(slot.grpc_port),
-               "--device", self.device]
+               "--device", self.device, "--host", "127.0.0.1"]  # only the router is reached from outside
         log = self.logs / f"predictor-v{slot.version}.log"
         slot.proc = spawn(cmd, log)
         self.record(f"predictor-v{slot.version}", slot.proc, port=slot.port, version=slot.version)

@@ -41,6 +41,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from . import router_auth
 from .routes import VERSION_HEADER, Backend, Route, RouteError, RoutingTable, parse_routes
 
 __all__ = ["VERSION_HEADER", "Backend", "Route", "RouteError", "Router", "RoutingTable", "admin_app",
@@ -174,7 +175,7 @@ class Router:
 
 
 # --- control plane ---------------------------------------------------------------------------
-def admin_app(router: Router) -> web.Application:
+def admin_app(router: Router, token: str | None = None) -> web.Application:
     table = router.table
 
     async def get_routes(_request):
@@ -212,14 +213,14 @@ def admin_app(router: Router) -> web.Application:
     async def healthz(_request):
         return web.json_response({"ok": True, "routes": len(table.backends)})
 
-    app = web.Application()
+    app = web.Application(middlewares=[router_auth.admin_middleware(token)] if token else [])
     app.add_routes([web.get("/routes", get_routes), web.put("/routes", put_routes),
                     web.post("/drain", drain), web.get("/metrics", metrics), web.get("/healthz", healthz)])
     return app
 
 
 def serve(port: int, admin_port: int, host: str = "127.0.0.1", routes: list | None = None,
-          grpc_port: int = 0) -> None:
+          grpc_port: int = 0, token: str | None = None) -> None:
     """Run the router until SIGTERM/SIGINT (graceful: requests in flight finish, HTTP and gRPC)."""
     import uvicorn
 
@@ -232,12 +233,12 @@ def serve(port: int, admin_port: int, host: str = "127.0.0.1", routes: list | No
     grpc_server: list = []
 
     async def start_admin():
-        r = web.AppRunner(admin_app(router), access_log=None, handle_signals=False)
+        r = web.AppRunner(admin_app(router, token), access_log=None, handle_signals=False)
         await r.setup()
         await web.TCPSite(r, "127.0.0.1", admin_port).start()
         runner.append(r)
         if grpc_port:
-            grpc_server.extend(await start_grpc(router, host, grpc_port))
+            grpc_server.extend(await start_grpc(router, host, grpc_port, token))
 
     async def stop_admin():
         if grpc_server:
@@ -249,7 +250,8 @@ def serve(port: int, admin_port: int, host: str = "127.0.0.1", routes: list | No
 
     router.on_startup.append(start_admin)
     router.on_shutdown.append(stop_admin)
-    config = uvicorn.Config(router, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+    app = router_auth.BearerASGI(router, token) if token else router
+    config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
                             access_log=False, log_level="warning", timeout_keep_alive=75, backlog=2048,
                             timeout_graceful_shutdown=30)
     uvicorn.Server(config).run()
@@ -262,10 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grpc-port", type=int, default=0, help="gRPC pass-through (0: none)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--routes", default=None, help='initial table, JSON: {"routes": [...]}')
+    p.add_argument("--token-file", default=None,
+                   help=f"require this static bearer token (default: ${router_auth.ENV}, else none)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s router %(message)s")
     routes = parse_routes(orjson.loads(args.routes)) if args.routes else None
-    serve(args.port, args.admin_port, args.host, routes, grpc_port=args.grpc_port)
+    serve(args.port, args.admin_port, args.host, routes, grpc_port=args.grpc_port,
+          token=router_auth.load_token(args.token_file))
     return 0
 
 

@@ -81,12 +81,15 @@ class GrpcProxy:
             await ch.close()
 
 
-async def start_grpc(router, host: str, port: int):
+async def start_grpc(router, host: str, port: int, token: str | None = None):
     """The gRPC side of the router on `host:port`, in the running event loop."""
     import grpc
 
     proxy = GrpcProxy(router)
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    from . import router_auth
+
+    server = grpc.aio.server(options=GRPC_OPTIONS,
+                             interceptors=[router_auth.grpc_interceptor(token)] if token else None)
     server.add_generic_rpc_handlers((proxy,))
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise OSError(f"cannot listen on {host}:{port} for gRPC")

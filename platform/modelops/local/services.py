@@ -19,6 +19,7 @@ from typing import Callable
 
 import httpx
 
+from . import router_auth
 from .manifest import Manifest
 from .ports import free_port
 from .processes import spawn, stop
@@ -35,8 +36,12 @@ class Services:
     """The supervisor's own children and their record."""
 
     def __init__(self, manifest: Manifest, rundir: RunDir, *, tracking_uri: str | None, port: int,
-                 grpc_port: int, host: str, say: Callable[[str], None]):
+                 grpc_port: int, host: str, say: Callable[[str], None], token_file: str | None = None):
         self.manifest = manifest
+        # The router's static bearer token (router_auth): from the file, else $MODELOPS_ROUTER_TOKEN.
+        self.token_file = token_file
+        token = router_auth.load_token(token_file)
+        self.admin_headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.rundir = rundir
         self.tracking_uri = tracking_uri
         self.port = port
@@ -101,7 +106,8 @@ class Services:
     async def start_router(self) -> None:
         admin_port = free_port()
         cmd = [sys.executable, "-m", "modelops.local.router", "--port", str(self.port),
-               "--admin-port", str(admin_port), "--host", self.host, "--grpc-port", str(self.grpc_port or 0)]
+               "--admin-port", str(admin_port), "--host", self.host, "--grpc-port", str(self.grpc_port or 0),
+               *(["--token-file", self.token_file] if self.token_file else [])]
         self.router_proc = spawn(cmd, self.rundir.logs / "router.log")
         self.router_url = f"http://{'127.0.0.1' if self.host in ('0.0.0.0', '') else self.host}:{self.port}"
         self.admin_url = f"http://127.0.0.1:{admin_port}"
@@ -131,7 +137,8 @@ class Services:
         """Ask the router to wait until nothing is in flight to `url` (no longer routed); the wait
         in ms, or None when the router did not answer."""
         try:
-            r = await http.post(f"{self.admin_url}/drain", json={"urls": [url], "timeout": 30})
+            r = await http.post(f"{self.admin_url}/drain", json={"urls": [url], "timeout": 30},
+                                 headers=self.admin_headers)
             return r.json().get("waited_ms", 0)
         except (httpx.HTTPError, ValueError):
             return None

@@ -58,7 +58,7 @@ class Supervisor:
                  resolve_interval: float | None = None,
                  prometheus_url: str | None = None, secrets_dir: str | Path | None = None,
                  device: str | None = None, out: TextIO | None = None, live: bool | None = None,
-                 tick: float | None = None, mlflow_port: int | None = None):
+                 tick: float | None = None, mlflow_port: int | None = None, token_file: str | None = None):
         self.manifest = manifest
         self.spec = manifest.spec
         self.rundir = rundir
@@ -73,7 +73,7 @@ class Supervisor:
         self.display = Display(out, live=live, every=max(2.0, min(10.0, interval)))
         self.out = self.display.out
         self.services = Services(manifest, rundir, tracking_uri=tracking_uri, port=port, grpc_port=grpc_port,
-                                 host=host, say=self.display.event)
+                                 host=host, say=self.display.event, token_file=token_file)
 
         self.predictors: Predictors | None = None
         self.platform: LocalPlatform | None = None
@@ -166,7 +166,7 @@ class Supervisor:
             logs=self.rundir.logs, name=self.manifest.name, device=self.device, grpc=bool(s.grpc_port),
             convert=self._convert, record=s.add_child, forget=s.drop_child, say=self.display.event,
             log_event=s.log_event, on_ready=self._targets_changed)
-        self.platform = LocalPlatform(self.predictors, s.admin_url)
+        self.platform = LocalPlatform(self.predictors, s.admin_url, headers=s.admin_headers)
         model = self.spec.model
         follows = f"alias @{model.alias} (re-resolved every {self.resolve_interval:g}s)" if model.alias \
             else f"version {model.version}"

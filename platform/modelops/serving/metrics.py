@@ -14,3 +14,6 @@ LATENCY = Histogram("modelops_predictor_request_seconds", "Inference request lat
                     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 BATCH_ROWS = Histogram("modelops_predictor_batch_rows", "Rows per onnxruntime call", ["model"],
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+AUTH_DENIED = Counter("modelops_predictor_auth_denied_total",
+                      "Requests refused by --auth kubernetes, by reason "
+                      "(missing_token, invalid_token, forbidden, unavailable)", ["reason"])

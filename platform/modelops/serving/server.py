@@ -2,30 +2,116 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 
 import kserve.model_server as kserve_model_server
-import kserve.protocol.grpc.server as kserve_grpc_server
+import uvicorn
+from grpc import aio
 from kserve import ModelServer
-from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 
 from . import routes
+from .access import AccessASGI, AccessInterceptor
+from .audit import AuditLog
+from .auth import KubeAuthConfig, KubeGuard
 from .batching import BatchingConfig
 from .grpc_service import ModelServicer
 from .onnx_model import OnnxModel
+from .tls import ContextReloader, TlsFiles, grpc_credentials
 
 
-def lean_rest_server(models: dict, max_body_bytes: int) -> type[RESTServer]:
+@dataclass(frozen=True)
+class Access:
+    """Where the predictor listens and who may call it (see `auth`, `audit`, `tls`)."""
+
+    host: str = "0.0.0.0"  # inside a container, KServe's convention; local mode passes 127.0.0.1
+    tls: TlsFiles | None = None
+    guard: KubeGuard | None = None
+    audit: AuditLog | None = None
+
+    @property
+    def layered(self) -> bool:
+        return self.guard is not None or self.audit is not None
+
+    def grpc_address(self, port: int) -> str:
+        if self.host in ("0.0.0.0", "::", ""):
+            return f"[::]:{port}"  # KServe's: every interface, IPv4 and IPv6
+        return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
+
+
+class _ReloadingServer(uvicorn.Server):
+    """uvicorn, with its SSLContext kept in step with the certificate files (`tls.ContextReloader`)."""
+
+    def __init__(self, config: uvicorn.Config, tls: TlsFiles | None):
+        super().__init__(config)
+        self.tls = tls
+
+    async def serve(self, sockets=None) -> None:
+        if not self.config.loaded:
+            self.config.load()
+        task = None
+        if self.tls is not None and self.config.ssl is not None:
+            task = asyncio.create_task(ContextReloader(self.tls, self.config.ssl).run())
+        try:
+            await super().serve(sockets=sockets)
+        finally:
+            if task is not None:
+                task.cancel()
+
+
+def lean_rest_server(models: dict, max_body_bytes: int, access: Access = Access()) -> type[RESTServer]:
     class LeanRESTServer(RESTServer):
         """KServe's REST server with our ASGI layer in front instead of KServe's TimingMiddleware
-        (which only logs per-request timings, at a measured ~30% of the request cost)."""
+        (which only logs per-request timings, at a measured ~30% of the request cost), and
+        outside it the access layer (auth, audit) when configured."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.config.host = access.host
+            if access.tls is not None:
+                self.config.ssl_certfile, self.config.ssl_keyfile = access.tls.cert, access.tls.key
+            self._server = _ReloadingServer(self.config, access.tls)
 
         def _add_middlewares(self, app):
             app.add_middleware(routes.PredictorASGI, models=models, max_body_bytes=max_body_bytes)
+            if access.layered:  # added last: outermost, so it runs first
+                app.add_middleware(AccessASGI, models=models, guard=access.guard, audit=access.audit)
 
     return LeanRESTServer
+
+
+def predictor_grpc_server(models: dict, access: Access = Access()) -> type[GRPCServer]:
+    class PredictorGRPCServer(GRPCServer):
+        """KServe's gRPC server with our servicer, the access interceptor, TLS and the host."""
+
+        async def start(self, max_workers):
+            interceptors = [ExceptionToStatusInterceptor()]
+            if access.layered:
+                interceptors.insert(0, AccessInterceptor(models, access.guard, access.audit))
+            self._server = aio.server(
+                futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors,
+                options=[("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
+                         ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length"))])
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                ModelServicer(self._data_plane, self._model_repository_extension, models), self._server)
+            address = access.grpc_address(self._port)
+            if access.tls is not None:
+                self._server.add_secure_port(address, grpc_credentials(access.tls))
+            else:
+                self._server.add_insecure_port(address)
+            logging.getLogger("modelops.serving").info("gRPC on %s (%s)", address,
+                                                       "TLS" if access.tls else "plaintext")
+            await self._server.start()
+            await self._server.wait_for_termination()
+
+    return PredictorGRPCServer
 
 
 class PredictorServer(ModelServer):
@@ -38,9 +124,11 @@ class PredictorServer(ModelServer):
       ModelMetadata and ModelReady are ours (see `grpc_service`): one validation path.
     """
 
-    def __init__(self, *, max_body_bytes: int = routes.DEFAULT_MAX_BODY_BYTES, **kwargs):
+    def __init__(self, *, max_body_bytes: int = routes.DEFAULT_MAX_BODY_BYTES, access: Access = Access(),
+                 **kwargs):
         super().__init__(**kwargs)
         self.max_body_bytes = max_body_bytes
+        self.access = access
 
     def _register_and_check_atleast_one_model_is_ready(self, models):
         for model in models:
@@ -51,23 +139,29 @@ class PredictorServer(ModelServer):
     def start(self, models) -> None:
         # ModelServer.start builds its REST server and gRPC servicer from these module-level names.
         by_name = {m.name: m for m in models}
-        kserve_model_server.RESTServer = lean_rest_server(by_name, self.max_body_bytes)
-        kserve_grpc_server.InferenceServicer = lambda dp, ext: ModelServicer(dp, ext, by_name)
+        kserve_model_server.RESTServer = lean_rest_server(by_name, self.max_body_bytes, self.access)
+        kserve_model_server.GRPCServer = predictor_grpc_server(by_name, self.access)
         try:
             super().start(models)
         finally:
             kserve_model_server.RESTServer = RESTServer
-            kserve_grpc_server.InferenceServicer = InferenceServicer
+            kserve_model_server.GRPCServer = GRPCServer
 
 
 def build(model_dir: str | Path, name: str, *, device: str = "auto", version: str | None = None,
           http_port: int = 8080, grpc_port: int = 8081, max_body_bytes: int = routes.DEFAULT_MAX_BODY_BYTES,
-          batching: BatchingConfig | None = BatchingConfig(), intra_op_threads: int = 0):
+          batching: BatchingConfig | None = BatchingConfig(), intra_op_threads: int = 0,
+          host: str = "0.0.0.0", auth: KubeAuthConfig | None = None, audit: AuditLog | None = None,
+          tls: TlsFiles | None = None):
+    """The server and its model. `auth` None: no access control; `audit` None: no audit lines."""
+    if tls is not None:
+        tls.read()  # a missing or mismatched pair fails at start, not at the first handshake
+    access = Access(host=host, tls=tls, guard=KubeGuard(auth) if auth is not None else None, audit=audit)
     model = OnnxModel(name, model_dir, device=device, batching=batching,
                       intra_op_threads=intra_op_threads, version=version)
     model.load()
     server = PredictorServer(http_port=http_port, grpc_port=grpc_port or 8081, enable_grpc=bool(grpc_port),
-                             enable_latency_logging=False, max_body_bytes=max_body_bytes)
+                             enable_latency_logging=False, max_body_bytes=max_body_bytes, access=access)
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)
     return server, model
 
