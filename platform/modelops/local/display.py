@@ -1,8 +1,9 @@
 """Progress output of `modelops local up`: event lines, and a live table of what serves.
 
-On a terminal the table (version, role, weight, step, checks, req/s, p99) is redrawn in place
-under the event lines; otherwise (a pipe, a log file, the demo) it is printed as one line every
-`every` seconds, and event lines as they happen.
+On a terminal the table (version, role, weight, step, checks, req/s, p99) is a `rich` live
+display, redrawn in place under the event lines (which `rich` prints above it); otherwise (a
+pipe, a log file, the demo) it is printed as one line every `every` seconds, and event lines as
+they happen.
 """
 
 from __future__ import annotations
@@ -36,37 +37,52 @@ class Display:
         self.live = self.out.isatty() if live is None else live
         self.every = every
         self.t0 = time.monotonic() if t0 is None else t0
-        self._drawn = 0  # lines of the live table on screen
         self._last_line = 0.0
         self._last_key = None
+        self._console = None  # rich's Console and Live, on a terminal
+        self._live = None
+        if self.live:
+            from rich.console import Console
+
+            self._console = Console(file=self.out, force_terminal=True, highlight=False)
 
     def _stamp(self) -> str:
         return f"[{time.monotonic() - self.t0:6.1f}s]"
 
-    def _clear(self) -> None:
-        if self._drawn:
-            self.out.write(f"\x1b[{self._drawn}F\x1b[J")
-            self._drawn = 0
-
     def event(self, text: str) -> None:
-        if self.live:
-            self._clear()
+        if self._console is not None:  # printed above the live table while it runs
+            self._console.print(f"{self._stamp()} {text}", markup=False, highlight=False, soft_wrap=True)
+            return
         self.out.write(f"{self._stamp()} {text}\n")
         self.out.flush()
         self._last_key = None  # show the table again after an event
 
+    @staticmethod
+    def _rich_table(rows: list[Row], summary: str):
+        from rich import box
+        from rich.table import Table
+
+        t = Table(title=summary, title_justify="left", box=box.SIMPLE_HEAD)
+        for name, justify in (("version", "left"), ("role", "left"), ("weight", "right"), ("step", "right"),
+                              ("last analysis", "left"), ("analyses", "left"), ("req/s", "right"),
+                              ("p99 ms", "right")):
+            t.add_column(name, justify=justify)
+        for r in rows:
+            t.add_row(f"v{r.version}", r.role, f"{r.weight}%", r.step, r.checks, r.analyses,
+                      _num(r.rps, ".1f"), _num(r.p99_ms, ".2f"))
+        return t
+
     def table(self, rows: list[Row], summary: str) -> None:
-        if self.live:
-            self._clear()
-            lines = [f"  {summary}",
-                     f"  {'version':<9}{'role':<8}{'weight':>7}{'step':>6}  {'last analysis':<22}{'analyses':<12}"
-                     f"{'req/s':>8}{'p99 ms':>9}"]
-            for r in rows:
-                lines.append(f"  {'v' + r.version:<9}{r.role:<8}{r.weight:>6}%{r.step:>6}  {r.checks:<22}"
-                             f"{r.analyses:<12}{_num(r.rps, '.1f'):>8}{_num(r.p99_ms, '.2f'):>9}")
-            self.out.write("\n".join(lines) + "\n")
-            self.out.flush()
-            self._drawn = len(lines)
+        if self._console is not None:
+            table = self._rich_table(rows, summary)
+            if self._live is None:
+                from rich.live import Live
+
+                self._live = Live(table, console=self._console, auto_refresh=False, redirect_stdout=False,
+                                  redirect_stderr=False)
+                self._live.start(refresh=True)
+            else:
+                self._live.update(table, refresh=True)
             return
         if not rows:
             return  # nothing serves yet: the event lines say what is going on
@@ -88,4 +104,6 @@ class Display:
         self.out.flush()
 
     def close(self) -> None:
-        self._drawn = 0
+        if self._live is not None:
+            self._live.stop()  # the last table stays on screen
+            self._live = None

@@ -20,11 +20,10 @@ from typing import Callable
 
 import httpx
 
-from .. import errors
+from .. import errors, retry
 from .ports import free_port
 from .processes import spawn, stop
 
-PREDICTOR_READY_TIMEOUT = 180.0
 RETRY_AFTER = 5.0  # seconds before a version is tried again after a retryable failure
 
 
@@ -145,27 +144,23 @@ class Predictors:
         log = self.logs / f"predictor-v{slot.version}.log"
         slot.proc = spawn(cmd, log)
         self.record(f"predictor-v{slot.version}", slot.proc, port=slot.port, version=slot.version)
-        deadline = time.monotonic() + PREDICTOR_READY_TIMEOUT
-        why = "not answering"
+        why = ["not answering"]
         async with httpx.AsyncClient(timeout=2.0) as client:
-            while True:
-                if slot.proc.poll() is not None:
+            async def ready() -> bool:
+                if slot.proc.poll() is not None:  # exited: raised at once, not waited for
                     tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
                     raise errors.ServingError(f"the predictor of v{slot.version} exited with "
                                               f"{slot.proc.returncode}; {log}: {tail.strip()[-300:]}")
                 if self.stopping:
                     raise errors.ServingError("stopping")
-                try:
-                    r = await client.get(f"{slot.url}/v2/health/ready")
-                    if r.status_code == 200:
-                        return
-                    why = r.text[:300]
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise errors.DeviceUnavailable(f"the predictor of v{slot.version} is not ready after "
-                                                   f"{PREDICTOR_READY_TIMEOUT:.0f}s: {why}")
-                await asyncio.sleep(0.2)
+                r = await client.get(f"{slot.url}/v2/health/ready")
+                why[0] = r.text[:300]
+                return r.status_code == 200
+
+            await retry.wait_until(ready, retry.PREDICTOR_READY, ignore=(httpx.HTTPError,),
+                                   on_timeout=lambda: errors.DeviceUnavailable(
+                                       f"the predictor of v{slot.version} is not ready after "
+                                       f"{retry.PREDICTOR_READY.timeout:.0f}s: {why[0]}"))
 
     async def retire(self, slot: Slot, drain: Callable) -> None:
         """Stop a predictor once the router no longer sends to it and its requests finished;

@@ -13,19 +13,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from typing import Callable
 
 import httpx
 
+from .. import retry
 from . import router_auth
 from .manifest import Manifest
 from .ports import free_port
 from .processes import spawn, stop
 from .rundir import RunDir, process_record, write_json
 
-ROUTER_READY_TIMEOUT = 30.0
 
 
 def utcnow() -> datetime:
@@ -113,19 +112,14 @@ class Services:
         self.admin_url = f"http://127.0.0.1:{admin_port}"
         self.add_child("router", self.router_proc, port=self.port, adminPort=admin_port,
                        grpcPort=self.grpc_port or None)
-        deadline = time.monotonic() + ROUTER_READY_TIMEOUT
         async with httpx.AsyncClient(timeout=1.0) as client:
-            while True:
-                self.check_router()
-                try:
-                    if (await client.get(f"{self.admin_url}/healthz")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the router did not start in {ROUTER_READY_TIMEOUT:.0f}s; "
-                                       f"see {self.rundir.logs / 'router.log'}")
-                await asyncio.sleep(0.1)
+            async def up() -> bool:
+                self.check_router()  # exited: raised at once, not waited for
+                return (await client.get(f"{self.admin_url}/healthz")).status_code == 200
+
+            await retry.wait_until(up, retry.ROUTER_READY, ignore=(httpx.HTTPError,), on_timeout=lambda: RuntimeError(
+                f"the router did not start in {retry.ROUTER_READY.timeout:.0f}s; "
+                f"see {self.rundir.logs / 'router.log'}"))
 
     def check_router(self) -> None:
         """Raise if the router exited (local mode cannot serve without it)."""
