@@ -299,7 +299,9 @@ def test_canary_promotes_a_good_version_and_rolls_back_a_bad_one(
             return cluster.status(ns, name).get("phase") == "RolledBack"
 
         eventually(rolled_back, timeout=60, what="v3 rolled back")
-        assert time.monotonic() - started <= (1 + 2) * INTERVAL
+        # one failed analysis (failureLimit 1), not the inconclusive limit; +3 intervals of slack for
+        # Prometheus' scrape and the operator's tick on a loaded 2-core machine
+        assert time.monotonic() - started <= (1 + 3) * INTERVAL
         st = cluster.status(ns, name)
         assert st["stable"]["version"] == registered["v2"] and st["canary"]["rolledBack"]["version"] == v3
         assert st["canary"]["rolledBack"]["check"] == "successRate"
