@@ -216,11 +216,15 @@ class Registry:
         if resolved.name and resolved.version:  # where the version's files are, asked only to download
             source = self._call("get_model_version_download_uri", self.client.get_model_version_download_uri,
                                 resolved.name, resolved.version)
-        local = self._call(
-            "download_artifacts", mlflow.artifacts.download_artifacts,
-            source, None, None, str(dst), self.tracking_uri,
-            not_found=errors.ModelNotFound(f"artifacts of {resolved.label} not found at {source}"),
-        )
+        # MLflow 3 resolves a runs:/ URI of a logged model with its *global* tracking URI: pin it to ours
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        with _use_tracking_uri(self.tracking_uri):
+            local = self._call(
+                "download_artifacts", mlflow.artifacts.download_artifacts,
+                source, None, None, str(dst), self.tracking_uri,
+                not_found=errors.ModelNotFound(f"artifacts of {resolved.label} not found at {source}"),
+            )
         local = Path(local)
         if not (local / "MLmodel").exists():
             found = list(local.rglob("MLmodel"))
