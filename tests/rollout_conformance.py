@@ -322,6 +322,7 @@ class KServeAdapter:
         return RolloutState.from_status((self._md().get("status") or {}).get("canary"))
 
     def tick(self, state, spec, facts, provider, now, history):
+        from modelops.deployment.plan import Inputs
         from modelops.rollout.state import format_time
         from modelops_operator import rollout
 
@@ -329,11 +330,20 @@ class KServeAdapter:
         md["metadata"]["annotations"] = dict(facts.annotations or {})
         status = md.get("status") or {}
         target = served(facts.target) if facts.target else None
-        platform, store, _ = self.reconciler.rollout_parts(md, spec, self.registry, status, target)
+        inputs = Inputs(generation=int(md["metadata"].get("generation") or 1), spec=spec, status=status,
+                        now=format_time(now), resolved_version=facts.target)
+        platform, store, _ = self.reconciler.rollout_parts(md, spec, self.registry, inputs, target)
         step = rollout.step_deployment(md, spec, status, target, self.config, now=format_time(now),
                                        platform=platform, store=store, history=history, provider=provider)
+        # What the store persisted before the InferenceService write is already a whole status:
+        # the top-level phase agrees with the rollout state (a reader never sees one half-written).
+        persisted = self._md().get("status") or {}
+        new = RolloutState.from_status(step.state)
+        assert persisted.get("canary") == step.state
+        if new.phase.active:
+            assert persisted.get("phase") == "Progressing", persisted.get("phase")
         self._report_ready()
-        return RolloutState.from_status(step.state), list(step.notifications)
+        return new, list(step.notifications)
 
     def _isvc(self) -> dict | None:
         from modelops_operator.kube import INFERENCESERVICES

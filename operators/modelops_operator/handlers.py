@@ -48,6 +48,11 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: OperatorConfig) -> None:
+    def emit(body: dict, events) -> None:  # from the reconciler's thread (Kopf posts cross-thread)
+        for ev in events:
+            kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+
+    reconciler.emit = emit
     locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def delivered(deployment: str, webhook: str, seq: int) -> None:

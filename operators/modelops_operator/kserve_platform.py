@@ -7,8 +7,9 @@ they are the InferenceService of one ModelDeployment:
 - `interface`: what a converted version serves (its published record, else its conversion.json);
 - `apply`: the InferenceService for a traffic split (Standard `spec.canary[]`, Knative
   `canaryTrafficPercent`), written only where it differs (`Reconciler.apply_service`).
-The store writes the rollout's part of `status` (`canary`, `stable`, `canaryModel`) before the
-InferenceService changes, so a restart between the two resumes from what was decided.
+The store writes the status (the rollout's state and what it implies: phase, conditions, `stable`,
+`canaryModel`) in one patch before the InferenceService changes, so a restart between the two
+resumes from what was decided, and a reader never sees a state half written.
 """
 
 from __future__ import annotations
@@ -84,26 +85,26 @@ class KServePlatform:
 
 
 class StatusStore:
-    """`status.canary`, `status.stable` and `status.canaryModel` of one ModelDeployment."""
+    """The ModelDeployment's status: `compose(state, result)` is the plan (the whole status and
+    its Events) for a rollout state, written as one patch; `on_saved(plan, result)` runs once it is
+    persisted (the operator posts the transitions' Events there) and says whether it emitted them."""
 
-    def __init__(self, status: dict, versions: Versions, patch_status: Callable[[dict], None]):
+    def __init__(self, status: dict, compose: Callable, patch_status: Callable[[dict], None],
+                 on_saved: Callable | None = None):
         self._status = status
-        self._versions = versions
+        self._compose = compose
         self._patch = patch_status
-        self.saved: dict = {}  # what this pass wrote (the final status diff starts from it)
+        self._on_saved = on_saved
+        self.saved: dict = status  # what is persisted now (the final status diff starts from it)
         self.wrote = False
-
-    def rollout_status(self, state: RolloutState) -> dict:
-        stable, canary, _ = self._versions.split(state.traffic)
-        new = {"canary": state.to_status(), "stable": stable.to_status() if stable else self._status.get("stable")}
-        new["canaryModel"] = canary.to_status() if canary else None
-        return new
+        self.emitted = False
 
     def save(self, state: RolloutState, result) -> None:
-        new = self.rollout_status(state)
-        old = {k: self._status.get(k) for k in new}
-        patch = {k: diffing.replacing(old[k], v) for k, v in new.items() if old[k] != v}
+        plan = self._compose(state, result)
+        patch = diffing.replacing(self._status, plan.status)
         if patch:
             self._patch(patch)
             self.wrote = True
-        self.saved = new
+        self.saved = plan.status
+        if self._on_saved is not None:
+            self.emitted = self._on_saved(plan, result)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from modelops import errors
 from modelops.deployment.plan import (ApplyService, Convert, Event, Failure, Inputs, Plan, Served,
@@ -57,6 +58,9 @@ class Reconciler:
         self._registry_factory = registry_factory
         self._registries: dict[str, object] = {}
         self._interfaces: dict[tuple[str, str], object] = {}  # (onnx URI, sha256) -> Interface
+        # Posts Events at once (Kopf's `kopf.event`, set by the handlers): a rollout transition's
+        # Events go out right after the status that records it, not after the whole pass.
+        self.emit: Callable[[dict, tuple[Event, ...]], None] | None = None
 
     # --- facts ------------------------------------------------------------------------------
     def registry_for(self, spec: DeploymentSpec):
@@ -110,20 +114,53 @@ class Reconciler:
             self._interfaces[key] = found
         return self._interfaces[key]
 
-    def rollout_parts(self, md: dict, spec: DeploymentSpec, registry, status: dict,
+    def rollout_parts(self, md: dict, spec: DeploymentSpec, registry, inputs: Inputs,
                       target: Served | None) -> tuple[KServePlatform, StatusStore, RegistryHistory]:
-        """The driver's platform (this InferenceService), store (this status) and history (MLflow)."""
+        """The driver's platform (this InferenceService), store (this status) and history (MLflow).
+        The InferenceService is read once: the canary's readiness, and what the status persisted
+        before the write says of it."""
         ns, name = md["metadata"]["namespace"], md["metadata"]["name"]
+        status = inputs.status
         versions = Versions(Served.from_status(status.get("stable")), Served.from_status(status.get("canaryModel")),
                             target)
+        observed = self.kube.get(INFERENCESERVICES.path(ns, name))
+        before = service_observation(observed, changed=False) if observed else \
+            ServiceObservation(storage_uri=None, ready=False, message="waiting for the InferenceService")
         platform = KServePlatform(
-            versions, read_service=lambda: self.kube.get(INFERENCESERVICES.path(ns, name)),
+            versions, read_service=lambda: observed,
             write_service=lambda stable, canary, weight: self.apply_service(md, spec, stable, canary, weight),
             interface_of=lambda served: self.interface_of(registry, served))
-        store = StatusStore(status, versions, lambda patch: self.kube.merge_patch(
-            MODELDEPLOYMENTS.path(ns, name, "status"), {"status": patch}))
+
+        def compose(state, result) -> Plan:  # the status for `state`, as KServe reported before the write
+            stable, canary, _ = versions.split(state.traffic)
+            return self._status_plan(inputs, before, stable, canary, state.to_status(), rollout.notifications_of(result),
+                                     promoted=rollout.promoted_in(result, versions.stable, stable))
+
+        def saved(plan: Plan, result) -> bool:  # a transition's Events go out once its status is persisted
+            if self.emit is None or not rollout.notifications_of(result):
+                return False
+            self.emit(md, plan.events)
+            return True
+
+        store = StatusStore(status, compose, lambda patch: self.kube.merge_patch(
+            MODELDEPLOYMENTS.path(ns, name, "status"), {"status": patch}), on_saved=saved)
         history = RegistryHistory(registry, spec.model.name, ns, name, promote_alias=spec.rollout.promote_alias)
         return platform, store, history
+
+    @staticmethod
+    def _status_plan(inputs: Inputs, observation: ServiceObservation, stable: Served, canary: Served | None,
+                     state: dict, notifications: tuple = (), promoted: bool = False) -> Plan:
+        """Status and Events of a canary deployment; a failure with the newest version is still said."""
+        p = plan_rollout(replace(inputs, service=observation), stable, canary, state, notifications,
+                         promoted=promoted)
+        if inputs.error is not None:
+            failed = plan(replace(inputs, service=observation))
+            p = replace(p, retry=failed.retry)
+            if failed.status.get("phase") == "Failed":
+                p.status.update(phase="Failed", failed=failed.status.get("failed"))
+                p.status["conditions"] = [c for c in failed.status["conditions"]] + \
+                    [c for c in p.status["conditions"] if c["type"] in ("Progressing", "RolledBack")]
+        return p
 
     # --- the pass ---------------------------------------------------------------------------
     def reconcile(self, namespace: str, name: str, *, resolve: bool) -> Result:
@@ -199,23 +236,18 @@ class Reconciler:
         status saying so. Every piece of rollout state is in `status.canary`."""
         status = inputs.status
         ns = md["metadata"]["namespace"]
-        platform, store, history = self.rollout_parts(md, spec, registry, status, target)
+        platform, store, history = self.rollout_parts(md, spec, registry, inputs, target)
         step = rollout.step_deployment(md, spec, status, target, self.config, now=inputs.now, platform=platform,
                                        store=store, history=history,
                                        secret_reader=rollout.secret_reader(self.kube, ns))
-        p = plan_rollout(replace(inputs, service=step.observation), step.stable, step.canary, step.state,
-                         step.notifications, promoted=step.promoted)
+        p = self._status_plan(inputs, step.observation, step.stable, step.canary, step.state, step.notifications,
+                              promoted=step.promoted)
+        events = () if store.emitted else p.events  # emitted with the status that recorded them
         if inputs.error is not None:  # keep saying what went wrong with the newest version
-            failed = plan(replace(inputs, service=step.observation))
-            p = replace(p, retry=failed.retry, events=p.events + failed.events)
-            if failed.status.get("phase") == "Failed":
-                p.status.update(phase="Failed", failed=failed.status.get("failed"))
-                p.status["conditions"] = [c for c in failed.status["conditions"]] + \
-                    [c for c in p.status["conditions"] if c["type"] in ("Progressing", "RolledBack")]
+            events += plan(replace(inputs, service=step.observation)).events
+        p = replace(p, events=events)
         if store.wrote:  # the final status write starts from what the store persisted
-            md["status"] = {**status, **{k: v for k, v in store.saved.items() if v is not None}}
-            if store.saved.get("canaryModel") is None:
-                md["status"].pop("canaryModel", None)
+            md["status"] = store.saved
         return p, step.changed, step
 
     def _convert(self, md, spec, registry, resolved, inputs: Inputs) -> Inputs:
@@ -257,3 +289,4 @@ class Reconciler:
         patch = diffing.status_patch(status.get("canary") or {}, new)
         self.kube.merge_patch(MODELDEPLOYMENTS.path(namespace, name, "status"), {"status": {"canary": patch}})
         return True
+

@@ -39,7 +39,6 @@ class StepResult:
     analysed: dict | None = None  # the analysis counted in this pass (AnalysisResult.to_status())
     observation: ServiceObservation | None = None  # what KServe reports after the write
     changed: bool = False  # the InferenceService was written
-    saved: dict | None = None  # the rollout's part of status, as persisted before the write
 
 
 class NoPrometheus:
@@ -104,17 +103,24 @@ def step_deployment(md: dict, spec: DeploymentSpec, status: dict, target: Served
         raise platform.error
     new = result.state
     stable_now, canary_now, weight = versions.split(new.traffic)
-    before = versions.stable
     counted = new.last_analysis_at is not None and new.last_analysis_at != state.last_analysis_at
     return StepResult(
         analysed=new.analysis if counted else None,
         stable=stable_now, canary=canary_now, weight=weight, state=new.to_status(),
-        notifications=tuple(a.notification for a in result.actions if isinstance(a, Notify)),
-        transitions=result.transitions,
-        promoted=any(isinstance(a, Promote) for a in result.actions) or before is None
-        or before.version != stable_now.version,
-        observation=platform.observation, changed=platform.changed, saved=store.saved,
+        notifications=notifications_of(result), transitions=result.transitions,
+        promoted=promoted_in(result, versions.stable, stable_now),
+        observation=platform.observation, changed=platform.changed,
     )
+
+
+def notifications_of(result) -> tuple:
+    """The engine's new Notifications in a driver pass (a `TickResult`)."""
+    return tuple(a.notification for a in result.actions if isinstance(a, Notify))
+
+
+def promoted_in(result, before: Served | None, stable: Served) -> bool:
+    """The stable version changed in this pass."""
+    return any(isinstance(a, Promote) for a in result.actions) or before is None or before.version != stable.version
 
 
 def secret_reader(kube, namespace: str):
