@@ -14,7 +14,7 @@ import sys
 import pytest
 import yaml
 
-from modelops.deployment import schema
+from modelops.deployment import crd, schema
 from modelops.deployment.spec import parse_spec
 from modelops.errors import InvalidSpec
 
@@ -66,7 +66,7 @@ def valid_md() -> dict:
 
 
 def test_generated_files_equal_the_source():
-    assert load_crd(CRD_FILE) == schema.crd()
+    assert load_crd(CRD_FILE) == crd.crd()
     assert HELM_CRD_FILE.read_text() == CRD_FILE.read_text()
     check = subprocess.run([sys.executable, str(REPO_ROOT / "scripts/gen_crd.py"), "--check"],
                            capture_output=True, text=True)
@@ -74,12 +74,12 @@ def test_generated_files_equal_the_source():
 
 
 def test_crd_identity_printer_columns_and_status_subresource():
-    crd = load_crd(CRD_FILE)
-    assert crd["metadata"]["name"] == "modeldeployments.modelops.dev"
-    names = crd["spec"]["names"]
+    obj = load_crd(CRD_FILE)
+    assert obj["metadata"]["name"] == "modeldeployments.modelops.dev"
+    names = obj["spec"]["names"]
     assert (names["kind"], names["plural"], names["shortNames"]) == ("ModelDeployment", "modeldeployments", ["md"])
-    assert crd["spec"]["scope"] == "Namespaced"
-    (version,) = crd["spec"]["versions"]
+    assert obj["spec"]["scope"] == "Namespaced"
+    (version,) = obj["spec"]["versions"]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
     assert columns == ["Model", "Version", "Canary", "Phase", "Canary %", "Ready", "Age"]
@@ -301,7 +301,7 @@ def test_every_status_field_the_operator_writes_is_in_the_schema():
     inputs = Inputs(generation=1, spec=parse_spec(valid_md()["spec"]), status={}, now="2025-01-01T00:00:00Z",
                     resolved_version="2", service=ServiceObservation("s3://m/1", True, "http://x"))
     status = plan_rollout(inputs, served, canary, {"phase": "Progressing", "weight": 10, "step": 0}).status
-    props = schema.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    props = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     assert set(status) <= set(props), set(status) - set(props)
     assert set(status["canaryModel"]) <= set(props["canaryModel"]["properties"])
 
@@ -363,7 +363,7 @@ def _corpus_sites():
 
 
 def test_every_cel_rule_has_a_python_twin():
-    rules = {r["rule"] for _, n in walk_schema(schema.open_api_schema())
+    rules = {r["rule"] for _, n in walk_schema(crd.open_api_schema())
              for r in n.get("x-kubernetes-validations", [])}
     assert rules and rules <= set(schema.CEL_TWINS), rules - set(schema.CEL_TWINS)
 

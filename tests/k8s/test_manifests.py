@@ -15,7 +15,7 @@ import lupa
 import pytest
 import yaml
 
-from modelops.deployment.schema import crd
+from modelops.deployment.crd import crd
 from modelops.deployment.spec import parse_spec
 from modelops_operator import builders
 from modelops_operator.builders import build_cluster_serving_runtime

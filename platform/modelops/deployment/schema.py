@@ -1,7 +1,8 @@
 """The ModelDeployment CRD: the one source of truth for its schema.
 
-`scripts/gen_crd.py` writes `crd()` to `manifests/crds/` and `helm/modelops/crds/`; a test checks
-both files equal it. `modelops.deployment.spec` re-checks the same rules in Python for objects
+This module is the spec (what users write); `status_schema` is what the operator writes, and
+`crd` puts both into the CustomResourceDefinition that `scripts/gen_crd.py` writes to
+`manifests/crds/` and `helm/modelops/crds/` (a test checks both files equal it). `modelops.deployment.spec` re-checks the same rules in Python for objects
 that never went through an API server (local runs, the kmock emulator).
 
 Compatibility: the CRD must install on Kubernetes 1.25+ (CEL validation on by default). So the
@@ -26,7 +27,7 @@ import copy
 import re
 from typing import Any, Callable
 
-from . import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from . import API_VERSION
 
 PRECISIONS = ["fp32", "fp16", "int8"]
 STRATEGIES = ["canary", "replace"]
@@ -382,149 +383,6 @@ SPEC_SCHEMA: dict = {
     },
 }
 
-_condition = {
-    "type": "object",
-    "required": ["type", "status"],
-    "properties": {
-        "type": {"type": "string", "maxLength": 64},
-        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-        "reason": {"type": "string", "maxLength": 128},
-        "message": {"type": "string", "maxLength": 4096},
-        "lastTransitionTime": {"type": "string", "format": "date-time"},
-        "observedGeneration": {"type": "integer", "format": "int64"},
-    },
-}
-
-_served = {
-    "type": "object",
-    "properties": {
-        "version": {"type": "string"},
-        "onnxUri": {"type": "string"},
-        "storageUri": {"type": "string"},
-        "sha256": {"type": "string"},
-        "options": {"type": "string", "description": "Conversion options fingerprint."},
-    },
-}
-
-_check_result = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string"},
-        "outcome": {"type": "string", "enum": CHECK_OUTCOMES},
-        "value": {"type": "number"},
-        "message": {"type": "string"},
-    },
-}
-
-_notification = {
-    "type": "object",
-    "description": "A rollout transition waiting to be delivered to every webhook subscribed to it.",
-    "properties": {
-        "seq": {"type": "integer"},
-        "event": {"type": "string", "enum": HOOK_EVENTS},
-        "version": {"type": "string"},
-        "stableVersion": {"type": "string"},
-        "weight": {"type": "integer"},
-        "at": {"type": "string", "format": "date-time"},
-        "reason": {"type": "string"},
-        "message": {"type": "string"},
-        "check": {"type": "string"},
-    },
-}
-
-_canary_status = {
-    "type": "object",
-    "description": "The canary rollout's persisted state (modelops.rollout.RolloutState).",
-    "properties": {
-        "phase": {"type": "string", "enum": ROLLOUT_PHASES},
-        "version": {"type": "string", "description": "The canary's model version (none: no canary)."},
-        "stableVersion": {"type": "string", "description": "The version serving the rest of the traffic."},
-        "weight": {"type": "integer", "description": "Percent of traffic on the canary."},
-        "step": {"type": "integer", "description": "Index into spec.rollout.steps."},
-        "failedChecks": {"type": "integer", "description": "Failed analyses of this canary."},
-        "inconclusiveChecks": {"type": "integer", "description": "Inconclusive analyses in a row."},
-        "startedAt": {"type": "string", "format": "date-time"},
-        "lastStepAt": {"type": "string", "format": "date-time"},
-        "lastAnalysisAt": {"type": "string", "format": "date-time"},
-        "nextAnalysisAt": {"type": "string", "format": "date-time"},
-        "reason": {"type": "string", "description": "Why the rollout is where it is (CamelCase)."},
-        "message": {"type": "string"},
-        "analysis": {
-            "type": "object",
-            "description": "The last analysis: its outcome, the deciding check, every check.",
-            "properties": {
-                "version": {"type": "string"},
-                "at": {"type": "string", "format": "date-time"},
-                "outcome": {"type": "string", "enum": CHECK_OUTCOMES},
-                "check": {"type": "string"},
-                "message": {"type": "string"},
-                "checks": {"type": "array", "items": _check_result},
-            },
-        },
-        "gate": {
-            "type": "object",
-            "description": "The gate the rollout waits on.",
-            "properties": {
-                "type": {"type": "string", "enum": GATE_TYPES},
-                "version": {"type": "string"},
-                "askedAt": {"type": "string", "format": "date-time"},
-                "open": {"type": "boolean"},
-                "message": {"type": "string"},
-            },
-        },
-        "rolledBack": {
-            "type": "object",
-            "description": "The last rolled-back version: not tried again until the spec or the "
-                           "resolved version changes.",
-            "properties": {
-                "version": {"type": "string"},
-                "generation": {"type": "integer", "format": "int64"},
-                "at": {"type": "string", "format": "date-time"},
-                "reason": {"type": "string"},
-                "check": {"type": "string"},
-            },
-        },
-        "hookSeq": {"type": "integer", "description": "Sequence number of the last notification."},
-        "delivered": {"type": "object", "additionalProperties": {"type": "integer"},
-                      "description": "Per webhook: the last notification it acknowledged."},
-        "outbox": {"type": "array", "items": _notification},
-    },
-}
-
-STATUS_SCHEMA: dict = {
-    "type": "object",
-    "properties": {
-        "phase": {"type": "string", "enum": PHASES},
-        "observedGeneration": {"type": "integer", "format": "int64"},
-        "conditions": {
-            "type": "array", "items": _condition,
-            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"],
-        },
-        "resolvedVersion": {"type": "string", "description": "What the model reference resolved to last."},
-        "stable": _served,
-        "canaryModel": {**_served, "description": "The converted model of the canary in progress."},
-        "canary": _canary_status,
-        "failed": {
-            "type": "object",
-            "description": "The last version+options that failed permanently: not retried until the spec or the alias changes.",
-            "properties": {"version": {"type": "string"}, "options": {"type": "string"},
-                           "reason": {"type": "string"}, "message": {"type": "string"}},
-        },
-        "url": {"type": "string"},
-    },
-}
-
-PRINTER_COLUMNS = [
-    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
-    {"name": "Version", "type": "string", "jsonPath": ".status.stable.version"},
-    {"name": "Canary", "type": "string", "jsonPath": ".status.canary.version"},
-    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Canary %", "type": "integer", "jsonPath": ".status.canary.weight"},
-    {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
-    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-]
-
-
 def node(path: str, root: dict | None = None) -> dict:
     """The schema node at a dotted spec path (`rollout.analysis.failureLimit`); list items are
     stepped through (`hooks.webhooks.events`)."""
@@ -542,47 +400,4 @@ def default(path: str) -> Any:
     return copy.deepcopy(node(path)["default"])
 
 
-def open_api_schema() -> dict:
-    """The `openAPIV3Schema` of the served version."""
-    return {
-        "type": "object",
-        "description": "Serve an MLflow model as validated ONNX on KServe (GPU or CPU).",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": copy.deepcopy(SPEC_SCHEMA),
-            "status": copy.deepcopy(STATUS_SCHEMA),
-        },
-    }
-
-
-def crd() -> dict:
-    """The complete CustomResourceDefinition object."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{PLURAL}.{GROUP}",
-            "labels": {"app.kubernetes.io/name": "modelops", "app.kubernetes.io/part-of": "modelops"},
-        },
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL,
-                      "singular": SINGULAR, "shortNames": list(SHORT_NAMES),
-                      "categories": ["modelops"]},
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": copy.deepcopy(PRINTER_COLUMNS),
-                "schema": {"openAPIV3Schema": open_api_schema()},
-            }],
-        },
-    }
-
-
-__all__ = ["API_VERSION", "CEL_TWINS", "crd", "default", "node", "open_api_schema", "SPEC_SCHEMA", "STATUS_SCHEMA"]
+__all__ = ["API_VERSION", "CEL_TWINS", "default", "node", "SPEC_SCHEMA"]
