@@ -482,7 +482,7 @@ def test_grpc_path_checks_what_the_rest_path_checks():
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
     from modelops.errors import InvalidRequest
-    from modelops.serving.codec import decode_grpc
+    from modelops.serving.codec_grpc import decode_grpc
     from modelops.tensors import TensorSpec
 
     specs = [TensorSpec("a", np.dtype(np.float32), (-1, 2)), TensorSpec("b", np.dtype(np.float32), (-1, 2))]

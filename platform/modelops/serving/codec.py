@@ -1,7 +1,7 @@
 """Open Inference Protocol v2 request decoding/validation and response encoding (pure).
 
 One validation path for every protocol: the REST JSON body (and its binary tensor extension),
-the gRPC `ModelInferRequest` and KServe v1 `instances` are each checked for their own framing
+the gRPC `ModelInferRequest` (`codec_grpc`) and KServe v1 `instances` are each checked for their own framing
 (JSON types, proto fields), then go through the same checks of names, datatypes, shapes,
 elements and requested outputs. Every violation is an `InvalidRequest` whose one-line message
 names the field; nothing a client sends reaches onnxruntime unchecked.
@@ -59,8 +59,8 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-# --- checks shared by every protocol --------------------------------------------------------------
-def _input_spec(by_name: dict, feeds: dict, name, datatype, where: str) -> TensorSpec:
+# --- checks shared by every protocol (also codec_grpc's) --------------------------------------------------------------
+def input_spec(by_name: dict, feeds: dict, name, datatype, where: str) -> TensorSpec:
     """The model input a request tensor names, after checking name, uniqueness and datatype."""
     if not isinstance(name, str):
         raise InvalidRequest(f"{where}.name must be a string, got {_short(name)}")
@@ -79,7 +79,7 @@ def _input_spec(by_name: dict, feeds: dict, name, datatype, where: str) -> Tenso
     return spec
 
 
-def _check_shape(spec: TensorSpec, shape) -> tuple[int, ...]:
+def check_shape(spec: TensorSpec, shape) -> tuple[int, ...]:
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidRequest(f"input '{spec.name}': shape must be a list of non-negative integers, "
                              f"got {_short(shape)}")
@@ -95,13 +95,13 @@ def _check_shape(spec: TensorSpec, shape) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _check_count(spec: TensorSpec, shape: tuple, count: int) -> None:
+def check_count(spec: TensorSpec, shape: tuple, count: int) -> None:
     need = math.prod(shape)
     if count != need:
         raise InvalidRequest(f"input '{spec.name}': shape {list(shape)} needs {need} elements, data has {count}")
 
 
-def _check_complete(specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> None:
+def check_complete(specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> None:
     missing = [s.name for s in specs if s.name not in feeds]
     if missing:
         raise InvalidRequest(f"missing model inputs: {missing}")
@@ -110,7 +110,7 @@ def _check_complete(specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> No
         raise InvalidRequest(f"inputs disagree on the batch size: {sorted(batches)}")
 
 
-def _requested_outputs(names: list, output_names: list[str]) -> list[str]:
+def requested_outputs(names: list, output_names: list[str]) -> list[str]:
     unknown = [n[:64] for n in names if n not in output_names]
     if unknown:
         raise InvalidRequest(f"unknown requested outputs {unknown}; model outputs: {output_names}")
@@ -144,7 +144,7 @@ def _bad_element(spec: TensorSpec, flat: list, allowed: tuple) -> InvalidRequest
                           f"({_short(value)}); {spec.datatype} takes {_TAKES[spec.dtype.kind]}")
 
 
-def _out_of_range(spec: TensorSpec, values) -> InvalidRequest:
+def out_of_range(spec: TensorSpec, values) -> InvalidRequest:
     dtype = spec.dtype
     if dtype.kind == "f":
         info = np.finfo(dtype)
@@ -188,7 +188,7 @@ def _fast_numbers(spec: TensorSpec, flat: list) -> np.ndarray | None:
 
 def _from_json(spec: TensorSpec, shape: tuple, data, where: str, booleans: bool = True) -> np.ndarray:
     flat = _flatten(data, where)
-    _check_count(spec, shape, len(flat))
+    check_count(spec, shape, len(flat))
     kind = spec.dtype.kind
     if not booleans and kind in "fiu":
         arr = _fast_numbers(spec, flat)
@@ -205,13 +205,13 @@ def _from_json(spec: TensorSpec, shape: tuple, data, where: str, booleans: bool 
         with np.errstate(over="ignore"):
             arr = np.array(flat, dtype=spec.dtype)
     except OverflowError:
-        raise _out_of_range(spec, flat) from None
+        raise out_of_range(spec, flat) from None
     if kind == "f" and not np.isfinite(arr).all():
-        raise _out_of_range(spec, flat)
+        raise out_of_range(spec, flat)
     return arr.reshape(shape)
 
 
-def _strings(items, spec: TensorSpec) -> np.ndarray:
+def strings(items, spec: TensorSpec) -> np.ndarray:
     out = np.empty(len(items), dtype=object)
     try:
         out[:] = [bytes(b).decode("utf-8") for b in items]
@@ -235,11 +235,11 @@ def _split_bytes(spec: TensorSpec, raw: memoryview) -> list[memoryview]:
     return items
 
 
-def _from_bytes(spec: TensorSpec, shape: tuple, raw: memoryview) -> np.ndarray:
+def from_bytes(spec: TensorSpec, shape: tuple, raw: memoryview) -> np.ndarray:
     if spec.dtype.kind == "O":
         items = _split_bytes(spec, raw)
-        _check_count(spec, shape, len(items))
-        return _strings(items, spec).reshape(shape)
+        check_count(spec, shape, len(items))
+        return strings(items, spec).reshape(shape)
     need = math.prod(shape) * spec.dtype.itemsize
     if len(raw) != need:
         raise InvalidRequest(f"input '{spec.name}': shape {list(shape)} of {spec.datatype} needs {need} bytes, "
@@ -299,8 +299,8 @@ def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str]
         if not isinstance(item, dict):
             raise InvalidRequest(f"{where} must be an object with name, shape, datatype, data")
         name = item.get("name")
-        spec = _input_spec(by_name, feeds, name, item.get("datatype"), where)
-        shape = _check_shape(spec, item.get("shape"))
+        spec = input_spec(by_name, feeds, name, item.get("datatype"), where)
+        shape = check_shape(spec, item.get("shape"))
         item_params = _object(item.get("parameters"), f"{where}.parameters")
         size = item_params.get("binary_data_size")
         if size is not None:
@@ -311,7 +311,7 @@ def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str]
                 raise InvalidRequest(f"input '{name}': binary_data_size {_short(size)} exceeds the binary payload")
             if "data" in item:
                 raise InvalidRequest(f"input '{name}' has both 'data' and binary_data_size")
-            feeds[name] = _from_bytes(spec, shape, binary[offset:offset + size])
+            feeds[name] = from_bytes(spec, shape, binary[offset:offset + size])
             offset += size
         else:
             if "data" not in item:
@@ -319,7 +319,7 @@ def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str]
             feeds[name] = _from_json(spec, shape, item["data"], f"input '{name}'", booleans)
     if binary is not None and offset != len(binary):
         raise InvalidRequest(f"{len(binary) - offset} unused bytes after the binary inputs")
-    _check_complete(specs, feeds)
+    check_complete(specs, feeds)
 
     wanted = req.get("outputs")
     if wanted is None:
@@ -340,7 +340,7 @@ def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str]
         elif binary_all:
             binary_out.add(name)
         names.append(name)
-    return Decoded(feeds, _requested_outputs(names, output_names) or None, frozenset(binary_out), request_id)
+    return Decoded(feeds, requested_outputs(names, output_names) or None, frozenset(binary_out), request_id)
 
 
 def encode_response(model_name: str, names: list[str], outputs: list[np.ndarray], request_id=None,
@@ -373,64 +373,6 @@ def encode_response(model_name: str, names: list[str], outputs: list[np.ndarray]
     return head + b"".join(blobs), len(head)
 
 
-# --- gRPC: ModelInferRequest -------------------------------------------------------------------------
-# The InferTensorContents field that carries each datatype (FP16 has none: raw contents only).
-GRPC_CONTENTS = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-    "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
-    "FP64": "fp64_contents", "BYTES": "bytes_contents",
-}
-_GRPC_WIRE = {"int_contents": np.int32, "int64_contents": np.int64, "uint_contents": np.uint32,
-              "uint64_contents": np.uint64, "fp32_contents": np.float32, "fp64_contents": np.float64,
-              "bool_contents": np.bool_}
-
-
-def _from_contents(spec: TensorSpec, shape: tuple, contents) -> np.ndarray:
-    field = GRPC_CONTENTS.get(spec.datatype)
-    if field is None:
-        raise InvalidRequest(f"input '{spec.name}': {spec.datatype} data must be sent in raw_input_contents")
-    others = [f.name for f, _ in contents.ListFields() if f.name != field]
-    if others:
-        raise InvalidRequest(f"input '{spec.name}': {spec.datatype} data goes in contents.{field}, "
-                             f"got {', '.join(others)}")
-    values = getattr(contents, field)
-    _check_count(spec, shape, len(values))
-    if spec.dtype.kind == "O":
-        return _strings(values, spec).reshape(shape)
-    wire = np.array(values, dtype=_GRPC_WIRE[field])
-    if wire.dtype != spec.dtype:  # INT8/16 in int32, UINT8/16 in uint32: check the range
-        info = np.iinfo(spec.dtype)
-        if wire.min() < info.min or wire.max() > info.max:
-            raise _out_of_range(spec, wire.tolist())
-        wire = wire.astype(spec.dtype)
-    return wire.reshape(shape)
-
-
-def decode_grpc(request, specs: list[TensorSpec], output_names: list[str]) -> Decoded:
-    """Decode and validate a gRPC `ModelInferRequest` with the REST path's checks."""
-    if not request.inputs:
-        raise InvalidRequest("request needs a non-empty 'inputs' list")
-    raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidRequest(f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents")
-    by_name = {s.name: s for s in specs}
-    feeds: dict[str, np.ndarray] = {}
-    for i, item in enumerate(request.inputs):
-        spec = _input_spec(by_name, feeds, item.name, item.datatype, f"inputs[{i}]")
-        shape = _check_shape(spec, list(item.shape))
-        if raw:
-            if item.HasField("contents"):
-                raise InvalidRequest(f"input '{item.name}' has both contents and raw_input_contents")
-            feeds[item.name] = _from_bytes(spec, shape, memoryview(raw[i]))
-        else:
-            feeds[item.name] = _from_contents(spec, shape, item.contents)
-    _check_complete(specs, feeds)
-    names = [o.name for o in request.outputs]
-    return Decoded(feeds, _requested_outputs(names, output_names) or None, frozenset(),
-                   request.id or None, raw=bool(raw))
-
-
 # --- KServe v1 ----------------------------------------------------------------------------------------
 def decode_v1(body, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     """KServe v1 `{"instances": [...]}` for single-input models (one row per instance)."""
@@ -448,29 +390,5 @@ def decode_v1(body, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     while isinstance(level, list):
         shape.append(len(level))
         level = level[0] if level else None
-    shape = _check_shape(spec, shape)
+    shape = check_shape(spec, shape)
     return {spec.name: _from_json(spec, shape, body["instances"], "instances")}
-
-
-def encode_grpc(pb, model_name: str, names: list[str], outputs: list[np.ndarray], request_id: str | None,
-                raw: bool, model_version: str | None):
-    """A `ModelInferResponse` (pb: KServe's generated module): raw contents when the request
-    used them (or an output has no typed field, FP16), typed contents otherwise."""
-    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version or "",
-                                     id=request_id or "")
-    raw = raw or any(a.dtype == np.float16 for a in outputs)
-    for name, arr in zip(names, outputs):
-        datatype = NUMPY_TO_V2.get(arr.dtype, "BYTES")
-        out = response.outputs.add(name=name, datatype=datatype, shape=list(arr.shape))
-        if datatype == "BYTES":
-            items = [v if isinstance(v, bytes) else str(v).encode() for v in arr.ravel()]
-            if raw:
-                response.raw_output_contents.append(
-                    b"".join(struct.pack("<I", len(v)) + v for v in items))
-            else:
-                out.contents.bytes_contents.extend(items)
-        elif raw:
-            response.raw_output_contents.append(np.ascontiguousarray(arr).tobytes())
-        else:
-            getattr(out.contents, GRPC_CONTENTS[datatype]).extend(arr.ravel().tolist())
-    return response

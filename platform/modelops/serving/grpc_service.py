@@ -1,5 +1,5 @@
 """The predictor's gRPC `ModelInfer`, `ModelMetadata` and `ModelReady`: KServe's servicer with
-these three answered by the same checks as REST (`codec.decode_grpc`, `routes.model_for`).
+these three answered by the same checks as REST (`codec_grpc.decode_grpc`, `routes.model_for`).
 
 Errors become status codes, never exceptions for KServe's interceptor to guess at: 400 ->
 INVALID_ARGUMENT, 404 -> NOT_FOUND, 413 -> RESOURCE_EXHAUSTED, 503 -> UNAVAILABLE, and an
@@ -17,7 +17,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.servicer import InferenceServicer
 
 from ..errors import ModelOpsError
-from . import codec, metrics
+from . import codec_grpc, metrics
 from .routes import model_for
 
 log = logging.getLogger("modelops.serving")
@@ -47,9 +47,9 @@ class ModelServicer(InferenceServicer):
         try:
             model = model_for(self.models, name, request.model_version or None)
             label = model.version or ""
-            decoded = codec.decode_grpc(request, model.inputs, model.output_names)
+            decoded = codec_grpc.decode_grpc(request, model.inputs, model.output_names)
             names, outputs = await model.answer(decoded)
-            response = codec.encode_grpc(pb, name, names, outputs, decoded.id, decoded.raw, model.version)
+            response = codec_grpc.encode_grpc(pb, name, names, outputs, decoded.id, decoded.raw, model.version)
         except ModelOpsError as exc:
             metrics.REQUESTS.labels(name, label, "grpc", str(exc.http_status)).inc()
             _fail(context, STATUS.get(exc.http_status, grpc.StatusCode.INTERNAL), str(exc))

@@ -16,7 +16,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from ..artifacts import check_onnx, check_tree
 from ..errors import InferenceFailed, InvalidRequest, ModelOpsError
 from ..tensors import TensorSpec
-from . import codec, metrics
+from . import codec, codec_grpc, metrics
 from .batching import BatchingConfig, DynamicBatcher
 from .providers import check_session_providers, select_providers
 
@@ -163,7 +163,7 @@ class OnnxModel(Model):
         protocol = "v2" if isinstance(payload, InferRequest) else "v1"
         try:
             if isinstance(payload, InferRequest):
-                request = codec.decode_grpc(payload.to_grpc(), self.inputs, self.output_names)
+                request = codec_grpc.decode_grpc(payload.to_grpc(), self.inputs, self.output_names)
             else:
                 request = codec.Decoded(codec.decode_v1(payload, self.inputs))
             names, outputs = await self.answer(request)
