@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ import httpx
 import yaml
 
 from modelops.local.ports import free_port
+from modelops.local.processes import stop as stop_process
 
 MODELOPS = str(Path(sys.executable).parent / "modelops")
 AUDIENCE = "modelops.dev/predict"
@@ -93,15 +92,7 @@ class Serve:
 
     def stop(self) -> None:
         self.http.close()
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-            except ProcessLookupError:
-                pass
+        stop_process(self.proc)
 
 
 def grpc_infer(target: str, name: str, token: str | None = None, credentials=None):

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ import onnxruntime as ort
 import pytest
 
 from modelops.local.ports import free_port
+from modelops.local.processes import stop as stop_process
 
 MODELOPS = str(Path(sys.executable).parent / "modelops")
 BODY_LIMIT_MB = 0.05  # the MLP server's --max-body-mb: ~52 kB, so a 413 is cheap to provoke
@@ -78,15 +77,7 @@ class Predictor:
 
     def stop(self) -> None:
         self.http.close()
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-            except ProcessLookupError:
-                pass
+        stop_process(self.proc)
 
 
 def v2_input(x: np.ndarray, name: str = "input", datatype: str = "FP32") -> dict:
