@@ -74,22 +74,15 @@ def deep_merge(a: dict, b: dict) -> dict:
 
 
 def status_patch(old: dict, new: dict) -> dict | None:
-    """Merge patch for `.status`: every top-level key the operator computes is owned."""
-    patch: dict = {}
-    for key, value in new.items():
-        if old.get(key) != value:
-            patch[key] = value
-    for key in old:
-        if key not in new:
-            patch[key] = None
-    return patch or None
+    """Merge patch for `.status` (every key the operator computes is owned): it makes `old` equal
+    to `new`, so keys `new` lacks are set to null at every depth (a merge patch alone would keep
+    e.g. `status.canary.version` after a promotion). None when nothing differs."""
+    return _replacing(old, new) or None
 
 
-def replacing(old, new):
-    """A merge patch that makes `old` equal to `new` (a merge patch alone keeps keys `new` lacks:
-    those are set to null here, at every depth)."""
+def _replacing(old, new):
     if not isinstance(old, dict) or not isinstance(new, dict):
         return new
-    patch = {k: replacing(old.get(k), v) for k, v in new.items() if old.get(k) != v}
+    patch = {k: _replacing(old.get(k), v) for k, v in new.items() if old.get(k) != v}
     patch.update({k: None for k in old if k not in new})
     return patch

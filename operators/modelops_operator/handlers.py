@@ -47,12 +47,13 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
 
 
-def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: OperatorConfig) -> None:
-    def emit(body: dict, events) -> None:  # from the reconciler's thread (Kopf posts cross-thread)
-        for ev in events:
-            kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+def post_events(body: dict, events) -> None:
+    """Kubernetes Events for `body`, through Kopf (which posts them from any thread)."""
+    for ev in events:
+        kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
 
-    reconciler.emit = emit
+
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: OperatorConfig) -> None:
     locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def delivered(deployment: str, webhook: str, seq: int) -> None:
@@ -83,8 +84,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: Op
             return
         metrics.record_pass(namespace, name, result, time.monotonic() - started)
         if result.body is not None:
-            for ev in result.events:
-                kopf.event(result.body, type=ev.type, reason=ev.reason, message=ev.message)
+            post_events(result.body, result.events)
         if result.wrote:
             log.info("%s/%s: wrote %s", namespace, name, ", ".join(result.wrote))
         if result.deliveries is not None:  # never blocks: one ordered worker per webhook

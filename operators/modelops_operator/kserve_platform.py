@@ -79,7 +79,7 @@ class KServePlatform:
     def apply(self, traffic: Traffic) -> None:
         try:
             self.observation, self.changed = self._write(*self.versions.split(traffic))
-        except BaseException as exc:
+        except Exception as exc:
             self.error = exc
             raise
 
@@ -101,7 +101,7 @@ class StatusStore:
 
     def save(self, state: RolloutState, result) -> None:
         plan = self._compose(state, result)
-        patch = diffing.replacing(self._status, plan.status)
+        patch = diffing.status_patch(self._status, plan.status)
         if patch:
             self._patch(patch)
             self.wrote = True

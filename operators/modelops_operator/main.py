@@ -105,7 +105,7 @@ def build(config: OperatorConfig, *, registry_factory=None) -> tuple[kopf.Operat
     # Import the conversion package now (seconds: mlflow, onnx) rather than on the first object.
     import modelops.conversion  # noqa: F401
     converter = InProcessConversion(config) if config.conversion == "inprocess" else JobConversion(config, kube)
-    reconciler = Reconciler(config, kube, converter, registry_factory=registry_factory)
+    reconciler = Reconciler(config, kube, converter, registry_factory=registry_factory, emit=handlers.post_events)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, reconciler, config)
     return registry, reconciler

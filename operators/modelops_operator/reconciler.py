@@ -51,16 +51,17 @@ def service_observation(observed: dict, changed: bool) -> ServiceObservation:
 
 
 class Reconciler:
-    def __init__(self, config: OperatorConfig, kube: Kube, converter, registry_factory=None):
+    def __init__(self, config: OperatorConfig, kube: Kube, converter, registry_factory=None,
+                 emit: Callable[[dict, tuple[Event, ...]], None] | None = None):
         self.config = config
         self.kube = kube
         self.converter = converter
         self._registry_factory = registry_factory
         self._registries: dict[str, object] = {}
         self._interfaces: dict[tuple[str, str], object] = {}  # (onnx URI, sha256) -> Interface
-        # Posts Events at once (Kopf's `kopf.event`, set by the handlers): a rollout transition's
-        # Events go out right after the status that records it, not after the whole pass.
-        self.emit: Callable[[dict, tuple[Event, ...]], None] | None = None
+        # Posts Events at once (`handlers.post_events`): a rollout transition's Events go out right
+        # after the status that records it, not after the whole pass. None: they go with the Result.
+        self.emit = emit
 
     # --- facts ------------------------------------------------------------------------------
     def registry_for(self, spec: DeploymentSpec):

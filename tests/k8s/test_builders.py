@@ -245,9 +245,10 @@ def test_an_owned_field_at_zero_is_still_removed():
 
 
 def test_a_status_patch_removes_what_the_new_rollout_state_lacks():
-    from modelops_operator.diffing import replacing
+    from modelops_operator.diffing import status_patch
 
     old = {"phase": "Progressing", "version": "2", "weight": 10, "rolledBack": {"version": "1", "reason": "x"}}
     new = {"phase": "Promoted", "weight": 0, "rolledBack": {"version": "1"}}
-    assert replacing(old, new) == {"phase": "Promoted", "version": None, "weight": 0,
+    assert status_patch(old, {**old}) is None
+    assert status_patch(old, new) == {"phase": "Promoted", "version": None, "weight": 0,
                                    "rolledBack": {"reason": None}}
