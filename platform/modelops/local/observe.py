@@ -18,10 +18,9 @@ from .status import Facts
 
 
 def refused(state: RolloutState, version: str, generation: int) -> bool:
-    """The engine will not canary this version again (rolled back in this generation)."""
-    rb = state.rolled_back
-    return (rb is not None and rb.version == version and rb.generation == generation
-            and version != state.stable_version)
+    """The engine will not canary this version again (rolled back in this generation, and not
+    the stable version: that one serves)."""
+    return version != state.stable_version and state.refuses(version, generation)
 
 
 def needed(state: RolloutState, resolved: str | None, generation: int) -> set[str]:

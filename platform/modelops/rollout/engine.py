@@ -136,9 +136,7 @@ def _decide(s: _Step, obs: Observations) -> None:
                        f"the resolved version is v{target} again: canary v{st.version} removed")
         return
     if target != st.version or not st.phase.active:
-        rb = st.rolled_back
-        if rb is not None and rb.version == target and rb.generation == obs.generation:
-            # Rolled back already: not tried again for this generation.
+        if st.refuses(target, obs.generation):  # rolled back already: not tried again for this generation
             if st.phase.active:
                 _roll_back(s, "Superseded", f"the resolved version is v{target}, rolled back before")
             return

@@ -185,6 +185,12 @@ class RolloutState:
             return Traffic(stable=self.stable_version, canary=self.version, weight=self.weight)
         return Traffic(stable=self.stable_version)
 
+    def refuses(self, version: str | None, generation: int) -> bool:
+        """`version` was rolled back in this generation: it is not tried again until the spec
+        changes (the engine's rule; local mode asks it too, to not start a predictor for it)."""
+        rb = self.rolled_back
+        return rb is not None and rb.version == version and rb.generation == generation
+
     def evolve(self, **changes) -> RolloutState:
         return replace(self, **changes)
 
