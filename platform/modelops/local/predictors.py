@@ -144,9 +144,10 @@ class Predictors:
         log = self.logs / f"predictor-v{slot.version}.log"
         slot.proc = spawn(cmd, log)
         self.record(f"predictor-v{slot.version}", slot.proc, port=slot.port, version=slot.version)
-        why = ["not answering"]
+        why = "not answering"
         async with httpx.AsyncClient(timeout=2.0) as client:
             async def ready() -> bool:
+                nonlocal why
                 if slot.proc.poll() is not None:  # exited: raised at once, not waited for
                     tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
                     raise errors.ServingError(f"the predictor of v{slot.version} exited with "
@@ -154,13 +155,13 @@ class Predictors:
                 if self.stopping:
                     raise errors.ServingError("stopping")
                 r = await client.get(f"{slot.url}/v2/health/ready")
-                why[0] = r.text[:300]
+                why = r.text[:300]
                 return r.status_code == 200
 
             await retry.wait_until(ready, retry.PREDICTOR_READY, ignore=(httpx.HTTPError,),
                                    on_timeout=lambda: errors.DeviceUnavailable(
                                        f"the predictor of v{slot.version} is not ready after "
-                                       f"{retry.PREDICTOR_READY.timeout:.0f}s: {why[0]}"))
+                                       f"{retry.PREDICTOR_READY.timeout:.0f}s: {why}"))
 
     async def retire(self, slot: Slot, drain: Callable) -> None:
         """Stop a predictor once the router no longer sends to it and its requests finished;

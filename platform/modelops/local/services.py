@@ -26,7 +26,6 @@ from .processes import spawn, stop
 from .rundir import RunDir, process_record, write_json
 
 
-
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 

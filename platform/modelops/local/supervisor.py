@@ -40,6 +40,7 @@ import httpx
 from .. import errors
 from ..rollout import CallGate, GateResult, RolloutPolicy, RolloutState, acknowledge, pending
 from ..rollout import driver
+from ..rollout.history import RegistryHistory
 from . import narrate, observe
 from .display import Display
 from .history_writer import HistoryWriter
@@ -159,7 +160,9 @@ class Supervisor:
         self.webhooks = webhooks_from_spec(self.spec.hooks, read)
         self.gates = gates_from_spec(self.spec.hooks, read)
         self.dispatcher = WebhookDispatcher(on_delivered=self._delivered, base_delay=0.5, max_delay=10)
-        self.history = HistoryWriter(self._write_history, self.display.event)
+        history = RegistryHistory(self.registry, self.spec.model.name, LOCAL_NAMESPACE, self.manifest.name,
+                                  self.spec.rollout.promote_alias)
+        self.history = HistoryWriter(history.record, self.display.event)  # in a thread, in order, retried
         self.history.start()
         s = self.services
         self.predictors = Predictors(
@@ -252,13 +255,6 @@ class Supervisor:
     def save(self, state: RolloutState, result) -> None:
         self.state = state
         self._write_status()
-
-    def _write_history(self, moves: tuple, now: datetime) -> None:
-        """In a thread: version tags and `promoteAlias` in MLflow."""
-        from ..rollout.history import record_actions
-
-        record_actions(self.registry, self.spec.model.name, LOCAL_NAMESPACE, self.manifest.name, moves, now,
-                       self.spec.rollout.promote_alias)
 
     def _pass(self, facts: driver.Facts, now: datetime):
         """In a worker thread: scrape, one pass of the rollout driver, stats for the table."""
