@@ -10,6 +10,7 @@ environment the InferenceService gives it, and answers a caller whom RBAC allows
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -28,7 +29,15 @@ def chart_rbac(ns: str) -> list[dict]:
     import render_manifests
 
     objs = render_manifests.render({"operator": {"namespaces": [ns]}, "predictorAccess": {"enabled": True}})
-    return [o for o in objs if o["kind"] in RBAC_KINDS]
+    objs = [o for o in objs if o["kind"] in RBAC_KINDS]
+    # scripts/rbac_rules_needed.py --predictor-access: the chart's RBAC less one rule
+    # ("<Kind>/<name-suffix>/<rule index>"), to show the test fails without it.
+    drop = os.environ.get("MODELOPS_TEST_DROP_RULE")
+    if drop:
+        kind, suffix, index = drop.split("/")
+        target = next(o for o in objs if o["kind"] == kind and o["metadata"]["name"].endswith(suffix))
+        del target["rules"][int(index)]
+    return objs
 
 
 def test_the_operator_sets_up_predictor_access_and_the_predictor_uses_it(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -17,3 +17,5 @@ Reference = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 class Exported:
     reference: Reference
     inputs: list[TensorSpec]
+    # Dynamic axes of the exported graph, per input and output name: {axis: "batch" | "sequence" | "dim_<i>"}
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)

@@ -107,6 +107,8 @@ def convert_model_dir(
             t = time.perf_counter()
             exported = EXPORTERS[source.flavor](source, options, exported_path)
             timings["export_s"] = time.perf_counter() - t
+            report["dynamic_axes"] = {n: {str(a): d for a, d in axes.items()}
+                                      for n, axes in exported.dynamic_axes.items()}
             t = time.perf_counter()
             transforms.check(exported_path)
             transforms.optimize(exported_path, optimized)
