@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from modelops import errors
 from modelops.deployment.plan import Served
 from modelops.deployment.spec import DeploymentSpec
+from modelops.deployment import storage
 from modelops.deployment.storage import storage_location
 
 from . import builders
@@ -41,7 +42,8 @@ def _served(result, version: str, spec: DeploymentSpec, config: OperatorConfig,
             tracking_uri: str | None) -> Served:
     from modelops.rollout.interface import from_report
 
-    where = storage_location(result.onnx_uri, config.storage_rewrites, tracking_uri)
+    where = storage_location(result.onnx_uri, config.storage_rewrites, tracking_uri,
+                             file=result.bundle or storage.MODEL_FILE)
     found = from_report(result.report)
     return Served(version=version, onnx_uri=result.onnx_uri, storage_uri=where.uri,
                   storage_note=where.note, sha256=result.sha256, options=spec.conversion.fingerprint,

@@ -164,6 +164,30 @@ def test_storage_location_uses_the_mlflow_artifact_proxy_without_a_rewrite():
         storage_location("file:///mlruns/1/x", (), "http://m")
     with pytest.raises(ValueError):
         parse_rewrites(["nonsense"])
+    # a model of several files (a text model's tokenizer, external weights): its model.tar
+    assert storage_location("mlflow-artifacts:/1/x", (), "http://m", file="model.tar").uri == \
+        "http://m/api/2.0/mlflow-artifacts/artifacts/1/x/model.tar"
+
+
+def test_a_model_of_several_files_is_also_bundled_as_one_flat_tar(tmp_path):
+    import tarfile
+
+    from modelops.conversion.publish import write_bundle
+
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    (tmp_path / "conversion.json").write_text("{}")
+    assert write_bundle(tmp_path) is None and not (tmp_path / "model.tar").exists()
+    (tmp_path / "tokenizer.json").write_text("{}")
+    (tmp_path / "text.json").write_text("{}")
+    assert write_bundle(tmp_path) == "model.tar"
+    with tarfile.open(tmp_path / "model.tar") as tar:
+        members = tar.getmembers()
+        assert sorted(m.name for m in members) == ["model.onnx", "text.json", "tokenizer.json"]
+        assert all(m.isfile() and "/" not in m.name for m in members)
+        assert tar.extractfile("model.onnx").read() == b"onnx"
+    assert write_bundle(tmp_path) == "model.tar"  # rewritten, never bundles itself
+    with tarfile.open(tmp_path / "model.tar") as tar:
+        assert "model.tar" not in tar.getnames()
 
 
 CANARY = Served(version="4", onnx_uri="s3://mlflow/1/def/artifacts/modelops/onnx",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,28 @@ TAG_ONNX_URI = TAG_PREFIX + "onnx.uri"
 TAG_SHA256 = TAG_PREFIX + "onnx.sha256"
 TAG_PARITY = TAG_PREFIX + "parity"
 MAX_RECORD = 5000  # MLflow's limit for a model-version tag value
+# What the predictor needs beside model.onnx (a text model's tokenizer and config, external
+# weights) travels also as one uncompressed tar: KServe's storage initializer downloads a single
+# file over http(s) (MLflow's artifact proxy) and unpacks a `.tar` into the model directory.
+BUNDLE = "model.tar"
+NOT_SERVED = ("conversion.json", BUNDLE)
+
+
+def write_bundle(out: Path) -> str | None:
+    """`out/model.tar` of the serving files, when there is more than model.onnx; its name or None."""
+    files = sorted(p for p in out.iterdir() if p.is_file() and p.name not in NOT_SERVED)
+    if [p.name for p in files] == ["model.onnx"]:
+        (out / BUNDLE).unlink(missing_ok=True)
+        return None
+    with tarfile.open(out / BUNDLE, "w", format=tarfile.PAX_FORMAT) as tar:
+        for f in files:  # flat, regular files only: nothing for an unpacker to follow
+            info = tar.gettarinfo(str(f), arcname=f.name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mode = 0o644
+            with open(f, "rb") as fh:
+                tar.addfile(info, fh)
+    return BUNDLE
 
 
 def options_tag(options: ConversionOptions) -> str:
@@ -38,6 +61,7 @@ class ConversionResult:
     cached: bool
     report: dict = field(default_factory=dict)
     local_dir: Path | None = None
+    bundle: str | None = None  # model.tar beside model.onnx, when the model is more than one file
 
 
 def provenance(resolved: ResolvedModel) -> dict:
@@ -61,7 +85,8 @@ def find_published(registry: Registry, resolved: ResolvedModel, options: Convers
     if record.get("status") != "passed":
         return None
     return ConversionResult(onnx_uri=record["uri"], sha256=record["sha256"],
-                            parity=record.get("parity", {}), cached=True, report=record)
+                            parity=record.get("parity", {}), cached=True, report=record,
+                            bundle=record.get("bundle"))
 
 
 def publish_tags(report: dict, uri: str | None, options: ConversionOptions) -> dict:
@@ -74,6 +99,8 @@ def publish_tags(report: dict, uri: str | None, options: ConversionOptions) -> d
     if report["status"] == "passed":
         tags.update({TAG_ONNX_URI: uri, TAG_SHA256: report["sha256"], TAG_ERROR: ""})
         record.update(uri=uri, sha256=report["sha256"])
+        if report.get("bundle"):
+            record["bundle"] = report["bundle"]
         interface = {"inputs": report.get("inputs"), "outputs": report.get("outputs")}
         if all(isinstance(v, list) for v in interface.values()) and \
                 len(json.dumps({**record, "interface": interface})) <= MAX_RECORD:
@@ -122,7 +149,9 @@ def convert_and_publish(registry: Registry, resolved: ResolvedModel,
         raise
     finally:
         shutil.rmtree(work / "source", ignore_errors=True)
+    report["bundle"] = write_bundle(out)
     uri = registry.log_artifacts(resolved, out, artifact_path)
     registry.set_tags(resolved, publish_tags(report, uri, options))
     return ConversionResult(onnx_uri=uri, sha256=report["sha256"], parity=report["parity"],
-                            cached=report.get("cached", False), report=report, local_dir=out)
+                            cached=report.get("cached", False), report=report, local_dir=out,
+                            bundle=report["bundle"])

@@ -10,8 +10,10 @@ KServe's storage initializer downloads `s3://`, `gs://`, `pvc://`, `https://` (A
   `mlflow-artifacts:/=s3://mlflow/artifacts/` or `file:///mlruns/=pvc://mlflow-artifacts/`.
 - MLflow proxying artifacts (`mlflow-artifacts:/...`, `mlflow server`'s default) with no rewrite:
   the tracking server itself serves each file at `/api/2.0/mlflow-artifacts/artifacts/<path>`,
-  and KServe downloads `http(s)://` URLs of single files; the converted model is one
-  self-contained `model.onnx`, so `storageUri` is that file's URL on the tracking server.
+  and KServe downloads `http(s)://` URLs of single files: `storageUri` is the URL of
+  `model.onnx` on the tracking server when the converted model is that one file, else of
+  `model.tar` (a text model's tokenizer and config, external weights), which KServe's storage
+  initializer unpacks into the model directory.
 
 Anything else (`file:///...` with no rewrite, say) is a permanent error that names the URI and the fix.
 """
@@ -58,7 +60,7 @@ def proxied_artifact_url(artifact_uri: str, tracking_uri: str, file: str = MODEL
 
 
 def storage_location(artifact_uri: str, rewrites: tuple[tuple[str, str], ...] = (),
-                     tracking_uri: str | None = None) -> StorageLocation:
+                     tracking_uri: str | None = None, file: str = MODEL_FILE) -> StorageLocation:
     """Where KServe should download the converted model from (see the module's docstring)."""
     for src, dst in rewrites:
         if artifact_uri.startswith(src):
@@ -67,9 +69,9 @@ def storage_location(artifact_uri: str, rewrites: tuple[tuple[str, str], ...] = 
         return StorageLocation(artifact_uri)
     if artifact_uri.startswith("mlflow-artifacts:") and tracking_uri and \
             tracking_uri.startswith(("http://", "https://")):
-        url = proxied_artifact_url(artifact_uri, tracking_uri)
+        url = proxied_artifact_url(artifact_uri, tracking_uri, file)
         return StorageLocation(url, note=(
-            f"KServe downloads {MODEL_FILE} from the MLflow tracking server's artifact proxy ({url}): "
+            f"KServe downloads {file} from the MLflow tracking server's artifact proxy ({url}): "
             "no --storage-uri-rewrite matched the artifact URI; the tracking server must be "
             "reachable from the predictor's namespace without credentials"))
     return StorageLocation(storage_uri(artifact_uri, ()))
