@@ -476,7 +476,8 @@ def test_constraints_pin_every_runtime_dependency():
             assert version, line
             pins[name.lower().replace("_", "-")] = version
     for needed in ("kserve", "onnxruntime", "onnxruntime-gpu", "mlflow", "kopf", "kubernetes", "torch",
-                   "skl2onnx", "scikit-learn", "numpy", "prometheus-client", "onnx"):
+                   "skl2onnx", "scikit-learn", "numpy", "prometheus-client", "onnx", "tokenizers",
+                   "transformers", "sentence-transformers"):
         assert needed in pins, needed
 
 
