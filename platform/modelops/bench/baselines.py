@@ -3,6 +3,8 @@
 - `kserve-onnx`: a plain `kserve.Model` around the same onnxruntime session, the textbook
   custom runtime (KServe's own REST/gRPC path end to end, no batching).
 - `kserve-torch`: a plain `kserve.Model` running the original PyTorch model from MLflow.
+- `kserve-hf`: a plain `kserve.Model` running the Hugging Face pipeline of an MLflow
+  `transformers` model (text in as a V2 BYTES input, the pipeline's label and score out).
 
 Run: python -m modelops.bench.baselines {kserve-onnx DIR | kserve-torch MLFLOW_MODEL_DIR} --port P
 """
@@ -66,14 +68,37 @@ class PlainTorchModel(Model):
         return InferResponse(response_id=payload.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=[o])
 
 
+class PlainHFModel(Model):
+    def __init__(self, name: str, path: str):
+        super().__init__(name)
+        self.path = path
+
+    def load(self) -> bool:
+        import mlflow.transformers
+
+        self.pipe = mlflow.transformers.load_model(self.path)
+        self.ready = True
+        return True
+
+    def predict(self, payload: InferRequest, headers=None) -> InferResponse:
+        texts = [t.decode() if isinstance(t, bytes) else str(t) for t in payload.inputs[0].as_numpy().ravel()]
+        answers = self.pipe(texts, truncation=True)
+        labels = InferOutput(name="label", shape=[len(texts)], datatype="BYTES")
+        labels.set_data_from_numpy(np.array([a["label"] for a in answers], dtype=object), binary_data=False)
+        score = InferOutput(name="score", shape=[len(texts)], datatype="FP32")
+        score.set_data_from_numpy(np.array([a["score"] for a in answers], np.float32), binary_data=False)
+        return InferResponse(response_id=payload.id or str(uuid.uuid4()), model_name=self.name,
+                             infer_outputs=[labels, score])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["kserve-onnx", "kserve-torch"])
+    p.add_argument("kind", choices=["kserve-onnx", "kserve-torch", "kserve-hf"])
     p.add_argument("path")
     p.add_argument("--name", default="model")
     p.add_argument("--port", type=int, required=True)
     args = p.parse_args(argv)
-    cls = PlainOnnxModel if args.kind == "kserve-onnx" else PlainTorchModel
+    cls = {"kserve-onnx": PlainOnnxModel, "kserve-torch": PlainTorchModel, "kserve-hf": PlainHFModel}[args.kind]
     model = cls(args.name, args.path)
     model.load()
     ModelServer(http_port=args.port, enable_grpc=False).start([model])

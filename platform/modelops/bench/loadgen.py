@@ -28,13 +28,18 @@ class LoadResult:
                 "rps": round(self.rps, 1), "p50_ms": round(self.p50_ms, 3), "p99_ms": round(self.p99_ms, 3)}
 
 
-async def _run(url: str, body: bytes, headers: dict, concurrency: int, requests: int,
+async def _run(url: str, body: bytes | list[bytes], headers: dict, concurrency: int, requests: int,
                duration: float | None, warmup: int) -> LoadResult:
+    bodies = body if isinstance(body, list) else [body]
+    sent = 0
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as session:
         async def one() -> bool:
+            nonlocal sent
+            data = bodies[sent % len(bodies)]  # a mixed workload: the bodies in turn
+            sent += 1
             try:
-                async with session.post(url, data=body, headers=headers) as resp:
+                async with session.post(url, data=data, headers=headers) as resp:
                     await resp.read()
                     return resp.status == 200
             except aiohttp.ClientError:
@@ -64,9 +69,10 @@ async def _run(url: str, body: bytes, headers: dict, concurrency: int, requests:
                       float(np.percentile(lat, 50)), float(np.percentile(lat, 99)))
 
 
-def run_load(url: str, body: bytes, headers: dict | None = None, concurrency: int = 1,
+def run_load(url: str, body: bytes | list[bytes], headers: dict | None = None, concurrency: int = 1,
              requests: int = 1000, duration: float | None = None, warmup: int = 20) -> LoadResult:
-    """Send `requests` POSTs (or until `duration` seconds) with `concurrency` in flight."""
+    """Send `requests` POSTs (or until `duration` seconds) with `concurrency` in flight; a list
+    of bodies is sent in turn."""
     headers = {"content-type": "application/json", **(headers or {})}
     return asyncio.run(_run(url, body, headers, concurrency, requests, duration, warmup))
 

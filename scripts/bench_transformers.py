@@ -1,0 +1,215 @@
+#!/usr/bin/env python
+"""Transformer serving benchmark: one run, side by side, this machine, seeded models built here.
+
+A BERT-class text classifier (`modelops.demo.text_models`, shape `minilm` = 6 layers x 384 or
+`bert-base` = 12 x 768, random weights, its head trained a few steps so labels vary) saved as an
+MLflow `transformers` model, converted by `convert_model_dir` (fp32 and int8), then:
+
+  torch-inproc  the HF model's forward in process, batch 1            (ceiling)
+  ort-inproc    onnxruntime in process on the converted graph, batch 1 (ceiling), fp32 and int8
+  kserve-hf     a plain `kserve.Model` running the HF pipeline (text in)
+  kserve-onnx   a plain `kserve.Model` around an onnxruntime session (token ids in)
+  modelops      `modelops serve` fp32, text in (tokenizer + dynamic batching in the predictor)
+  modelops-ids  the same server, token-id tensors in (clients that tokenize themselves)
+  modelops-int8 `modelops serve` on the int8 conversion, text in
+
+Workloads: `seq128` (every request one text of exactly 128 tokens) and `mixed` (texts of 8 to 256
+tokens in turn), closed-loop clients at concurrency 1 and 16, one request = one sequence.
+MLServer's Hugging Face runtime is not part of this script (its pins conflict with ours: it
+needs transformers < 4.42); see the README.
+
+    .venv/bin/python scripts/bench_transformers.py --shape minilm [--duration 4] [--out f.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.filterwarnings("ignore")
+
+from modelops.bench.loadgen import run_load, wait_ready  # noqa: E402
+from modelops.local.ports import free_port  # noqa: E402
+from modelops.local.processes import spawn, stop  # noqa: E402
+
+PY = sys.executable
+CONCURRENCY = (1, 16)
+
+
+def texts_of(tokens: int, n: int, seed: int) -> list[str]:
+    """Texts of exactly `tokens` tokens ([CLS] and [SEP] included): every word is one token."""
+    from modelops.demo.text_models import WORDS
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(tokens - 2)) for _ in range(n)]
+
+
+def workloads(seed: int = 0) -> dict[str, list[str]]:
+    rng = random.Random(seed)
+    mixed = [texts_of(rng.randint(8, 256), 1, seed + i)[0] for i in range(64)]
+    return {"seq128": texts_of(128, 16, seed), "mixed": mixed}
+
+
+def text_body(text: str) -> bytes:
+    return json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]}).encode()
+
+
+def ids_body(frontend, text: str) -> bytes:
+    feeds = frontend.encode([text])
+    return json.dumps({"inputs": [{"name": k, "datatype": "INT64", "shape": list(v.shape),
+                                   "data": v.ravel().tolist()} for k, v in feeds.items()]}).encode()
+
+
+def timed(fn, duration: float) -> dict:
+    for _ in range(3):
+        fn()
+    lat, t0 = [], time.perf_counter()
+    while time.perf_counter() - t0 < duration:
+        t = time.perf_counter()
+        fn()
+        lat.append(time.perf_counter() - t)
+    el = time.perf_counter() - t0
+    lat = np.array(lat) * 1000
+    return {"rps": round(len(lat) / el, 2), "p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+
+
+def ceilings(pipe, onnx_dirs: dict[str, Path], texts: list[str], duration: float) -> dict:
+    import onnxruntime as ort
+    import torch
+
+    from modelops.text import TextFrontend
+
+    out = {}
+    batch = pipe.tokenizer(texts[0], return_tensors="pt", truncation=True)
+    with torch.no_grad():
+        out["torch-inproc"] = {1: timed(lambda: pipe.model(**batch), duration)}
+    for label, d in onnx_dirs.items():
+        sess = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+        feeds = TextFrontend(d).encode([texts[0]])
+        out[f"ort-inproc{label}"] = {1: timed(lambda: sess.run(None, feeds), duration)}
+    for name, r in out.items():
+        print(f"  {name:15s} c=1  {r[1]['rps']:8.1f} seq/s  p50 {r[1]['p50_ms']:7.2f} ms", flush=True)
+    return out
+
+
+def agreement(onnx_dirs: dict[str, Path], n: int = 200) -> dict:
+    """Top-label agreement of int8 with fp32 on seeded texts (in process, the served path)."""
+    import onnxruntime as ort
+
+    from modelops.demo.text_models import seeded_texts
+    from modelops.text import TextFrontend
+
+    texts = seeded_texts(n, seed=99)
+    labels = {}
+    for label, d in onnx_dirs.items():
+        fe, sess = TextFrontend(d), ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+        labels[label] = [fe.answer(sess.run(None, fe.encode([t])))[1][0][0] for t in texts]
+    agree = float(np.mean([a == b for a, b in zip(labels[""], labels["-int8"])]))
+    seen = {lab: labels[""].count(lab) for lab in sorted(set(labels[""]))}
+    return {"texts": n, "agreement": agree, "labels_seen_fp32": seen}
+
+
+def measure(name: str, url: str, bodies: dict[str, list[bytes]], duration: float) -> dict:
+    out = {}
+    for workload, body in bodies.items():
+        for c in CONCURRENCY:
+            r = run_load(url, body, concurrency=c, requests=10**9, duration=duration, warmup=4)
+            if r.errors:
+                raise RuntimeError(f"{name}: {r.errors} failed requests ({workload}, c={c})")
+            out.setdefault(workload, {})[c] = r.to_json()
+            print(f"  {name:15s} {workload:6s} c={c:<3d} {r.rps:8.1f} seq/s  p50 {r.p50_ms:8.2f} ms  "
+                  f"p99 {r.p99_ms:8.2f} ms", flush=True)
+    return out
+
+
+def bench(shape: str, duration: float, work: Path) -> dict:
+    from modelops.conversion import ConversionOptions, convert_model_dir
+    from modelops.demo.text_models import build_pipeline, save_text_classifier
+    from modelops.text import TextFrontend
+
+    src = save_text_classifier(work / "src", shape=shape, train_steps=20)
+    onnx_dirs, report = {}, {}
+    for label, precision in (("", "fp32"), ("-int8", "int8")):
+        t = time.perf_counter()
+        r = convert_model_dir(src, work / f"onnx{label}", ConversionOptions(precision=precision))
+        onnx_dirs[label] = work / f"onnx{label}"
+        report[precision] = {"seconds": round(time.perf_counter() - t, 1), "parity": r.get("parity")}
+        print(f"converted {precision} in {report[precision]['seconds']} s", flush=True)
+    import mlflow.transformers
+
+    pipe = mlflow.transformers.load_model(str(src))
+    loads = workloads()
+    results = {"conversion": report, "agreement": agreement(onnx_dirs)}
+    results |= ceilings(pipe, onnx_dirs, loads["seq128"], duration)
+    fe = TextFrontend(onnx_dirs[""])
+    text_bodies = {w: [text_body(t) for t in ts] for w, ts in loads.items()}
+    id_bodies = {w: [ids_body(fe, t) for t in ts] for w, ts in loads.items()}
+    del pipe
+    servers = {
+        "modelops": ("serve", onnx_dirs[""], text_bodies),
+        "modelops-ids": ("serve", onnx_dirs[""], id_bodies),
+        "modelops-int8": ("serve", onnx_dirs["-int8"], text_bodies),
+        "kserve-onnx": ("kserve-onnx", onnx_dirs[""], id_bodies),
+        "kserve-hf": ("kserve-hf", src, text_bodies),
+    }
+    for name, (kind, path, bodies) in servers.items():
+        port = free_port()
+        if kind == "serve":
+            cmd = [PY, "-m", "modelops.cli", "serve", str(path), "--name", "clf", "--http-port", str(port),
+                   "--grpc-port", "0", "--host", "127.0.0.1"]
+        else:
+            cmd = [PY, "-m", "modelops.bench.baselines", kind, str(path), "--name", "clf", "--port", str(port)]
+        proc = spawn(cmd, work / f"{name}.log")
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", timeout=300, proc=proc)
+            results[name] = measure(name, f"http://127.0.0.1:{port}/v2/models/clf/infer", bodies, duration)
+        finally:
+            stop(proc)
+    return results
+
+
+def table(shape: str, res: dict) -> str:
+    lines = [f"| {shape} | workload | c=1 seq/s | c=1 p50 ms | c=16 seq/s | c=16 p50 ms | c=16 p99 ms | c=16 vs kserve-hf |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in res.items():
+        if name in ("conversion", "agreement"):
+            continue
+        if "seq128" not in r:
+            lines.append(f"| {name} (in process, batch 1) | seq128 | {r[1]['rps']:.1f} | {r[1]['p50_ms']:.1f} | | | | |")
+            continue
+        for workload, by_c in r.items():
+            c1, c16 = by_c[1], by_c[16]
+            hf = res.get("kserve-hf", {}).get(workload, {}).get(16, {}).get("rps")
+            vs = f"{c16['rps'] / hf:.2f}x" if hf else ""
+            lines.append(f"| {name} | {workload} | {c1['rps']:.1f} | {c1['p50_ms']:.1f} | {c16['rps']:.1f} | "
+                         f"{c16['p50_ms']:.1f} | {c16['p99_ms']:.1f} | {vs} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="minilm", choices=["tiny", "minilm", "bert-base"])
+    p.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="modelops-bench-tf-") as tmp:
+        res = bench(args.shape, args.duration, Path(tmp))
+    print()
+    print(table(args.shape, res))
+    print(json.dumps({k: res[k] for k in ("conversion", "agreement")}, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
