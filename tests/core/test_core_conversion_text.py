@@ -130,6 +130,10 @@ def test_sentence_transformer_embeddings_equal_encode(sentence):
     assert np.abs(got - expected).max() <= MAX_ERR
     assert np.abs(batch["sentence_embedding"] - expected).max() <= MAX_ERR
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # Normalize is inside the graph
+    # fp16 runs on the same graph and passes its own (looser) gate.
+    half = convert_model_dir(src, out.with_name("st-fp16"), ConversionOptions(precision="fp16"))
+    assert half["precision"] == "fp16" and half["parity"]["passed"] is True
+    assert half["parity"]["max_abs_err"] <= ConversionOptions(precision="fp16").tolerance[1]
 
 
 def test_feature_extraction_model_converts(work):
@@ -183,6 +187,12 @@ def test_refused_and_unsupported_flavors(classifier, work):
     mlmodel["flavors"]["transformers"]["pipeline_model_type"] = "EvilForSequenceClassification"
     (hostile / "MLmodel").write_text(yaml.safe_dump(mlmodel))
     with pytest.raises(errors.UntrustedArtifact):
+        convert_model_dir(hostile, work / "clf-custom-onnx")
+    # A task without a text artifact (generation) is an unsupported flavor, not a failed conversion.
+    mlmodel["flavors"]["transformers"].update(pipeline_model_type="BertForSequenceClassification",
+                                              task="text-generation")
+    (hostile / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    with pytest.raises(errors.UnsupportedFlavor, match="text-generation"):
         convert_model_dir(hostile, work / "clf-custom-onnx")
     # An unknown flavor is still UnsupportedFlavor, also beside python_function.
     unknown = work / "keras"

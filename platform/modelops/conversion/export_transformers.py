@@ -143,9 +143,9 @@ def load_transformers(source: SourceModel):
     conf = _flavor_conf(source, "transformers")
     task = conf.get("task")
     if task not in TEXT_TASKS:
-        raise errors.ConversionError(
-            f"transformers task {task!r} is not supported for ONNX conversion; supported: "
-            f"{', '.join(TEXT_TASKS)}")
+        raise errors.UnsupportedFlavor(
+            f"transformers task {task!r} is not supported for ONNX conversion; supported tasks: "
+            f"{', '.join(TEXT_TASKS)}", flavors=[f"transformers ({task})"])
     if conf.get("source_model_revision") or not conf.get("model_binary"):
         raise errors.ConversionError(
             "the transformers model was saved without its weights (save_pretrained=False): conversion "
