@@ -2,6 +2,7 @@
 
 out_dir/model.onnx     the model to serve (only written when parity passed)
 out_dir/conversion.json the report (always written, also for failures)
+out_dir/tokenizer.json, text.json  text models only (modelops.text), written with model.onnx
 """
 
 from __future__ import annotations
@@ -94,8 +95,9 @@ def convert_model_dir(
     cached = Path(cache_dir) / key if cache_dir else None
     hit = cached and (cached / MODEL_FILE).exists() and (cached / REPORT_FILE).exists()
     report = json.loads((cached / REPORT_FILE).read_text()) if hit else {}
-    if hit and all((cached / name).is_file() for name in report.get("files", {})):
-        for name in (MODEL_FILE, *report.get("files", {})):
+    extra = [name for name in report.get("files", {}) if name in EXTRA_FILES]
+    if hit and all((cached / name).is_file() for name in extra):
+        for name in (MODEL_FILE, *extra):
             shutil.copyfile(cached / name, out_dir / name)
         report.update(provenance or {}, cached=True)
         _write_report(out_dir, report)
