@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ..tensors import TensorSpec
+from ..text import TextConfig
 
 # Runs the original model on named inputs; returns outputs in the ONNX graph's output order.
 Reference = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+# Text models: runs the original (HF pipeline, SentenceTransformer.encode) on texts; one array per
+# text, what TextFrontend.answer serves for it: classification `scores` (all classes, id order),
+# embeddings the vector, feature-extraction the [tokens, hidden] states.
+TextReference = Callable[[list[str]], list[np.ndarray]]
 
 
 @dataclass
@@ -19,3 +25,7 @@ class Exported:
     inputs: list[TensorSpec]
     # Dynamic axes of the exported graph, per input and output name: {axis: "batch" | "sequence" | "dim_<i>"}
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    # Files served beside model.onnx (name -> where the exporter wrote it), e.g. tokenizer.json, text.json
+    extra_files: dict[str, Path] = field(default_factory=dict)
+    text: TextConfig | None = None  # set for text models: the parity gate then runs on texts
+    text_reference: TextReference | None = None

@@ -2,6 +2,7 @@
 
 out_dir/model.onnx     the model to serve (only written when parity passed)
 out_dir/conversion.json the report (always written, also for failures)
+out_dir/tokenizer.json, text.json  text models only (modelops.text), written with model.onnx
 """
 
 from __future__ import annotations
@@ -18,17 +19,22 @@ import onnxruntime as ort
 
 from .. import __version__, errors
 from ..tensors import TensorSpec
+from ..text import TEXT_CONFIG_FILE, TOKENIZER_FILE
 from . import transforms
 from .export_onnx import export_onnx
 from .export_sklearn import export_sklearn
 from .export_torch import export_torch
+from .export_transformers import export_sentence_transformers, export_transformers
 from .options import ConversionOptions
 from .parity import ParityReport, compare, generate_samples
 from .source import load_source
+from .text_parity import run_text_parity
 
-EXPORTERS = {"pytorch": export_torch, "sklearn": export_sklearn, "onnx": export_onnx}
+EXPORTERS = {"pytorch": export_torch, "sklearn": export_sklearn, "onnx": export_onnx,
+             "transformers": export_transformers, "sentence_transformers": export_sentence_transformers}
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "conversion.json"
+EXTRA_FILES = (TEXT_CONFIG_FILE, TOKENIZER_FILE)  # served beside model.onnx; removed before a conversion
 
 
 def file_sha256(path: Path) -> str:
@@ -80,15 +86,19 @@ def convert_model_dir(
     timings: dict[str, float] = {}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MODEL_FILE).unlink(missing_ok=True)
+    for name in (MODEL_FILE, *EXTRA_FILES):
+        (out_dir / name).unlink(missing_ok=True)
 
     source = load_source(model_dir)
     timings["load_s"] = time.perf_counter() - t0
     key = cache_key(source.digest, options)
     cached = Path(cache_dir) / key if cache_dir else None
-    if cached and (cached / MODEL_FILE).exists() and (cached / REPORT_FILE).exists():
-        shutil.copyfile(cached / MODEL_FILE, out_dir / MODEL_FILE)
-        report = json.loads((cached / REPORT_FILE).read_text())
+    hit = cached and (cached / MODEL_FILE).exists() and (cached / REPORT_FILE).exists()
+    report = json.loads((cached / REPORT_FILE).read_text()) if hit else {}
+    extra = [name for name in report.get("files", {}) if name in EXTRA_FILES]
+    if hit and all((cached / name).is_file() for name in extra):
+        for name in (MODEL_FILE, *extra):
+            shutil.copyfile(cached / name, out_dir / name)
         report.update(provenance or {}, cached=True)
         _write_report(out_dir, report)
         return report
@@ -127,7 +137,12 @@ def convert_model_dir(
             report["inputs"] = [TensorSpec.from_ort(i).to_json() for i in session.get_inputs()]
             report["outputs"] = [TensorSpec.from_ort(o).to_json() for o in session.get_outputs()]
             t = time.perf_counter()
-            parity = _run_parity(session, exported, source.input_example, options)
+            if exported.text is not None:
+                # Token-id tensors are not the model's input: texts through the served path are.
+                report["text"] = exported.text.to_json()
+                parity, report["text_parity"] = run_text_parity(session, exported, tmp, options)
+            else:
+                parity = _run_parity(session, exported, source.input_example, options)
             timings["parity_s"] = time.perf_counter() - t
         except errors.ModelOpsError as exc:
             report.update(error=str(exc), reason=exc.reason, timings=timings)
@@ -153,10 +168,14 @@ def convert_model_dir(
                 report=report)
         report["status"] = "passed"
         report["sha256"] = file_sha256(final)
+        report["files"] = {name: file_sha256(path) for name, path in exported.extra_files.items()}
+        for name, path in exported.extra_files.items():
+            shutil.copyfile(path, out_dir / name)
         shutil.copyfile(final, out_dir / MODEL_FILE)
         _write_report(out_dir, report)
     if cached:
         cached.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out_dir / MODEL_FILE, cached / MODEL_FILE)
+        for name in (*report["files"], MODEL_FILE):
+            shutil.copyfile(out_dir / name, cached / name)
         _write_report(cached, report)
     return report

@@ -12,7 +12,9 @@ from .. import errors
 from ..artifacts import check_tree, inside
 from ..tensors import TensorSpec
 
-SUPPORTED_FLAVORS = ("onnx", "pytorch", "sklearn")
+# In preference order: a transformers / sentence_transformers directory may also list pytorch or
+# python_function, and its own flavor is the one that knows the tokenizer.
+SUPPORTED_FLAVORS = ("onnx", "transformers", "sentence_transformers", "pytorch", "sklearn")
 
 
 @dataclass
