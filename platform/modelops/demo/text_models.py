@@ -96,16 +96,17 @@ def build_sentence_transformer(shape: str = "tiny", seed: int = 0, workdir: str 
     import tempfile
 
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import BertModel
 
     torch.manual_seed(seed)
     base = Path(workdir or tempfile.mkdtemp(prefix="modelops-st-")) / "encoder"
     BertModel(_config(shape)).save_pretrained(base)
     build_tokenizer(SHAPES[shape][4]).save_pretrained(base)
-    encoder = models.Transformer(str(base), max_seq_length=SHAPES[shape][4])
-    pooling = models.Pooling(encoder.get_word_embedding_dimension(), pooling_mode="mean")
-    return SentenceTransformer(modules=[encoder, pooling, models.Normalize()], device="cpu")
+    encoder = Transformer(str(base), max_seq_length=SHAPES[shape][4])
+    pooling = Pooling(SHAPES[shape][1], pooling_mode="mean")
+    return SentenceTransformer(modules=[encoder, pooling, Normalize()], device="cpu")
 
 
 def save_text_classifier(path: str | Path, shape: str = "tiny", seed: int = 0, train_steps: int = 60) -> Path:
@@ -126,3 +127,21 @@ def save_sentence_transformer(path: str | Path, shape: str = "tiny", seed: int =
     mlflow.sentence_transformers.save_model(model, str(path),
                                             pip_requirements=PIP_REQUIREMENTS + ["sentence-transformers"])
     return Path(path)
+
+
+def register_text_classifier(tracking_uri: str, name: str, shape: str = "tiny", seed: int = 0,
+                             train_steps: int = 60) -> str:
+    """Log the classifier as users do (`mlflow.transformers.log_model`, a registered model
+    version); returns the new version."""
+    import mlflow
+    import mlflow.transformers
+
+    model, tok = build_classifier(shape, seed, train_steps)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_experiment("modelops-demo")
+    with mlflow.start_run():
+        info = mlflow.transformers.log_model({"model": model, "tokenizer": tok}, name="model",
+                                             task="text-classification", registered_model_name=name,
+                                             pip_requirements=PIP_REQUIREMENTS)
+    return str(info.registered_model_version)
