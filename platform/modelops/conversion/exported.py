@@ -19,3 +19,9 @@ class Exported:
     inputs: list[TensorSpec]
     # Dynamic axes of the exported graph, per input and output name: {axis: "batch" | "sequence" | "dim_<i>"}
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    # Largest size per dynamic axis name the model takes, when it says (e.g. {"sequence": 512}).
+    max_sizes: dict[str, int] = field(default_factory=dict)
+    # Vocabulary size per integer input, when known: parity samples ids in [0, vocab).
+    vocab_sizes: dict[str, int] = field(default_factory=dict)
+    # The input example as the graph takes it (names, dtypes), when the exporter corrected it.
+    example: dict[str, np.ndarray] | None = None
