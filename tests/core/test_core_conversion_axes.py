@@ -128,7 +128,7 @@ def test_gate_samples_the_saved_example_range(converted):
     example = source.input_example
     assert set(example) == {"input_ids", "attention_mask"}
     feeds = generate_samples(source.inputs, example, 64, 0, max_sizes={"sequence": MAX_LEN})
-    assert {f["input_ids"].shape[1] for f in feeds} == {1, (1 + MAX_LEN) // 2, MAX_LEN}
+    assert {f["input_ids"].shape[1] for f in feeds} == {1, 9, MAX_LEN}
     for feed in feeds:
         ids = feed["input_ids"]
         assert example["input_ids"].min() <= ids.min() and ids.max() <= example["input_ids"].max()
@@ -156,6 +156,28 @@ def test_gate_refuses_a_graph_specialised_to_one_sequence_length(tmp_path):
     assert not (tmp_path / "out" / "model.onnx").exists()
 
 
+class PerTokenSeven(TokenEncoder):
+    """[batch, sequence, 7]: the fixed 7 equals the traced sequence length."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(16, 7)
+
+    def forward(self, input_ids, attention_mask):
+        return self.head(self.tok(input_ids) * attention_mask.unsqueeze(-1).to(torch.float32))
+
+
+def test_output_axes_follow_the_inputs_and_fixed_sizes_stay_fixed(tmp_path):
+    torch.manual_seed(0)
+    signature = ModelSignature(inputs=SIGNATURE.inputs,
+                               outputs=Schema([MlflowTensorSpec(np.dtype(np.float32), (-1, -1, 7))]))
+    mlflow.pytorch.save_model(PerTokenSeven().eval(), str(tmp_path / "model"), serialization_format="pickle",
+                              signature=signature, pip_requirements=["torch"])
+    report = convert_model_dir(tmp_path / "model", tmp_path / "out")
+    assert report["dynamic_axes"]["output"] == {"0": "batch", "1": "sequence"}
+    assert report["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, -1, 7]}]
+
+
 def test_samples_vary_sequence_and_stay_inside_the_example():
     specs = [TensorSpec("input_ids", np.dtype(np.int64), (-1, -1)),
              TensorSpec("attention_mask", np.dtype(np.int64), (-1, -1))]
@@ -171,7 +193,7 @@ def test_samples_vary_sequence_and_stay_inside_the_example():
         assert set(np.unique(f_mask)) <= {0, 1}
         assert (f_mask[:, 0] == 1).all(), "every row keeps at least its first token"
         assert (np.diff(f_mask, axis=1) <= 0).all(), "right padding: ones, then zeros"
-    assert lengths == {1, 17, 33}
+    assert lengths == {1, 9, 33}  # 1, the example's length, the maximum
     assert sum(len(f["input_ids"]) for f in feeds) >= 40
     # No example: ids within a known vocabulary, else [0, 10).
     with_vocab = generate_samples(specs, None, 8, 1, vocab_sizes={"input_ids": VOCAB})

@@ -184,10 +184,13 @@ def _trace_shapes(source: SourceModel) -> tuple[list[list[int]], dict[str, dict[
     return shapes, axes
 
 
-def _output_axes(outputs: list, sizes: dict[str, int]) -> list[dict[int, str]]:
-    """Output axes named after the input axis whose (distinct) trace size they have."""
-    by_size = {v: k for k, v in sizes.items()}
-    return [{i: by_size[d] for i, d in enumerate(o.shape) if d in by_size} for o in outputs]
+def _output_axes(first: list, second: list, sizes: dict[str, int]) -> list[dict[int, str]]:
+    """Output axes named after the input axis they follow: the output's size is that axis's size
+    in two runs whose sizes all differ (each axis name +1 in the second run), so a fixed output
+    dimension that happens to equal a trace size (7 classes) stays fixed."""
+    by_sizes = {(v, v + 1): k for k, v in sizes.items()}
+    return [{i: by_sizes[(a, b)] for i, (a, b) in enumerate(zip(o1.shape, o2.shape)) if (a, b) in by_sizes}
+            for o1, o2 in zip(first, second)]
 
 
 def _graph_axes(path: Path) -> dict[str, dict[int, str]]:
@@ -232,7 +235,13 @@ def export_torch(source: SourceModel, options: ConversionOptions, out_path: Path
         outputs = _as_list(model(*example))
     input_names = [s.name for s in source.inputs]
     output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
-    dynamic_axes = {**in_axes, **dict(zip(output_names, _output_axes(outputs, sizes)))}
+    dynamic_axes = dict(in_axes)
+    if not exported_program:  # the dynamo exporter names output axes itself
+        grown = [torch.ones([d + 1 if i in in_axes[s.name] else d for i, d in enumerate(t.shape)],
+                            dtype=t.dtype) for s, t in zip(source.inputs, example)]
+        with torch.no_grad():
+            second = _as_list(model(*grown))
+        dynamic_axes.update(zip(output_names, _output_axes(outputs, second, sizes)))
     buf = io.BytesIO()
     try:
         with _quiet_exporter():

@@ -33,21 +33,24 @@ def is_mask(name: str, example: np.ndarray | None) -> bool:
 def axis_sizes(inputs: list[TensorSpec], example: dict[str, np.ndarray] | None,
                dynamic_axes: dict[str, dict[int, str]] | None = None,
                max_sizes: dict[str, int] | None = None) -> dict[str, list[int]]:
-    """Sizes sampled on every dynamic non-batch axis, by axis name: 1, a middle one and the
-    largest the model takes (`max_sizes`), or twice the example's size (capped) when unknown."""
-    seen: dict[str, int] = {}
+    """Sizes sampled on every dynamic non-batch axis, by axis name: 1, the example's size (else
+    halfway) and the largest the model takes (`max_sizes`), else twice the example's size (8
+    without an example), capped at MAX_SAMPLED."""
+    seen: dict[str, int | None] = {}
     for spec in inputs:
         ex = example.get(spec.name) if example else None
         for axis, d in enumerate(spec.shape):
             if axis == 0 or d > 0:
                 continue
             name = (dynamic_axes or {}).get(spec.name, {}).get(axis) or axis_name(spec.dtype, axis)
-            size = ex.shape[axis] if ex is not None and ex.ndim > axis else 8
-            seen[name] = max(seen.get(name, 1), size)
+            size = ex.shape[axis] if ex is not None and ex.ndim > axis else None
+            seen[name] = max(seen.get(name) or 0, size or 0) or None
     out = {}
     for name, size in seen.items():
-        top = (max_sizes or {}).get(name) or min(2 * size, MAX_SAMPLED)
-        out[name] = sorted({1, max(1, (1 + top) // 2), top})
+        top = (max_sizes or {}).get(name) or min(2 * (size or 8), MAX_SAMPLED)
+        # The middle size is the example's (where real inputs are), else halfway.
+        middle = size if size and 1 < size < top else max(1, (1 + top) // 2)
+        out[name] = sorted({1, middle, top})
     return out
 
 
