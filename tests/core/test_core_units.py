@@ -301,11 +301,12 @@ class TestGenerateSamples:
         c = generate_samples(specs, None, 40, seed=4)
         assert not np.array_equal(a[0]["x"], c[0]["x"])
 
-    def test_dynamic_dims_follow_the_example(self):
+    def test_dynamic_dims_are_sampled_at_one_the_example_and_twice_it(self):
         spec = TensorSpec("x", np.dtype(np.float32), (-1, -1))
         example = {"x": np.full((2, 5), 10.0, np.float32)}
         feeds = generate_samples([spec], example, 8, seed=0)
-        assert all(f["x"].shape[1] == 5 for f in feeds)
+        # 1, the example's size, and (no maximum known) twice the example's
+        assert {f["x"].shape[1] for f in feeds} == {1, 5, 10}
 
 
 # --- conversion options -----------------------------------------------------------------------------

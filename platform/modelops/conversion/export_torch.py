@@ -1,4 +1,4 @@
-"""PyTorch (mlflow.pytorch flavor) -> ONNX with a dynamic batch axis."""
+"""PyTorch (mlflow.pytorch flavor) -> ONNX; every -1 dimension of the signature is dynamic."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .. import errors
 from ..artifacts import inside
 from .exported import Exported
 from .options import ConversionOptions
+from .parity import axis_name
 from .source import SourceModel
 
 
@@ -125,6 +126,82 @@ def load_torch_model(source: SourceModel):
             raise errors.ConversionError(f"loading the PyTorch model failed: {exc}") from exc
 
 
+# Trace sizes: distinct per axis name so that no dimension is specialised to another's size.
+TRACE_SIZES = {"batch": 2, "sequence": 7}
+OTHER_TRACE_SIZES = (5, 6, 9, 10, 11, 12, 13)
+
+
+def _config_value(model, *names: str) -> int | None:
+    """An int attribute of the module's config (Hugging Face style) or of the module itself."""
+    for holder in (getattr(model, "config", None), model):
+        for name in names:
+            value = getattr(holder, name, None) if holder is not None else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def _model_limits(model, source: SourceModel) -> tuple[dict[str, int], dict[str, int]]:
+    """(largest size per axis name, vocabulary size per integer input), where the module says."""
+    max_sizes = {}
+    longest = _config_value(model, "max_position_embeddings", "max_seq_len", "max_sequence_length")
+    if longest:
+        max_sizes["sequence"] = longest
+    vocab, types = _config_value(model, "vocab_size"), _config_value(model, "type_vocab_size")
+    vocab_sizes = {}
+    for spec in source.inputs:
+        name = spec.name.lower()
+        if np.dtype(spec.dtype).kind not in "iu" or "mask" in name:
+            continue
+        if "type" in name:
+            if types:
+                vocab_sizes[spec.name] = types
+        elif vocab and "position" not in name:
+            vocab_sizes[spec.name] = vocab
+    return max_sizes, vocab_sizes
+
+
+def _trace_shapes(source: SourceModel) -> tuple[list[list[int]], dict[str, dict[int, str]]]:
+    """Per input: the shape to trace with, and its dynamic axes (every -1 of the signature)."""
+    sizes = dict(TRACE_SIZES)
+    others = iter(OTHER_TRACE_SIZES)
+    shapes, axes = [], {}
+    for spec in source.inputs:
+        ex = (source.input_example or {}).get(spec.name)
+        shape, dyn = [], {}
+        for i, d in enumerate(spec.shape):
+            if d > 0:
+                shape.append(d)
+                continue
+            name = axis_name(spec.dtype, i)
+            if name not in sizes:
+                size = ex.shape[i] if ex is not None and ex.ndim > i else None
+                sizes[name] = size if size and size > 1 and size not in sizes.values() else next(others)
+            dyn[i] = name
+            shape.append(sizes[name])
+        shapes.append(shape)
+        axes[spec.name] = dyn
+    return shapes, axes
+
+
+def _output_axes(first: list, second: list, sizes: dict[str, int]) -> list[dict[int, str]]:
+    """Output axes named after the input axis they follow: the output's size is that axis's size
+    in two runs whose sizes all differ (each axis name +1 in the second run), so a fixed output
+    dimension that happens to equal a trace size (7 classes) stays fixed."""
+    by_sizes = {(v, v + 1): k for k, v in sizes.items()}
+    return [{i: by_sizes[(a, b)] for i, (a, b) in enumerate(zip(o1.shape, o2.shape)) if (a, b) in by_sizes}
+            for o1, o2 in zip(first, second)]
+
+
+def _graph_axes(path: Path) -> dict[str, dict[int, str]]:
+    """The named (symbolic) dimensions of the written graph's inputs and outputs."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {v.name: {i: d.dim_param for i, d in enumerate(v.type.tensor_type.shape.dim) if d.dim_param}
+            for v in list(graph.input) + list(graph.output)}
+
+
 def export_torch(source: SourceModel, options: ConversionOptions, out_path: Path) -> Exported:
     import torch
 
@@ -146,37 +223,48 @@ def export_torch(source: SourceModel, options: ConversionOptions, out_path: Path
             out = model(*[torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in source.inputs])
         return [o.detach().cpu().numpy() for o in _as_list(out)]
 
-    # Trace with batch 2 so no dimension is specialised to 1; the batch axis is then made dynamic.
+    shapes, in_axes = _trace_shapes(source)
+    sizes = {name: shape[i] for (spec, shape) in zip(source.inputs, shapes)
+             for i, name in in_axes[spec.name].items()}
     example = []
-    for spec in source.inputs:
-        shape = [2 if i == 0 else (d if d > 0 else 8) for i, d in enumerate(spec.shape)]
-        if source.input_example and spec.name in source.input_example:
-            shape = [2] + list(source.input_example[spec.name].shape[1:])
-        example.append(torch.zeros(shape, dtype=torch.from_numpy(np.zeros(0, spec.dtype)).dtype))
+    for spec, shape in zip(source.inputs, shapes):
+        dtype = torch.from_numpy(np.zeros(0, spec.dtype)).dtype
+        # Ones, not zeros: a mask of zeros divides by zero; ids of 1 are valid in any vocabulary.
+        example.append(torch.ones(shape, dtype=dtype))
     with torch.no_grad():
-        n_out = len(_as_list(model(*example)))
+        outputs = _as_list(model(*example))
     input_names = [s.name for s in source.inputs]
-    output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
-    dynamic_axes = {n: {0: "batch"} for n in input_names + output_names}
+    output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    dynamic_axes = dict(in_axes)
+    if not exported_program:  # the dynamo exporter names output axes itself
+        grown = [torch.ones([d + 1 if i in in_axes[s.name] else d for i, d in enumerate(t.shape)],
+                            dtype=t.dtype) for s, t in zip(source.inputs, example)]
+        with torch.no_grad():
+            second = _as_list(model(*grown))
+        dynamic_axes.update(zip(output_names, _output_axes(outputs, second, sizes)))
     buf = io.BytesIO()
     try:
         with _quiet_exporter():
             if exported_program:
-                batch = torch.export.Dim("batch")
+                # One Dim per axis name: inputs whose axes share a name (ids and mask) must agree.
+                dims = {name: torch.export.Dim(name) for name in sizes}
                 program = torch.onnx.export(
                     model, tuple(example), input_names=input_names, output_names=output_names,
-                    dynamic_shapes=tuple({0: batch} for _ in example), opset_version=options.opset,
-                    dynamo=True, optimize=True, verbose=False,
+                    dynamic_shapes=tuple({i: dims[n] for i, n in in_axes[s.name].items()} or None
+                                         for s in source.inputs),
+                    opset_version=options.opset, dynamo=True, optimize=True, verbose=False,
                 )
                 program.save(str(out_path), external_data=False)
             else:
                 # Pickled nn.Module: the TorchScript exporter takes ~0.2 s where dynamo takes ~2 s.
                 torch.onnx.export(
                     model, tuple(example), buf, input_names=input_names, output_names=output_names,
-                    dynamic_axes=dynamic_axes, opset_version=options.opset, dynamo=False,
-                    do_constant_folding=True,
+                    dynamic_axes={n: a for n, a in dynamic_axes.items() if a},
+                    opset_version=options.opset, dynamo=False, do_constant_folding=True,
                 )
                 out_path.write_bytes(buf.getvalue())
     except Exception as exc:
         raise errors.ConversionError(f"torch.onnx.export failed: {exc}") from exc
-    return Exported(reference=reference, inputs=list(source.inputs))
+    max_sizes, vocab_sizes = _model_limits(model, source)
+    return Exported(reference=reference, inputs=list(source.inputs), dynamic_axes=_graph_axes(out_path),
+                    max_sizes=max_sizes, vocab_sizes=vocab_sizes)

@@ -29,3 +29,9 @@ class Exported:
     extra_files: dict[str, Path] = field(default_factory=dict)
     text: TextConfig | None = None  # set for text models: the parity gate then runs on texts
     text_reference: TextReference | None = None
+    # Largest size per dynamic axis name the model takes, when it says (e.g. {"sequence": 512}).
+    max_sizes: dict[str, int] = field(default_factory=dict)
+    # Vocabulary size per integer input, when known: parity samples ids in [0, vocab).
+    vocab_sizes: dict[str, int] = field(default_factory=dict)
+    # The input example as the graph takes it (names, dtypes), when the exporter corrected it.
+    example: dict[str, np.ndarray] | None = None

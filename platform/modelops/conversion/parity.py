@@ -9,36 +9,116 @@ import numpy as np
 from ..tensors import TensorSpec
 
 SAMPLE_BATCHES = (1, 7, 32)  # odd sizes catch batch-axis bugs that batch 1 alone hides
+MAX_SAMPLED = 64  # largest size sampled on a dynamic non-batch axis whose maximum is not known
+DEFAULT_INT_RANGE = (0, 10)  # integer inputs with neither an example nor a vocabulary
+
+
+def axis_name(dtype, axis: int) -> str:
+    """The name of a dynamic axis: batch (0), sequence (axis 1 of an integer input: token ids,
+    masks), else dim_<axis>. Inputs share a name when their axes must have equal sizes."""
+    if axis == 0:
+        return "batch"
+    if axis == 1 and np.dtype(dtype).kind in "iu":
+        return "sequence"
+    return f"dim_{axis}"
+
+
+def is_mask(name: str, example: np.ndarray | None) -> bool:
+    """An attention-style 0/1 mask: named so, or an integer example holding only 0 and 1."""
+    if "mask" in name.lower():
+        return True
+    return example is not None and example.size > 0 and np.isin(example, (0, 1)).all()
+
+
+def axis_sizes(inputs: list[TensorSpec], example: dict[str, np.ndarray] | None,
+               dynamic_axes: dict[str, dict[int, str]] | None = None,
+               max_sizes: dict[str, int] | None = None) -> dict[str, list[int]]:
+    """Sizes sampled on every dynamic non-batch axis, by axis name: 1, the example's size (else
+    halfway) and the largest the model takes (`max_sizes`), else twice the example's size (8
+    without an example), capped at MAX_SAMPLED."""
+    seen: dict[str, int | None] = {}
+    for spec in inputs:
+        ex = example.get(spec.name) if example else None
+        for axis, d in enumerate(spec.shape):
+            if axis == 0 or d > 0:
+                continue
+            name = (dynamic_axes or {}).get(spec.name, {}).get(axis) or axis_name(spec.dtype, axis)
+            size = ex.shape[axis] if ex is not None and ex.ndim > axis else None
+            seen[name] = max(seen.get(name) or 0, size or 0) or None
+    out = {}
+    for name, size in seen.items():
+        top = (max_sizes or {}).get(name) or min(2 * (size or 8), MAX_SAMPLED)
+        # The middle size is the example's (where real inputs are), else halfway.
+        middle = size if size and 1 < size < top else max(1, (1 + top) // 2)
+        out[name] = sorted({1, middle, top})
+    return out
+
+
+def _mask(rng, shape: list[int], dt) -> np.ndarray:
+    """Right padding: each row holds ones then zeros, at least one 1."""
+    if len(shape) < 2:
+        return np.ones(shape, dt)
+    length = shape[1]
+    keep = rng.integers(1, length + 1, size=shape[0])
+    keep[0] = length  # one full row: the longest sequence is always sampled
+    m = (np.arange(length)[None, :] < keep[:, None]).astype(dt)
+    return np.broadcast_to(m.reshape(shape[:2] + [1] * (len(shape) - 2)), shape).copy()
+
+
+def _integers(rng, spec: TensorSpec, ex, shape: list[int], vocab: int | None) -> np.ndarray:
+    dt = np.dtype(spec.dtype)
+    if is_mask(spec.name, ex):
+        return _mask(rng, shape, dt)
+    if ex is not None and ex.size:
+        low, high = int(ex.min()), int(ex.max()) + 1
+    elif vocab:
+        low, high = 0, int(vocab)
+    else:
+        low, high = DEFAULT_INT_RANGE
+    return rng.integers(low, high, size=shape).astype(dt)
 
 
 def generate_samples(inputs: list[TensorSpec], example: dict[str, np.ndarray] | None,
-                     count: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Seeded feeds that follow the signature: `count` rows spread over a few batch sizes.
+                     count: int, seed: int, *,
+                     dynamic_axes: dict[str, dict[int, str]] | None = None,
+                     max_sizes: dict[str, int] | None = None,
+                     vocab_sizes: dict[str, int] | None = None) -> list[dict[str, np.ndarray]]:
+    """Seeded feeds that follow the signature: `count` rows spread over a few batch sizes, and
+    every dynamic non-batch axis sampled at 1, a middle size and its largest (see `axis_sizes`);
+    inputs sharing an axis name get the same size.
 
-    Values follow the input example's mean and spread when there is one, so that samples land
-    where real inputs do (tree thresholds, activation ranges), else a standard normal.
+    Float values follow the input example's mean and spread when there is one, so that samples
+    land where real inputs do (tree thresholds, activation ranges), else a standard normal.
+    Integers stay inside the example's [min, max] per input, else [0, vocab) when
+    `vocab_sizes` names the input, else [0, 10); a 0/1 mask gets right-padding patterns.
     """
     rng = np.random.default_rng(seed)
-    feeds, remaining = [], count
     sizes = [b for b in SAMPLE_BATCHES if b <= max(count, 1)]
-    i = 0
-    while remaining > 0:
-        batch = min(sizes[i % len(sizes)], remaining)
+    dims = axis_sizes(inputs, example, dynamic_axes, max_sizes)
+    feeds, remaining, i = [], count, 0
+    # Enough feeds for every axis size to be sampled once, however few rows were asked for.
+    while remaining > 0 or (count > 0 and i < max((len(v) for v in dims.values()), default=0)):
+        batch = max(1, min(sizes[i % len(sizes)], remaining))
         remaining -= batch
+        chosen = {name: v[i % len(v)] for name, v in dims.items()}
         i += 1
         feed = {}
         for spec in inputs:
             ex = example.get(spec.name) if example else None
-            tail = [d if d > 0 else (ex.shape[j + 1] if ex is not None else 8)
-                    for j, d in enumerate(spec.shape[1:])]
-            shape = [batch, *tail]
+            shape = [batch]
+            for axis, d in enumerate(spec.shape[1:], start=1):
+                if d > 0:
+                    shape.append(d)
+                    continue
+                name = (dynamic_axes or {}).get(spec.name, {}).get(axis) or axis_name(spec.dtype, axis)
+                shape.append(chosen[name])
             dt = np.dtype(spec.dtype)
             if dt.kind == "f":
                 mean = float(np.mean(ex)) if ex is not None and ex.size else 0.0
                 std = float(np.std(ex)) if ex is not None and ex.size > 1 else 1.0
                 feed[spec.name] = rng.normal(mean, std or 1.0, size=shape).astype(dt)
             elif dt.kind in "iu":
-                feed[spec.name] = rng.integers(0, 10, size=shape).astype(dt)
+                feed[spec.name] = _integers(rng, spec, ex, shape, (vocab_sizes or {}).get(spec.name))
             elif dt.kind == "b":
                 feed[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
             else:

@@ -57,7 +57,9 @@ def _run_parity(session: ort.InferenceSession, exported, example, options: Conve
     feeds = []
     if example:
         feeds.append({s.name: np.ascontiguousarray(example[s.name]) for s in exported.inputs})
-    feeds += generate_samples(exported.inputs, example, options.samples, options.seed)
+    feeds += generate_samples(exported.inputs, example, options.samples, options.seed,
+                              dynamic_axes=exported.dynamic_axes, max_sizes=exported.max_sizes,
+                              vocab_sizes=exported.vocab_sizes)
     for feed in feeds:
         expected = exported.reference(feed)
         actual = session.run(None, feed)
@@ -142,7 +144,7 @@ def convert_model_dir(
                 report["text"] = exported.text.to_json()
                 parity, report["text_parity"] = run_text_parity(session, exported, tmp, options)
             else:
-                parity = _run_parity(session, exported, source.input_example, options)
+                parity = _run_parity(session, exported, exported.example or source.input_example, options)
             timings["parity_s"] = time.perf_counter() - t
         except errors.ModelOpsError as exc:
             report.update(error=str(exc), reason=exc.reason, timings=timings)
