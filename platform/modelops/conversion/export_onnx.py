@@ -11,6 +11,7 @@ import onnxruntime as ort
 from .. import errors
 from ..artifacts import check_onnx, inside
 from ..tensors import TensorSpec
+from . import transforms
 from .exported import Exported
 from .options import ConversionOptions
 from .source import SourceModel
@@ -24,9 +25,10 @@ def export_onnx(source: SourceModel, options: ConversionOptions, out_path: Path)
     if not src.exists():
         raise errors.ConversionError(f"ONNX flavor points at {src.name}, which is missing")
     check_onnx(src)  # not a model, or external data outside the directory: refused before loading
-    # MLflow may store weights as external data beside model.onnx: inline them into one file.
+    # MLflow may store weights as external data beside model.onnx, in any layout: written again
+    # as one graph file, plus one external data file when the weights are large (transforms.save).
     try:
-        onnx.save_model(onnx.load(str(src)), str(out_path), save_as_external_data=False)
+        transforms.save(onnx.load(str(src)), out_path)
     except Exception as exc:
         raise errors.InvalidOnnxModel(f"cannot read the ONNX model {src.name}: {exc}") from exc
     so = ort.SessionOptions()

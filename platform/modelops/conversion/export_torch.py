@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import io
 import logging
 import os
 import pickle
@@ -242,7 +241,6 @@ def export_torch(source: SourceModel, options: ConversionOptions, out_path: Path
         with torch.no_grad():
             second = _as_list(model(*grown))
         dynamic_axes.update(zip(output_names, _output_axes(outputs, second, sizes)))
-    buf = io.BytesIO()
     try:
         with _quiet_exporter():
             if exported_program:
@@ -254,15 +252,14 @@ def export_torch(source: SourceModel, options: ConversionOptions, out_path: Path
                                          for s in source.inputs),
                     opset_version=options.opset, dynamo=True, optimize=True, verbose=False,
                 )
-                program.save(str(out_path), external_data=False)
+                program.save(str(out_path))  # external data when over 2 GB (pipeline normalizes it)
             else:
                 # Pickled nn.Module: the TorchScript exporter takes ~0.2 s where dynamo takes ~2 s.
                 torch.onnx.export(
-                    model, tuple(example), buf, input_names=input_names, output_names=output_names,
+                    model, tuple(example), str(out_path), input_names=input_names, output_names=output_names,
                     dynamic_axes={n: a for n, a in dynamic_axes.items() if a},
                     opset_version=options.opset, dynamo=False, do_constant_folding=True,
                 )
-                out_path.write_bytes(buf.getvalue())
     except Exception as exc:
         raise errors.ConversionError(f"torch.onnx.export failed: {exc}") from exc
     max_sizes, vocab_sizes = _model_limits(model, source)

@@ -11,7 +11,6 @@ transformers, pooling and normalisation are inside the graph.
 from __future__ import annotations
 
 import inspect
-import io
 import json
 from pathlib import Path
 
@@ -102,15 +101,14 @@ def _export_graph(module, input_names: list[str], output_names: list[str], seque
     args = tuple(table[n] for n in input_names)
     axes = {n: {0: "batch", 1: "sequence"} for n in input_names}
     axes.update({n: ({0: "batch", 1: "sequence"} if n in sequence_outputs else {0: "batch"}) for n in output_names})
-    buf = io.BytesIO()
     try:
         with _quiet_exporter(), torch.no_grad():
-            torch.onnx.export(module, args, buf, input_names=input_names, output_names=output_names,
+            # To a path (not a buffer): over 2 GB the exporter writes external data beside it.
+            torch.onnx.export(module, args, str(out_path), input_names=input_names, output_names=output_names,
                               dynamic_axes=axes, opset_version=max(options.opset, 14), dynamo=False,
                               do_constant_folding=True)
     except Exception as exc:
         raise errors.ConversionError(f"torch.onnx.export failed: {exc}") from exc
-    out_path.write_bytes(buf.getvalue())
     return axes
 
 

@@ -34,7 +34,8 @@ EXPORTERS = {"pytorch": export_torch, "sklearn": export_sklearn, "onnx": export_
              "transformers": export_transformers, "sentence_transformers": export_sentence_transformers}
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "conversion.json"
-EXTRA_FILES = (TEXT_CONFIG_FILE, TOKENIZER_FILE)  # served beside model.onnx; removed before a conversion
+DATA_FILE = MODEL_FILE + ".data"  # the weights of a large model (transforms.external_data_bytes)
+EXTRA_FILES = (TEXT_CONFIG_FILE, TOKENIZER_FILE, DATA_FILE)  # served beside model.onnx; removed before a conversion
 
 
 def file_sha256(path: Path) -> str:
@@ -114,7 +115,10 @@ def convert_model_dir(
     }
     with tempfile.TemporaryDirectory(prefix="modelops-conv-") as tmp:
         tmp = Path(tmp)
-        exported_path, optimized, final = tmp / "exported.onnx", tmp / "optimized.onnx", tmp / "final.onnx"
+        # One directory per stage: each graph's external data file is `model.onnx.data` beside it.
+        exported_path, optimized, final = (tmp / stage / MODEL_FILE for stage in ("export", "optimized", "final"))
+        for path in (exported_path, optimized, final):
+            path.parent.mkdir()
         try:
             t = time.perf_counter()
             exported = EXPORTERS[source.flavor](source, options, exported_path)
@@ -122,6 +126,7 @@ def convert_model_dir(
             report["dynamic_axes"] = {n: {str(a): d for a, d in axes.items()}
                                       for n, axes in exported.dynamic_axes.items()}
             t = time.perf_counter()
+            transforms.normalize(exported_path)
             transforms.check(exported_path)
             transforms.optimize(exported_path, optimized)
             if options.precision == "fp16":
@@ -129,7 +134,7 @@ def convert_model_dir(
             elif options.precision == "int8":
                 transforms.to_int8(optimized, final)
             else:
-                shutil.copyfile(optimized, final)
+                transforms.copy_model(optimized, final)
             final_model = transforms.check(final)
             timings["optimize_s"] = time.perf_counter() - t
             session = ort.InferenceSession(str(final), providers=["CPUExecutionProvider"])
@@ -142,7 +147,7 @@ def convert_model_dir(
             if exported.text is not None:
                 # Token-id tensors are not the model's input: texts through the served path are.
                 report["text"] = exported.text.to_json()
-                parity, report["text_parity"] = run_text_parity(session, exported, tmp, options)
+                parity, report["text_parity"] = run_text_parity(session, exported, exported_path.parent, options)
             else:
                 parity = _run_parity(session, exported, exported.example or source.input_example, options)
             timings["parity_s"] = time.perf_counter() - t
@@ -170,8 +175,11 @@ def convert_model_dir(
                 report=report)
         report["status"] = "passed"
         report["sha256"] = file_sha256(final)
-        report["files"] = {name: file_sha256(path) for name, path in exported.extra_files.items()}
-        for name, path in exported.extra_files.items():
+        served = dict(exported.extra_files)
+        if transforms.data_file(final).exists():
+            served[DATA_FILE] = transforms.data_file(final)
+        report["files"] = {name: file_sha256(path) for name, path in served.items()}
+        for name, path in served.items():
             shutil.copyfile(path, out_dir / name)
         shutil.copyfile(final, out_dir / MODEL_FILE)
         _write_report(out_dir, report)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import onnx
@@ -9,11 +11,66 @@ import onnxruntime as ort
 
 from .. import errors
 
+# Weights beyond this many bytes go to one external data file beside the graph (`model.onnx.data`):
+# a protobuf cannot exceed 2 GB, so larger models could not be written otherwise.
+DEFAULT_EXTERNAL_DATA_BYTES = 1 << 30
+MIN_EXTERNAL_TENSOR_BYTES = 1024  # smaller tensors stay in the graph file
+
+
+def external_data_bytes() -> int:
+    """The threshold (MODELOPS_EXTERNAL_DATA_BYTES overrides it, e.g. to test with a small model)."""
+    return int(os.environ.get("MODELOPS_EXTERNAL_DATA_BYTES", DEFAULT_EXTERNAL_DATA_BYTES))
+
+
+def data_file(path: Path) -> Path:
+    """The one external data file of the graph at `path` (it may not exist)."""
+    return path.with_name(path.name + ".data")
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    total = 0
+    for t in model.graph.initializer:
+        if t.HasField("raw_data"):
+            total += len(t.raw_data)
+        else:
+            n = 1
+            for d in t.dims:
+                n *= d
+            total += n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    return total
+
+
+def save(model: onnx.ModelProto, path: Path) -> None:
+    """Write a model (weights loaded) to `path`, its weights to `path.data` when they are large."""
+    path = Path(path)
+    data_file(path).unlink(missing_ok=True)
+    if initializer_bytes(model) > external_data_bytes():
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_file(path).name, size_threshold=MIN_EXTERNAL_TENSOR_BYTES)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def normalize(path: Path) -> None:
+    """Rewrite what an exporter wrote (one file, or a graph with a file per tensor) as
+    `path` + at most one `path.data`."""
+    save(onnx.load(str(path)), path)
+
+
+def copy_model(src: Path, dst: Path) -> None:
+    """The graph file and its external data file (same name + .data, which the graph names)."""
+    shutil.copyfile(src, dst)
+    data_file(dst).unlink(missing_ok=True)
+    if data_file(src).exists():
+        shutil.copyfile(data_file(src), data_file(dst))
+
 
 def check(path: Path) -> onnx.ModelProto:
+    """onnx.checker over the file (by path: models with external data over 2 GB too); returns
+    the graph without its weights."""
     try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise errors.InvalidOnnxModel(f"onnx.checker rejected the exported model: {exc}") from exc
     return model
@@ -33,6 +90,12 @@ def optimize(src: Path, dst: Path) -> None:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(dst)
+    data_file(dst).unlink(missing_ok=True)
+    if data_file(src).exists():
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                    data_file(dst).name)
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                    str(MIN_EXTERNAL_TENSOR_BYTES))
     try:
         ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -54,7 +117,7 @@ def to_fp16(src: Path, dst: Path) -> None:
         converted = ir.serde.serialize_model(graph)
     except Exception as exc:
         raise errors.ConversionError(f"fp16 conversion failed: {exc}") from exc
-    onnx.save(converted, str(dst))
+    save(converted, dst)
 
 
 def to_int8(src: Path, dst: Path) -> None:
@@ -66,6 +129,7 @@ def to_int8(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, reduce_range=True)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, reduce_range=True,
+                         use_external_data_format=data_file(src).exists())
     except Exception as exc:
         raise errors.ConversionError(f"int8 dynamic quantization failed: {exc}") from exc
