@@ -25,7 +25,13 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
 import text_artifacts as ta
 from modelops.demo.text_models import WORDS, seeded_texts
+from modelops.serving.batching import BatchingConfig, DynamicBatcher, SequenceAxes
 from test_core_serving import Predictor, metric_value
+
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore::FutureWarning"),
+              pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.filterwarnings("ignore:Converting a tensor")]
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 LONG = " ".join(WORDS[i % len(WORDS)] for i in range(300))  # 300 words: truncated to max_length
@@ -192,6 +198,38 @@ def test_feature_extraction_keeps_each_texts_own_length(fe_server, artifacts):
 
 
 # --- sequence-aware batching --------------------------------------------------------------------------------
+def test_batcher_pads_to_the_longest_cuts_back_and_bounds_the_padding():
+    calls, ratios = [], []
+
+    def run(feeds):
+        calls.append({k: v.copy() for k, v in feeds.items()})
+        ids, mask = feeds["input_ids"], feeds["attention_mask"]
+        return [(ids * 2).astype(np.float32)[..., None], (ids * mask).sum(axis=1)]
+
+    batcher = DynamicBatcher(run, BatchingConfig(max_batch_size=64, max_wait_ms=20),
+                             sequence=SequenceAxes({"input_ids": 9, "attention_mask": 0}, frozenset({0})),
+                             on_padding=ratios.append)
+    shapes = [(1, 3), (2, 4), (1, 5), (1, 40)]  # the 40-token one would make the batch > 2x padding
+    requests = [{"input_ids": np.arange(1, r * w + 1, dtype=np.int64).reshape(r, w),
+                 "attention_mask": np.ones((r, w), np.int64)} for r, w in shapes]
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit(f) for f in requests))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        batcher.close()
+    assert [c["input_ids"].shape for c in calls] == [(4, 5), (1, 40)]
+    first = calls[0]
+    assert (first["input_ids"][0, 3:] == 9).all() and (first["attention_mask"][0, 3:] == 0).all()
+    assert (first["attention_mask"][1:3, 4:] == 0).all() and first["attention_mask"][3].all()
+    assert ratios == [20 / 16, 1.0]
+    for feeds, (seq, total) in zip(requests, results):
+        np.testing.assert_array_equal(seq[..., 0], feeds["input_ids"] * 2)  # own rows, own length
+        np.testing.assert_array_equal(total, feeds["input_ids"].sum(axis=1))
+
+
 def _burst(server, bodies):
     async def main():
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
