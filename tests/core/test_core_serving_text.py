@@ -331,7 +331,8 @@ def test_openai_models_metrics_and_audit(st_server):
     assert metric_value(text, "modelops_predictor_requests_total", model="st", protocol="openai", code="200") >= 1
     assert metric_value(text, "modelops_predictor_request_seconds_count", model="st", protocol="openai") >= 1
     lines = [json.loads(x) for x in st_server.log().splitlines() if x.startswith('{"time"')]
-    assert any(x["route"] == "POST /openai/v1/embeddings" and x["status"] == 200 for x in lines)
+    assert any(x["route"] == "POST /openai/v1/embeddings" and x["status"] == 200 and x["model"] == "st"
+               for x in lines)
 
 
 # --- malformed -------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import orjson
 
 from ..errors import InvalidRequest
 from ..tensors import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
+from .signatures import Signature, resolve
 
 BINARY_HEADER = "inference-header-content-length"
 
@@ -49,30 +50,6 @@ class Decoded:
     id: str | None = None
     raw: bool = False  # gRPC: the request used raw_input_contents
     kind: str = "tensors"  # the signature it was decoded with: tensors | text | tokens
-
-
-@dataclass(frozen=True)
-class Signature:
-    """One way to call a model: its V2 inputs and the outputs it answers. An ordinary model has
-    one (`tensors`); a text model two: `text` (one BYTES input, the default) and `tokens` (the
-    graph's int64 token tensors, for clients that tokenize themselves, answered with the graph's
-    outputs). The input names a request uses choose it (`choose`); every check after that is
-    the same."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[str, ...]
-    kind: str = "tensors"
-
-
-def choose(signatures, names) -> Signature:
-    """The signature a request means: the first that has one of the input NAMES (else the first,
-    whose checks then name what is wrong)."""
-    if len(signatures) > 1:
-        for sig in signatures:
-            known = {s.name for s in sig.inputs}
-            if any(isinstance(n, str) and n in known for n in names):
-                return sig
-    return signatures[0]
 
 
 def _short(value) -> str:
@@ -293,9 +270,8 @@ def _flag(params: dict, key: str, where: str) -> bool:
 
 def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str],
                    json_length: int | None = None, signatures: list[Signature] | None = None) -> Decoded:
-    """Decode and validate a V2 REST infer request (JSON, or the binary tensor extension).
-    `signatures` (a text model's): the one the request's input names choose replaces SPECS and
-    OUTPUT_NAMES."""
+    """Decode and validate a V2 REST infer request (JSON, or the binary tensor extension);
+    SIGNATURES (a text model's): the one its input names choose replaces SPECS, OUTPUT_NAMES."""
     if json_length is not None:
         if not 0 < json_length <= len(body):
             raise InvalidRequest(f"{BINARY_HEADER} is {json_length}, body has {len(body)} bytes")
@@ -318,10 +294,8 @@ def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str]
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidRequest("request needs a non-empty 'inputs' list")
-    kind = "tensors"
-    if signatures:
-        sig = choose(signatures, [item.get("name") for item in inputs if isinstance(item, dict)])
-        specs, output_names, kind = list(sig.inputs), list(sig.outputs), sig.kind
+    given = [item.get("name") for item in inputs if isinstance(item, dict)]
+    specs, output_names, kind = resolve(signatures, specs, output_names, given)
     by_name = {s.name: s for s in specs}
     feeds: dict[str, np.ndarray] = {}
     offset = 0
@@ -354,8 +328,7 @@ def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str]
 
     wanted = req.get("outputs")
     if wanted is None:
-        return Decoded(feeds, None, frozenset(output_names) if binary_all else frozenset(), request_id,
-                       kind=kind)
+        return Decoded(feeds, None, frozenset(output_names if binary_all else ()), request_id, kind=kind)
     if not isinstance(wanted, list):
         raise InvalidRequest(f"outputs must be a list, got {_short(wanted)}")
     names, binary_out = [], set()
@@ -372,8 +345,8 @@ def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str]
         elif binary_all:
             binary_out.add(name)
         names.append(name)
-    return Decoded(feeds, requested_outputs(names, output_names) or None, frozenset(binary_out), request_id,
-                   kind=kind)
+    chosen = requested_outputs(names, output_names) or None
+    return Decoded(feeds, chosen, frozenset(binary_out), request_id, kind=kind)
 
 
 def encode_response(model_name: str, names: list[str], outputs: list[np.ndarray], request_id=None,

@@ -9,8 +9,9 @@ import numpy as np
 
 from ..errors import InvalidRequest
 from ..tensors import NUMPY_TO_V2, TensorSpec
-from .codec import (Decoded, Signature, check_complete, choose, check_count, check_shape, from_bytes, input_spec, out_of_range,
+from .codec import (Decoded, check_complete, check_count, check_shape, from_bytes, input_spec, out_of_range,
                     requested_outputs, strings)
+from .signatures import Signature, resolve
 
 # --- gRPC: ModelInferRequest -------------------------------------------------------------------------
 # The InferTensorContents field that carries each datatype (FP16 has none: raw contents only).
@@ -52,10 +53,7 @@ def decode_grpc(request, specs: list[TensorSpec], output_names: list[str],
     strings in contents.bytes_contents, or length-prefixed in raw_input_contents)."""
     if not request.inputs:
         raise InvalidRequest("request needs a non-empty 'inputs' list")
-    kind = "tensors"
-    if signatures:
-        sig = choose(signatures, [item.name for item in request.inputs])
-        specs, output_names, kind = list(sig.inputs), list(sig.outputs), sig.kind
+    specs, output_names, kind = resolve(signatures, specs, output_names, [item.name for item in request.inputs])
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidRequest(f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents")

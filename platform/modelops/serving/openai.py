@@ -25,6 +25,7 @@ from ..errors import InvalidRequest, ModelOpsError, UnknownModel
 from . import metrics
 
 PREFIX = "/openai/v1/"
+AUDIT_MODEL = "modelops.model"  # scope key: the model a body named (read by `access`)
 EMBEDDINGS, MODELS = "/openai/v1/embeddings", "/openai/v1/models"
 
 
@@ -101,6 +102,7 @@ async def handle(asgi, scope, receive, send) -> None:
         body = await asgi._read_body(scope, receive)
         read = True
         name, texts, fmt = parse(body)
+        scope[AUDIT_MODEL] = name  # the model is in the body: the access layer's audit line names it
         model = model_for(asgi.models, name, None)
         label = model.version or ""
         vectors, tokens = await model.embed(texts)

@@ -15,7 +15,7 @@ from ..errors import InvalidOnnxModel
 from ..tensors import TensorSpec
 from ..text import TEXT_INPUT, TextFrontend
 from .batching import SequenceAxes
-from .codec import Signature
+from .signatures import Signature
 
 EMBEDDING_TASKS = ("sentence-embedding", "feature-extraction")
 
