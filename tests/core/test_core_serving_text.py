@@ -343,6 +343,14 @@ def test_openai_models_metrics_and_audit(st_server):
     ([{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": ["one"]}], "input 'text': shape [1, 1] has rank 2"),
     ([{"name": "input_ids", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}], "input 'input_ids': datatype"),
     ([{"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [2, 3]}], "missing model inputs"),
+    ([{"name": "input_ids", "datatype": "INT64", "shape": [1, 3], "data": [2, 9, 3]},
+      {"name": "attention_mask", "datatype": "INT64", "shape": [1, 4], "data": [1, 1, 1, 1]},
+      {"name": "token_type_ids", "datatype": "INT64", "shape": [1, 3], "data": [0, 0, 0]}],
+     "input 'attention_mask': shape [1, 4] differs from 'input_ids' [1, 3]"),
+    ([{"name": "input_ids", "datatype": "INT64", "shape": [1, 3], "data": [2, -1, 3]},
+      {"name": "attention_mask", "datatype": "INT64", "shape": [1, 3], "data": [1, 1, 1]},
+      {"name": "token_type_ids", "datatype": "INT64", "shape": [1, 3], "data": [0, 0, 0]}],
+     "input 'input_ids': token ids must be in [0, "),
 ])
 def test_malformed_text_requests_name_the_field(cls_server, inputs, fragment):
     r = cls_server.infer({"inputs": inputs})

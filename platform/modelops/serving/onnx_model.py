@@ -25,6 +25,7 @@ from . import codec, codec_grpc, metrics
 from .batching import BatchingConfig, DynamicBatcher
 from .text_model import EMBEDDING_TASKS, TextServing
 from .providers import check_session_providers, select_providers
+from .signatures import check_tokens
 
 log = logging.getLogger("modelops.serving")
 
@@ -167,6 +168,8 @@ class OnnxModel(Model):
         if request.kind == "text":
             names, outputs, _ = await self.run_texts(request.feeds[TEXT_INPUT].ravel())
         else:
+            if request.kind == "tokens":
+                check_tokens(request.feeds, self.text.config.vocab_size)
             names, outputs = [o.name for o in self.graph_outputs], await self.infer(request.feeds)
         if request.outputs is None:
             return names, outputs

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from ..errors import InvalidRequest
 from ..tensors import TensorSpec
 
 
@@ -38,3 +41,14 @@ def resolve(signatures, specs: list[TensorSpec], output_names: list[str], names)
         return specs, output_names, "tensors"
     sig = choose(signatures, names)
     return list(sig.inputs), list(sig.outputs), sig.kind
+
+
+def check_tokens(feeds: dict[str, np.ndarray], vocab_size: int = 0) -> None:
+    """Token tensors (a text model's `tokens` signature): one shape for all, ids in the vocabulary."""
+    (first, shape), *rest = [(n, a.shape) for n, a in feeds.items()]
+    for name, other in rest:
+        if other != shape:
+            raise InvalidRequest(f"input '{name}': shape {list(other)} differs from '{first}' {list(shape)}")
+    ids = feeds.get("input_ids")
+    if ids is not None and vocab_size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise InvalidRequest(f"input 'input_ids': token ids must be in [0, {vocab_size - 1}]")
