@@ -23,9 +23,9 @@ from ..tensors import TensorSpec
 from ..text import TEXT_INPUT, is_text_model
 from . import codec, codec_grpc, metrics
 from .batching import BatchingConfig, DynamicBatcher
-from .text_model import EMBEDDING_TASKS, TextServing
 from .providers import check_session_providers, select_providers
-from .signatures import check_tokens
+from .signatures import Signature, check_tokens
+from .text_model import EMBEDDING_TASKS, TextServing
 
 log = logging.getLogger("modelops.serving")
 
@@ -58,7 +58,7 @@ class OnnxModel(Model):
         self.outputs: list[TensorSpec] = []
         self.graph_inputs: list[TensorSpec] = []
         self.graph_outputs: list[TensorSpec] = []
-        self.signatures: list[codec.Signature] = []
+        self.signatures: list[Signature] = []
         self.text: TextServing | None = None
         self.created = int(time.time())
         self.not_ready_reason: str | None = None
@@ -92,7 +92,7 @@ class OnnxModel(Model):
             self.inputs, self.outputs = self.text.inputs, self.text.outputs
         else:
             self.inputs, self.outputs = list(self.graph_inputs), list(self.graph_outputs)
-            self.signatures = [codec.Signature(tuple(self.inputs), tuple(self.output_names))]
+            self.signatures = [Signature(tuple(self.inputs), tuple(self.output_names))]
         self._warm_up()
         batchable = all(s.shape and s.shape[0] == -1 for s in self.graph_inputs + self.graph_outputs)
         if self.batching and self.batching.max_batch_size > 1 and batchable:

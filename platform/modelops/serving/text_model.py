@@ -4,7 +4,7 @@ The V2 face is one BYTES input, `text` [-1] (`modelops.text.TEXT_INPUT`), answer
 `TextFrontend.answer`'s outputs (classification: label, score, scores, logits; embeddings: the
 graph's sentence_embedding or last_hidden_state). The graph's own int64 token tensors stay
 callable for clients that tokenize themselves (a request naming them gets the graph's outputs):
-two `codec.Signature`s, the request's input names choose, one validation path.
+two `signatures.Signature`s, the request's input names choose, one validation path.
 """
 
 from __future__ import annotations
