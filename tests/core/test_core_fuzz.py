@@ -12,6 +12,13 @@ connection that is only ever closed with `Connection: close`; the server survive
 Bounded for CI (FUZZ_EXAMPLES=2000 REST, FUZZ_GRPC_EXAMPLES=400 gRPC, well under a minute); the
 seed is random unless FUZZ_SEED is set, and printed on failure. The larger documented run is
 `scripts/fuzz_predictor.py` (the same test with more examples, counts by status).
+
+Text models (`text_server`, a tiny SentenceTransformer exported by `text_artifacts`): generated
+BYTES requests (JSON and length-prefixed binary, any Unicode) and OpenAI embeddings bodies, with
+one mutation most of the time (a non-string element, a wrong datatype, a count or rank mismatch,
+a broken length prefix, invalid UTF-8; a bad model, input or encoding_format). Valid ones equal
+onnxruntime on `TextFrontend`'s tokens in this process; invalid ones get a 4xx (OpenAI's error
+shape on its route); never a 5xx (FUZZ_TEXT_EXAMPLES=150 each).
 """
 
 from __future__ import annotations
@@ -513,3 +520,160 @@ def test_server_survived_without_a_single_500(server):
     assert metric_value(text, "modelops_predictor_requests_total", protocol="grpc", code="400") > 0
     assert "internal error" not in server.log_path.read_text(errors="replace")
     assert server.http.get("/v2/health/ready").status_code == 200
+
+
+# --- text models: BYTES over REST (JSON and binary) and OpenAI embeddings --------------------------------------
+TEXT_EXAMPLES = int(os.environ.get("FUZZ_TEXT_EXAMPLES", "150"))
+plain_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=30)  # JSON has no lone surrogates
+words_text = st.lists(st.sampled_from(["good", "bad", "the", "movie", "w1", "[SEP]", "é", "😀"]),
+                      max_size=80).map(" ".join)
+texts_strategy = st.lists(st.one_of(plain_text, words_text), min_size=1, max_size=4)
+
+
+@pytest.fixture(scope="module")
+def text_server(tmp_path_factory):
+    import text_artifacts as ta
+    from modelops.text import TextFrontend
+
+    model_dir, _ = ta.sentence_embedding_dir(tmp_path_factory.mktemp("fuzz-text") / "st")
+    srv = Predictor(model_dir, "st", tmp_path_factory.mktemp("fuzz-text-logs"))
+    frontend = TextFrontend(model_dir)
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    srv.reference = lambda texts: session.run(None, frontend.encode(texts))[0]
+    yield srv
+    srv.stop()
+
+
+def _lp(items: list[bytes]) -> bytes:
+    return b"".join(len(b).to_bytes(4, "little") + b for b in items)
+
+
+@st.composite
+def text_case(draw):
+    """(body, headers, texts or None when the case is invalid, label)."""
+    texts = draw(texts_strategy)
+    binary = draw(st.booleans())
+    mutation = draw(st.sampled_from(["none"] * 4 + ["element", "datatype", "count", "rank", "prefix", "utf8"]))
+    entry = {"name": "text", "datatype": "BYTES", "shape": [len(texts)]}
+    items = [t.encode() for t in texts]
+    data = list(texts)
+    if mutation == "element":
+        data[draw(st.integers(0, len(data) - 1))] = draw(not_string)
+        binary = False
+    elif mutation == "datatype":
+        entry["datatype"] = draw(st.sampled_from(["FP32", "INT64", "bytes", "STRING"]))
+    elif mutation == "count":
+        entry["shape"] = [len(texts) + draw(st.sampled_from([-len(texts), 1, 2]))]
+    elif mutation == "rank":
+        entry["shape"] = [len(texts), 1]
+    elif mutation in ("prefix", "utf8"):
+        binary = True
+    if binary:
+        blob = _lp(items)
+        if mutation == "prefix":
+            blob = blob[:-1] if draw(st.booleans()) and blob else blob + b"\x01\x00"
+        elif mutation == "utf8":
+            blob = _lp(items + [b"\xff\xfe"])
+            entry["shape"] = [len(items) + 1]
+        entry["parameters"] = {"binary_data_size": len(blob)}
+        head = json.dumps({"inputs": [entry]}).encode()
+        return head + blob, {"Inference-Header-Content-Length": str(len(head))}, \
+            texts if mutation == "none" else None, f"binary/{mutation}"
+    entry["data"] = data
+    return json.dumps({"inputs": [entry]}).encode(), {}, texts if mutation == "none" else None, f"json/{mutation}"
+
+
+@st.composite
+def openai_case(draw):
+    """(body, texts or None when the case is invalid, encoding_format)."""
+    body = {"model": "st", "input": draw(st.one_of(plain_text, texts_strategy))}
+    fmt = draw(st.sampled_from(["float", "base64", None]))
+    if fmt:
+        body["encoding_format"] = fmt
+    if draw(st.booleans()):
+        body["user"] = "fuzz"
+    mutation = draw(st.sampled_from(["none"] * 3 + ["model", "input", "element", "format", "drop"]))
+    if mutation == "model":
+        body["model"] = draw(st.one_of(not_string, st.sampled_from(["", "other", "st "])))
+    elif mutation == "input":
+        body["input"] = draw(st.one_of(st.just([]), not_string.filter(lambda v: not isinstance(v, list))))
+    elif mutation == "element":
+        items = list(body["input"]) if isinstance(body["input"], list) else [body["input"]]
+        items.insert(draw(st.integers(0, len(items))), draw(not_string))
+        body["input"] = items
+    elif mutation == "format":
+        body["encoding_format"] = draw(st.one_of(not_string, st.sampled_from(["int8", "FLOAT", ""])))
+    elif mutation == "drop":
+        del body[draw(st.sampled_from(["model", "input"]))]
+    texts = None
+    if mutation == "none":
+        texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+    return json.dumps(body).encode(), texts, body.get("encoding_format", "float")
+
+
+def test_text_bytes_fuzz(text_server):
+    conn = [RawHTTP(text_server.http_port)]
+
+    @seed(SEED)
+    @settings(max_examples=TEXT_EXAMPLES, **SETTINGS)
+    @given(text_case())
+    def check(case):
+        body, headers, texts, label = case
+        note(f"{label}: {body[:300]!r}")
+        status, resp_headers, payload = conn[0].request("POST", "/v2/models/st/infer", body, headers)
+        note(f"-> {status} {payload[:300]!r}")
+        assert status < 500
+        if resp_headers.get("connection", "").lower() == "close":
+            conn[0].close()
+            conn[0] = RawHTTP(text_server.http_port)
+        if texts is None:
+            assert 400 <= status < 500 and "\n" not in json.loads(payload)["error"]
+            return
+        assert status == 200, payload[:300]
+        (out,) = json.loads(payload)["outputs"]
+        got = np.asarray(out["data"], np.float32).reshape(out["shape"])
+        np.testing.assert_allclose(got, text_server.reference(texts), rtol=1e-4, atol=1e-4)
+
+    try:
+        check()
+    except BaseException as exc:
+        raise AssertionError(f"text fuzz failed: reproduce with FUZZ_SEED={SEED} ({exc})") from exc
+    finally:
+        conn[0].close()
+
+
+def test_openai_fuzz(text_server):
+    import base64
+
+    conn = [RawHTTP(text_server.http_port)]
+
+    @seed(SEED)
+    @settings(max_examples=TEXT_EXAMPLES, **SETTINGS)
+    @given(openai_case())
+    def check(case):
+        body, texts, fmt = case
+        note(f"{body[:300]!r}")
+        status, resp_headers, payload = conn[0].request("POST", "/openai/v1/embeddings", body,
+                                                        {"Content-Type": "application/json"})
+        note(f"-> {status} {payload[:300]!r}")
+        assert status < 500
+        doc = json.loads(payload)
+        if texts is None:
+            assert 400 <= status < 500
+            assert set(doc["error"]) == {"message", "type", "param", "code"}
+            return
+        assert status == 200, payload[:300]
+        vectors = [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") if fmt == "base64" else d["embedding"]
+                   for d in doc["data"]]
+        np.testing.assert_allclose(vectors, text_server.reference(texts), rtol=1e-4, atol=1e-4)
+        assert doc["usage"]["prompt_tokens"] >= 2 * len(texts)
+
+    try:
+        check()
+    except BaseException as exc:
+        raise AssertionError(f"OpenAI fuzz failed: reproduce with FUZZ_SEED={SEED} ({exc})") from exc
+    finally:
+        conn[0].close()
+    text = text_server.metrics()
+    assert metric_value(text, "modelops_predictor_requests_total", code="500") == 0
+    assert "internal error" not in text_server.log_path.read_text(errors="replace")

@@ -22,6 +22,7 @@ import orjson
 from . import metrics
 from .audit import AuditLog
 from .auth import OPEN_GRPC_METHODS, OPEN_PATHS, Decision, KubeGuard
+from .openai import AUDIT_MODEL
 
 _MODEL_PATH = re.compile(r"^/v[12]/models/([^/:]+)(?:/versions/([^/]+))?")
 _GRPC_CODE = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED,
@@ -90,9 +91,9 @@ class AccessASGI:
             return
         path = scope["path"]
         m = _MODEL_PATH.match(path)
-        name = m.group(1) if m else "-"
+        name = m.group(1) if m else scope.get(AUDIT_MODEL) or "-"  # OpenAI: named in the body
         self.audit.record(caller=caller, model=name,
-                          version=_served_version(self.models, name, m.group(2)) if m else "",
+                          version=_served_version(self.models, name, m.group(2) if m else None),
                           protocol="rest", route=f"{scope['method']} {path[:256]}", status=status,
                           latency_s=time.perf_counter() - t0, reason=reason)
 

@@ -3,6 +3,14 @@
 No fixed delay by default: while one batch runs (in a worker thread, GIL released), requests
 queue up; when it finishes, everything queued (up to `max_batch_size` rows) runs as the next
 batch. A lone request therefore runs at once, and batches grow with the load.
+
+Sequence models (text, token ids: `SequenceAxes`) also batch requests of different lengths:
+each input with a sequence axis (dim 1) is right-padded to the longest request in the batch
+(input_ids with the pad id, masks and type ids with 0), the batch runs once, and each request
+gets its own rows back, cut to its own length on the outputs that have a sequence axis
+(last_hidden_state). The attention mask makes the padding harmless. Padding is bounded: a
+request that would make the batch's tokens exceed `max_padding_ratio` times the requests' own
+tokens waits for the next batch; each call's ratio is reported (`on_padding`).
 """
 
 from __future__ import annotations
@@ -19,41 +27,104 @@ import numpy as np
 class BatchingConfig:
     max_batch_size: int = 64
     max_wait_ms: float = 0.0  # >0: wait this long for a batch to fill (throughput over latency)
+    max_padding_ratio: float = 2.0  # sequence models: batch tokens / the requests' own tokens
+
+
+@dataclass(frozen=True)
+class SequenceAxes:
+    """Which inputs have a sequence axis at dim 1 (name -> pad value) and which outputs (by
+    index in the graph's output order)."""
+
+    pad: dict[str, int]
+    outputs: frozenset[int] = frozenset()
+
+
+@dataclass
+class _Item:
+    feeds: dict[str, np.ndarray]
+    rows: int
+    width: int  # sequence length (1 when the model has no sequence axis)
+    fut: asyncio.Future
 
 
 class DynamicBatcher:
     def __init__(self, run: Callable[[dict], list[np.ndarray]], config: BatchingConfig,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None, sequence: SequenceAxes | None = None,
+                 on_padding: Callable[[float], None] | None = None):
         self._run = run
         self._config = config
-        self._queue: list[tuple[dict, int, asyncio.Future]] = []
+        self._queue: list[_Item] = []
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-batch")
         self._on_batch = on_batch
+        self._sequence = sequence
+        self._on_padding = on_padding
+        self._seq_key = next(iter(sequence.pad), None) if sequence else None
 
     async def submit(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         rows = len(next(iter(feeds.values())))
-        self._queue.append((feeds, rows, fut))
+        key = self._seq_key
+        width = feeds[key].shape[1] if key in feeds and feeds[key].ndim > 1 else 1
+        self._queue.append(_Item(feeds, rows, width, fut))
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
         return await fut
 
-    def _take(self) -> list[tuple[dict, int, asyncio.Future]]:
-        """The next batch: queued requests with the same non-batch shapes, up to the row limit."""
-        first = self._queue[0]
-        tail = {k: v.shape[1:] for k, v in first[0].items()}
-        batch, rest, rows = [], [], 0
+    def _tails(self, feeds: dict) -> dict:
+        """What must be equal for two requests to share a call: the shapes past the batch axis,
+        past the sequence axis too for the padded inputs."""
+        pad = self._sequence.pad if self._sequence else {}
+        return {k: (v.ndim, v.shape[2:]) if k in pad and v.ndim > 1 else v.shape[1:] for k, v in feeds.items()}
+
+    def _take(self) -> list[_Item]:
+        """The next batch: queued requests that fit, up to the row limit and the padding bound."""
+        tails = self._tails(self._queue[0].feeds)
+        batch, rest, rows, width, real = [], [], 0, 0, 0
         for item in self._queue:
-            fits = rows + item[1] <= self._config.max_batch_size or not batch
-            if fits and all(item[0][k].shape[1:] == s for k, s in tail.items()):
+            fits = rows + item.rows <= self._config.max_batch_size or not batch
+            if fits and self._sequence is not None and batch:
+                padded = (rows + item.rows) * max(width, item.width)
+                fits = padded <= self._config.max_padding_ratio * (real + item.rows * item.width)
+            if fits and self._tails(item.feeds) == tails:
                 batch.append(item)
-                rows += item[1]
+                rows, width, real = rows + item.rows, max(width, item.width), real + item.rows * item.width
             else:
                 rest.append(item)
         self._queue = rest
+        if self._on_padding and self._sequence is not None:
+            self._on_padding(rows * width / max(real, 1))
         return batch
+
+    def _merge(self, batch: list[_Item]) -> dict[str, np.ndarray]:
+        if len(batch) == 1:
+            return batch[0].feeds
+        pad = self._sequence.pad if self._sequence else {}
+        feeds = {}
+        for k, first in batch[0].feeds.items():
+            parts = [item.feeds[k] for item in batch]
+            if k in pad and first.ndim > 1:
+                width = max(p.shape[1] for p in parts)
+                if any(p.shape[1] != width for p in parts):
+                    out = np.full((sum(len(p) for p in parts), width, *first.shape[2:]), pad[k], first.dtype)
+                    start = 0
+                    for p in parts:
+                        out[start:start + len(p), :p.shape[1]] = p
+                        start += len(p)
+                    feeds[k] = out
+                    continue
+            feeds[k] = np.concatenate(parts)
+        return feeds
+
+    def _split(self, batch: list[_Item], outputs: list[np.ndarray]) -> None:
+        seq = self._sequence.outputs if self._sequence else frozenset()
+        start = 0
+        for item in batch:
+            if not item.fut.done():
+                item.fut.set_result([o[start:start + item.rows, :item.width] if i in seq and o.ndim > 1
+                                     else o[start:start + item.rows] for i, o in enumerate(outputs)])
+            start += item.rows
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -61,36 +132,29 @@ class DynamicBatcher:
             if self._config.max_wait_ms > 0 and len(self._queue) < self._config.max_batch_size:
                 await asyncio.sleep(self._config.max_wait_ms / 1000)
             batch = self._take()
-            if len(batch) == 1:
-                feeds = batch[0][0]
-            else:
-                feeds = {k: np.concatenate([item[0][k] for item in batch]) for k in batch[0][0]}
+            feeds = self._merge(batch)
             try:
                 outputs = await loop.run_in_executor(self._executor, self._run, feeds)
             except Exception as exc:
                 if len(batch) == 1:
-                    if not batch[0][2].done():
-                        batch[0][2].set_exception(exc)
+                    if not batch[0].fut.done():
+                        batch[0].fut.set_exception(exc)
                     continue
                 # One request's values can fail the whole call (an index out of range): rerun
                 # each alone, so only the request that caused it sees the failure.
-                for item_feeds, _, fut in batch:
+                for item in batch:
                     try:
-                        result = await loop.run_in_executor(self._executor, self._run, item_feeds)
+                        result = await loop.run_in_executor(self._executor, self._run, item.feeds)
                     except Exception as item_exc:
-                        if not fut.done():
-                            fut.set_exception(item_exc)
+                        if not item.fut.done():
+                            item.fut.set_exception(item_exc)
                     else:
-                        if not fut.done():
-                            fut.set_result(result)
+                        if not item.fut.done():
+                            item.fut.set_result(result)
                 continue
             if self._on_batch:
-                self._on_batch(sum(item[1] for item in batch))
-            start = 0
-            for item_feeds, rows, fut in batch:
-                if not fut.done():
-                    fut.set_result([o[start:start + rows] for o in outputs])
-                start += rows
+                self._on_batch(sum(item.rows for item in batch))
+            self._split(batch, outputs)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)

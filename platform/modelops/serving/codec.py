@@ -29,6 +29,7 @@ import orjson
 
 from ..errors import InvalidRequest
 from ..tensors import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
+from .signatures import Signature, resolve
 
 BINARY_HEADER = "inference-header-content-length"
 
@@ -48,6 +49,7 @@ class Decoded:
     binary: frozenset[str] = frozenset()  # REST: outputs to send as binary tensors
     id: str | None = None
     raw: bool = False  # gRPC: the request used raw_input_contents
+    kind: str = "tensors"  # the signature it was decoded with: tensors | text | tokens
 
 
 def _short(value) -> str:
@@ -267,8 +269,9 @@ def _flag(params: dict, key: str, where: str) -> bool:
 
 
 def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str],
-                   json_length: int | None = None) -> Decoded:
-    """Decode and validate a V2 REST infer request (JSON, or the binary tensor extension)."""
+                   json_length: int | None = None, signatures: list[Signature] | None = None) -> Decoded:
+    """Decode and validate a V2 REST infer request (JSON, or the binary tensor extension);
+    SIGNATURES (a text model's): the one its input names choose replaces SPECS, OUTPUT_NAMES."""
     if json_length is not None:
         if not 0 < json_length <= len(body):
             raise InvalidRequest(f"{BINARY_HEADER} is {json_length}, body has {len(body)} bytes")
@@ -291,6 +294,8 @@ def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str]
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidRequest("request needs a non-empty 'inputs' list")
+    given = [item.get("name") for item in inputs if isinstance(item, dict)]
+    specs, output_names, kind = resolve(signatures, specs, output_names, given)
     by_name = {s.name: s for s in specs}
     feeds: dict[str, np.ndarray] = {}
     offset = 0
@@ -323,7 +328,7 @@ def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str]
 
     wanted = req.get("outputs")
     if wanted is None:
-        return Decoded(feeds, None, frozenset(output_names) if binary_all else frozenset(), request_id)
+        return Decoded(feeds, None, frozenset(output_names if binary_all else ()), request_id, kind=kind)
     if not isinstance(wanted, list):
         raise InvalidRequest(f"outputs must be a list, got {_short(wanted)}")
     names, binary_out = [], set()
@@ -340,7 +345,8 @@ def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str]
         elif binary_all:
             binary_out.add(name)
         names.append(name)
-    return Decoded(feeds, requested_outputs(names, output_names) or None, frozenset(binary_out), request_id)
+    chosen = requested_outputs(names, output_names) or None
+    return Decoded(feeds, chosen, frozenset(binary_out), request_id, kind=kind)
 
 
 def encode_response(model_name: str, names: list[str], outputs: list[np.ndarray], request_id=None,
@@ -375,7 +381,8 @@ def encode_response(model_name: str, names: list[str], outputs: list[np.ndarray]
 
 # --- KServe v1 ----------------------------------------------------------------------------------------
 def decode_v1(body, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
-    """KServe v1 `{"instances": [...]}` for single-input models (one row per instance)."""
+    """KServe v1 `{"instances": [...]}` for single-input models (one row per instance; a text
+    model's: one string per instance)."""
     if isinstance(body, (bytes, str)):  # KServe passes non-JSON content types through undecoded
         try:
             body = orjson.loads(body)

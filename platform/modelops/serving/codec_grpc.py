@@ -11,6 +11,7 @@ from ..errors import InvalidRequest
 from ..tensors import NUMPY_TO_V2, TensorSpec
 from .codec import (Decoded, check_complete, check_count, check_shape, from_bytes, input_spec, out_of_range,
                     requested_outputs, strings)
+from .signatures import Signature, resolve
 
 # --- gRPC: ModelInferRequest -------------------------------------------------------------------------
 # The InferTensorContents field that carries each datatype (FP16 has none: raw contents only).
@@ -46,10 +47,13 @@ def _from_contents(spec: TensorSpec, shape: tuple, contents) -> np.ndarray:
     return wire.reshape(shape)
 
 
-def decode_grpc(request, specs: list[TensorSpec], output_names: list[str]) -> Decoded:
-    """Decode and validate a gRPC `ModelInferRequest` with the REST path's checks."""
+def decode_grpc(request, specs: list[TensorSpec], output_names: list[str],
+                signatures: list[Signature] | None = None) -> Decoded:
+    """Decode and validate a gRPC `ModelInferRequest` with the REST path's checks (BYTES: UTF-8
+    strings in contents.bytes_contents, or length-prefixed in raw_input_contents)."""
     if not request.inputs:
         raise InvalidRequest("request needs a non-empty 'inputs' list")
+    specs, output_names, kind = resolve(signatures, specs, output_names, [item.name for item in request.inputs])
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidRequest(f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents")
@@ -67,7 +71,7 @@ def decode_grpc(request, specs: list[TensorSpec], output_names: list[str]) -> De
     check_complete(specs, feeds)
     names = [o.name for o in request.outputs]
     return Decoded(feeds, requested_outputs(names, output_names) or None, frozenset(),
-                   request.id or None, raw=bool(raw))
+                   request.id or None, raw=bool(raw), kind=kind)
 
 
 

@@ -47,7 +47,8 @@ class ModelServicer(InferenceServicer):
         try:
             model = model_for(self.models, name, request.model_version or None)
             label = model.version or ""
-            decoded = codec_grpc.decode_grpc(request, model.inputs, model.output_names)
+            decoded = codec_grpc.decode_grpc(request, model.inputs, model.output_names,
+                                             getattr(model, "signatures", None))
             names, outputs = await model.answer(decoded)
             response = codec_grpc.encode_grpc(pb, name, names, outputs, decoded.id, decoded.raw, model.version)
         except ModelOpsError as exc:

@@ -17,3 +17,7 @@ BATCH_ROWS = Histogram("modelops_predictor_batch_rows", "Rows per onnxruntime ca
 AUTH_DENIED = Counter("modelops_predictor_auth_denied_total",
                       "Requests refused by --auth kubernetes, by reason "
                       "(missing_token, invalid_token, forbidden, unavailable)", ["reason"])
+PADDING = Histogram("modelops_predictor_batch_padding_ratio",
+                    "Sequence models: tokens per onnxruntime call over the requests' own tokens "
+                    "(1 = no padding added by batching)", ["model"],
+                    buckets=(1, 1.05, 1.1, 1.25, 1.5, 1.75, 2, 3, 4))

@@ -1,4 +1,8 @@
-"""The predictor's model: an onnxruntime session behind the `kserve.Model` interface."""
+"""The predictor's model: an onnxruntime session behind the `kserve.Model` interface.
+
+A directory with text.json is a text model (`text_model.TextServing`): texts in (V2 BYTES
+`text`, v1 `instances` of strings, OpenAI embeddings), tokenized here, batched across requests
+of different lengths (`batching.SequenceAxes`), answered as the Hugging Face pipeline does."""
 
 from __future__ import annotations
 
@@ -16,9 +20,12 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from ..artifacts import check_onnx, check_tree
 from ..errors import InferenceFailed, InvalidRequest, ModelOpsError
 from ..tensors import TensorSpec
+from ..text import TEXT_INPUT, is_text_model
 from . import codec, codec_grpc, metrics
 from .batching import BatchingConfig, DynamicBatcher
 from .providers import check_session_providers, select_providers
+from .signatures import Signature, check_tokens
+from .text_model import EMBEDDING_TASKS, TextServing
 
 log = logging.getLogger("modelops.serving")
 
@@ -49,6 +56,11 @@ class OnnxModel(Model):
         self.session: ort.InferenceSession | None = None
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
+        self.graph_inputs: list[TensorSpec] = []
+        self.graph_outputs: list[TensorSpec] = []
+        self.signatures: list[Signature] = []
+        self.text: TextServing | None = None
+        self.created = int(time.time())
         self.not_ready_reason: str | None = None
         self._batcher: DynamicBatcher | None = None
 
@@ -67,18 +79,28 @@ class OnnxModel(Model):
             model_file = self._checked_model_file()
             self.session = ort.InferenceSession(str(model_file), so, providers=providers)
             check_session_providers(self.session, self.device)
+            self.graph_inputs = [TensorSpec.from_ort(i) for i in self.session.get_inputs()]
+            self.graph_outputs = [TensorSpec.from_ort(o) for o in self.session.get_outputs()]
+            if is_text_model(self.model_dir):
+                self.text = TextServing(self.model_dir, self.session.get_inputs(), self.session.get_outputs())
         except ModelOpsError as exc:
             return self._not_ready(str(exc))
         except Exception as exc:  # unreadable file, bad graph: not ready, with the reason
             return self._not_ready(f"cannot load the ONNX model from {self.model_dir}: {exc}")
-        self.inputs = [TensorSpec.from_ort(i) for i in self.session.get_inputs()]
-        self.outputs = [TensorSpec.from_ort(o) for o in self.session.get_outputs()]
+        if self.text is not None:
+            self.signatures = self.text.signatures
+            self.inputs, self.outputs = self.text.inputs, self.text.outputs
+        else:
+            self.inputs, self.outputs = list(self.graph_inputs), list(self.graph_outputs)
+            self.signatures = [Signature(tuple(self.inputs), tuple(self.output_names))]
         self._warm_up()
-        batchable = all(s.shape and s.shape[0] == -1 for s in self.inputs + self.outputs)
+        batchable = all(s.shape and s.shape[0] == -1 for s in self.graph_inputs + self.graph_outputs)
         if self.batching and self.batching.max_batch_size > 1 and batchable:
             self._batcher = DynamicBatcher(
                 self.run, self.batching,
-                on_batch=metrics.BATCH_ROWS.labels(model=self.name).observe)
+                on_batch=metrics.BATCH_ROWS.labels(model=self.name).observe,
+                sequence=self.text.sequence if self.text else None,
+                on_padding=metrics.PADDING.labels(model=self.name).observe)
         self.ready = True
         self.not_ready_reason = None
         log.info("model %s ready on %s (inputs %s, batching %s)", self.name,
@@ -104,7 +126,7 @@ class OnnxModel(Model):
     def _warm_up(self) -> None:
         """First runs allocate arenas and pick kernels: do it before taking traffic."""
         feeds = {}
-        for s in self.inputs:
+        for s in self.graph_inputs:
             shape = [1 if d < 0 else d for d in s.shape]
             feeds[s.name] = np.zeros(shape, dtype=s.dtype) if s.dtype != object else np.full(shape, "", object)
         for _ in range(3):
@@ -135,13 +157,34 @@ class OnnxModel(Model):
         except Exception as exc:
             raise InferenceFailed(f"model '{self.name}' failed at run time: {exc}"[:2000]) from exc
 
+    async def run_texts(self, texts) -> tuple[list[str], list[np.ndarray], dict[str, np.ndarray]]:
+        """A text model on TEXTS: (answer names, answers, the token feeds they came from)."""
+        feeds = self.text.tokenize(texts)
+        names, outputs = self.text.answer(await self.infer(feeds))
+        return names, outputs, feeds
+
     async def answer(self, request: codec.Decoded) -> tuple[list[str], list[np.ndarray]]:
         """Run a validated request; the requested outputs (all by default), with their names."""
-        outputs = await self.infer(request.feeds)
+        if request.kind == "text":
+            names, outputs, _ = await self.run_texts(request.feeds[TEXT_INPUT].ravel())
+        else:
+            if request.kind == "tokens":
+                check_tokens(request.feeds, self.text.config.vocab_size)
+            names, outputs = [o.name for o in self.graph_outputs], await self.infer(request.feeds)
         if request.outputs is None:
-            return self.output_names, outputs
-        index = {n: i for i, n in enumerate(self.output_names)}
+            return names, outputs
+        index = {n: i for i, n in enumerate(names)}
         return request.outputs, [outputs[index[n]] for n in request.outputs]
+
+    async def embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """OpenAI embeddings: one float32 vector per text, and the real tokens they took."""
+        if self.text is None or self.text.config.task not in EMBEDDING_TASKS:
+            task = self.text.config.task if self.text else "a tensor model"
+            raise InvalidRequest(f"model '{self.name}' is {task}, not an embedding model "
+                                 f"({' or '.join(EMBEDDING_TASKS)})")
+        feeds = self.text.tokenize(texts)
+        outputs = await self.infer(feeds)
+        return self.text.embeddings([o.name for o in self.graph_outputs], outputs, feeds), self.text.tokens(feeds)
 
     def metadata(self) -> dict:
         """V2 model metadata; `versions` is the served MLflow model version (--model-version)."""
@@ -162,11 +205,16 @@ class OnnxModel(Model):
         t0 = time.perf_counter()
         protocol = "v2" if isinstance(payload, InferRequest) else "v1"
         try:
+            feeds = None
             if isinstance(payload, InferRequest):
-                request = codec_grpc.decode_grpc(payload.to_grpc(), self.inputs, self.output_names)
+                request = codec_grpc.decode_grpc(payload.to_grpc(), self.inputs, self.output_names,
+                                                 self.signatures)
+                names, outputs = await self.answer(request)
+            elif self.text is not None:
+                texts = codec.decode_v1(payload, self.inputs)[TEXT_INPUT].ravel()
+                names, outputs, feeds = await self.run_texts(texts)
             else:
-                request = codec.Decoded(codec.decode_v1(payload, self.inputs))
-            names, outputs = await self.answer(request)
+                names, outputs = await self.answer(codec.Decoded(codec.decode_v1(payload, self.inputs)))
         except InvalidRequest as exc:
             metrics.REQUESTS.labels(self.name, self.version or "", protocol, "400").inc()
             raise InvalidInput(str(exc)) from None
@@ -176,6 +224,8 @@ class OnnxModel(Model):
         metrics.REQUESTS.labels(self.name, self.version or "", protocol, "200").inc()
         metrics.LATENCY.labels(self.name, self.version or "", protocol).observe(time.perf_counter() - t0)
         if protocol == "v1":
+            if feeds is not None:
+                return {"predictions": self.text.v1_predictions(names, outputs, feeds)}
             return {"predictions": outputs[0].tolist()}
         infer_outputs = []
         for name, arr in zip(names, outputs):

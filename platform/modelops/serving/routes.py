@@ -3,10 +3,10 @@
 KServe's generic V2 route validates the body into pydantic models, re-encodes the response
 through FastAPI's encoder, and its TimingMiddleware reads the process CPU time twice per
 request just to log it (measured: ~30% of a CNN request). This layer answers the V2 model
-routes itself (`/v2/models/{name}[/versions/{version}]`, `.../ready`, `.../infer`) and
-`/v2/health/ready`: it reads the body once (with a size limit), decodes and validates it
-(`codec`), and writes the response with orjson. Everything else (v1, docs, /metrics) goes to
-KServe's app unchanged, behind the same body limit; gRPC is `grpc.ModelServicer`.
+routes itself (`/v2/models/{name}[/versions/{version}]`, `.../ready`, `.../infer`),
+`/v2/health/ready` and the OpenAI routes (`openai`): it reads the body once (with a size
+limit), decodes and validates it (`codec`), and writes the response with orjson. Everything
+else (v1, docs, /metrics) goes to KServe's app unchanged, behind the same body limit; gRPC is `grpc.ModelServicer`.
 
 No request can cost the next one: every error is answered here, with the connection left
 usable (the body was read) or closed explicitly (`Connection: close`, when it was not). An
@@ -24,7 +24,7 @@ import uuid
 import orjson
 
 from ..errors import InvalidRequest, ModelNotReady, ModelOpsError, PayloadTooLarge, UnknownModel
-from . import codec, metrics
+from . import codec, metrics, openai
 
 log = logging.getLogger("modelops.serving")
 
@@ -131,6 +131,8 @@ class PredictorASGI:
                     return await self._guarded(self.metadata(name, version, send), scope, send)
             elif method == "GET" and path == "/v2/health/ready":
                 return await self._guarded(self.server_ready(send), scope, send)
+            elif path.startswith(openai.PREFIX):
+                return await openai.handle(self, scope, receive, send)
             return await self._limited(scope, receive, send)
         return await self.app(scope, receive, send)
 
@@ -195,7 +197,8 @@ class PredictorASGI:
                         json_length = int(value)
                     except ValueError:
                         raise InvalidRequest(f"{codec.BINARY_HEADER} must be an integer") from None
-            request = codec.decode_request(body, model.inputs, model.output_names, json_length)
+            request = codec.decode_request(body, model.inputs, model.output_names, json_length,
+                                           getattr(model, "signatures", None))
             names, outputs = await model.answer(request)
             payload, head_len = codec.encode_response(
                 name, names, outputs, request.id, request.binary, model.version)
