@@ -68,6 +68,25 @@ class TextConfig:
         return cls.from_json(json.loads(path.read_text()))
 
 
+def answer_specs(config: TextConfig, graph_outputs: list):
+    """What a text model answers (TensorSpecs), from its graph's outputs (TensorSpecs): the
+    classification outputs of `TextFrontend.answer`, or the graph's own outputs."""
+    from .tensors import TensorSpec
+
+    if config.task != "text-classification":
+        return list(graph_outputs)
+    classes = graph_outputs[0].shape[-1] if graph_outputs[0].shape else -1
+    f32 = np.dtype(np.float32)
+    return [TensorSpec("label", np.dtype(object), (-1,)), TensorSpec("score", f32, (-1,)),
+            TensorSpec("scores", f32, (-1, classes)), TensorSpec("logits", f32, (-1, classes))]
+
+
+def text_input_spec():
+    from .tensors import TensorSpec
+
+    return TensorSpec(TEXT_INPUT, np.dtype(object), (-1,))
+
+
 def is_text_model(model_dir: str | Path) -> bool:
     return Path(model_dir).is_dir() and (Path(model_dir) / TEXT_CONFIG_FILE).is_file()
 

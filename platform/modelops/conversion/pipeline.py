@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from .. import __version__, errors
 from ..tensors import TensorSpec
-from ..text import TEXT_CONFIG_FILE, TOKENIZER_FILE
+from ..text import TEXT_CONFIG_FILE, TOKENIZER_FILE, answer_specs, text_input_spec
 from . import transforms
 from .export_onnx import export_onnx
 from .export_sklearn import export_sklearn
@@ -143,6 +143,13 @@ def convert_model_dir(
             report["opset_requested"] = options.opset
             report["inputs"] = [TensorSpec.from_ort(i).to_json() for i in session.get_inputs()]
             report["outputs"] = [TensorSpec.from_ort(o).to_json() for o in session.get_outputs()]
+            if exported.text is not None:
+                # What clients send and get (the rollout's interface check): text in, the
+                # pipeline's answer out; the graph's token tensors are kept beside.
+                report["graph"] = {"inputs": report["inputs"], "outputs": report["outputs"]}
+                report["inputs"] = [text_input_spec().to_json()]
+                report["outputs"] = [s.to_json() for s in answer_specs(
+                    exported.text, [TensorSpec.from_ort(o) for o in session.get_outputs()])]
             t = time.perf_counter()
             if exported.text is not None:
                 # Token-id tensors are not the model's input: texts through the served path are.

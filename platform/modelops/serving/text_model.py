@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import InvalidOnnxModel
 from ..tensors import TensorSpec
-from ..text import TEXT_INPUT, TextFrontend
+from ..text import TextFrontend, answer_specs, text_input_spec
 from .batching import SequenceAxes
 from .signatures import Signature
 
@@ -38,18 +38,13 @@ class TextServing:
                                      or o.name == "last_hidden_state"))
         self.sequence = SequenceAxes({n: cfg.pad_token_id if n == "input_ids" else 0 for n in names}, seq_outputs)
         self.outputs = self._answer_specs()
-        text_sig = Signature((TensorSpec(TEXT_INPUT, np.dtype(object), (-1,)),),
+        text_sig = Signature((text_input_spec(),),
                              tuple(s.name for s in self.outputs), "text")
         token_sig = Signature(tuple(self.graph_inputs), tuple(s.name for s in self.graph_outputs), "tokens")
         self.signatures = [text_sig, token_sig]
 
     def _answer_specs(self) -> list[TensorSpec]:
-        if self.config.task != "text-classification":
-            return list(self.graph_outputs)
-        classes = self.graph_outputs[0].shape[-1] if self.graph_outputs[0].shape else -1
-        f32 = np.dtype(np.float32)
-        return [TensorSpec("label", np.dtype(object), (-1,)), TensorSpec("score", f32, (-1,)),
-                TensorSpec("scores", f32, (-1, classes)), TensorSpec("logits", f32, (-1, classes))]
+        return answer_specs(self.config, self.graph_outputs)
 
     @property
     def inputs(self) -> list[TensorSpec]:
