@@ -85,6 +85,11 @@ def cmd_serve(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    if args.text:
+        from .demo.text_demo import run_text_demo
+
+        return run_text_demo(work_dir=Path(args.work_dir), interval=args.interval,
+                             keep_running=args.keep_running, port=args.port)
     from .demo.run import run_demo
 
     return run_demo(work_dir=Path(args.work_dir), interval=args.interval, keep_running=args.keep_running,
@@ -272,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--interval", default="3s", help="the canary's analysis interval (short for the demo)")
     d.add_argument("--port", type=int, default=0, help="the router's port (default: a free one)")
     d.add_argument("--keep-running", action="store_true", help="keep MLflow, the router and predictors up")
+    d.add_argument("--text", action="store_true",
+                   help="a Hugging Face text classifier (transformers flavor) instead; needs modelops[transformers]")
     d.set_defaults(fn=cmd_demo)
 
     sub.add_parser("operator", help="run the Kubernetes operator (see `modelops operator --help`)",

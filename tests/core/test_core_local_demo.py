@@ -55,3 +55,22 @@ def test_demo_shows_a_promotion_and_a_rollback(tmp_path):
     assert status["canary"]["rolledBack"]["reason"] == "InterfaceChanged"
     assert status["canary"]["rolledBack"]["check"] == "interface"
     assert not (work / "local" / "supervisor.json").exists()  # everything stopped
+
+
+def test_text_demo_promotes_a_text_classifier_by_canary(tmp_path):
+    """`modelops demo --text`: a Hugging Face classifier (MLflow transformers flavor) converted
+    with its tokenizer, served text in, and its next version promoted step by step."""
+    work = tmp_path / "demo-text"
+    r = subprocess.run([sys.executable, "-m", "modelops.cli", "demo", "--text", "--work-dir", str(work),
+                        "--interval", "2s"], capture_output=True, text=True, timeout=600)
+    out = r.stdout
+    assert r.returncode == 0, out[-6000:] + r.stderr[-3000:]
+    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):
+        assert step in out
+    assert "Started: canary v2 started at 20% against stable v1" in out
+    assert "StepAdvanced: canary v2 at 100% (step 3/3)" in out
+    assert "Promoted: v2 passed every step: promoted" in out
+    assert len(re.findall(r"analysis of v2 at \d+%: Passed", out)) == 3
+    m = re.search(r"client: (\d+) texts through the router, (\d+) not answered 200", out)
+    assert m and int(m.group(1)) > 0 and m.group(2) == "0", out[-3000:]
+    assert re.search(r"^v2 .*promoted +3 passed", out, re.M)
