@@ -71,7 +71,12 @@ def cmd_serve(args) -> int:
     from .serving.batching import BatchingConfig
     from .serving.server import serve
 
-    batching = BatchingConfig(args.max_batch_size, args.batch_wait_ms) if args.max_batch_size > 1 else None
+    if args.max_padding_ratio is not None and not args.max_padding_ratio >= 1:
+        print("error: --max-padding-ratio must be >= 1", file=sys.stderr)
+        return 2
+    batching = BatchingConfig(args.max_batch_size, args.batch_wait_ms,
+                              args.max_padding_ratio or BatchingConfig.max_padding_ratio) \
+        if args.max_batch_size > 1 else None
     try:
         access = serve_options.from_args(args)
     except ValueError as exc:
@@ -229,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=os.environ.get("MODELOPS_DEVICE", "auto"))
     s.add_argument("--max-batch-size", type=int, default=64, help="dynamic batching limit; 1 disables it")
     s.add_argument("--batch-wait-ms", type=float, default=0.0)
+    s.add_argument("--max-padding-ratio", type=float, default=None,
+                   help="sequence models: a call's tokens over its requests' own tokens (default 1.25)")
     s.add_argument("--max-body-mb", type=float, default=16.0)
     s.add_argument("--intra-op-threads", type=int, default=0, help="0: onnxruntime's default")
     serve_options.add_arguments(s)

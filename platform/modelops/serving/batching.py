@@ -5,12 +5,13 @@ queue up; when it finishes, everything queued (up to `max_batch_size` rows) runs
 batch. A lone request therefore runs at once, and batches grow with the load.
 
 Sequence models (text, token ids: `SequenceAxes`) also batch requests of different lengths:
-each input with a sequence axis (dim 1) is right-padded to the longest request in the batch
-(input_ids with the pad id, masks and type ids with 0), the batch runs once, and each request
-gets its own rows back, cut to its own length on the outputs that have a sequence axis
-(last_hidden_state). The attention mask makes the padding harmless. Padding is bounded: a
+a batch is the oldest queued request plus the queued requests closest to its length (length
+buckets formed on the fly), each input with a sequence axis (dim 1) right-padded to the longest
+in the batch (input_ids with the pad id, masks and type ids with 0); the batch runs once, and
+each request gets its own rows back, cut to its own length on the outputs that have a sequence
+axis (last_hidden_state). The attention mask makes the padding harmless. Padding is bounded: a
 request that would make the batch's tokens exceed `max_padding_ratio` times the requests' own
-tokens waits for the next batch; each call's ratio is reported (`on_padding`).
+tokens waits for a later call; each call's ratio is reported (`on_padding`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ import numpy as np
 class BatchingConfig:
     max_batch_size: int = 64
     max_wait_ms: float = 0.0  # >0: wait this long for a batch to fill (throughput over latency)
-    max_padding_ratio: float = 2.0  # sequence models: batch tokens / the requests' own tokens
+    # Sequence models: tokens per call / the requests' own tokens. Measured on 2 CPU cores (MiniLM,
+    # lengths 8-256 at c16): a 2x bound halved throughput against fixed-length requests; padding
+    # is compute spent on nothing, while a bigger batch buys little on CPU.
+    max_padding_ratio: float = 1.25
 
 
 @dataclass(frozen=True)
@@ -79,20 +83,27 @@ class DynamicBatcher:
         return {k: (v.ndim, v.shape[2:]) if k in pad and v.ndim > 1 else v.shape[1:] for k, v in feeds.items()}
 
     def _take(self) -> list[_Item]:
-        """The next batch: queued requests that fit, up to the row limit and the padding bound."""
-        tails = self._tails(self._queue[0].feeds)
-        batch, rest, rows, width, real = [], [], 0, 0, 0
-        for item in self._queue:
-            fits = rows + item.rows <= self._config.max_batch_size or not batch
-            if fits and self._sequence is not None and batch:
+        """The next batch: the oldest request, then the queued requests closest to its length
+        (length bucketing: a 5-token request waits for a call of its own size rather than being
+        padded to 256), up to the row limit and the padding bound. The rest stay queued in order."""
+        first = self._queue[0]
+        tails = self._tails(first.feeds)
+        order = sorted(range(1, len(self._queue)), key=lambda i: abs(self._queue[i].width - first.width))
+        taken, rows, width, real = {0}, first.rows, first.width, first.rows * first.width
+        for i in order:
+            item = self._queue[i]
+            if rows + item.rows > self._config.max_batch_size:
+                continue
+            if self._sequence is not None:
                 padded = (rows + item.rows) * max(width, item.width)
-                fits = padded <= self._config.max_padding_ratio * (real + item.rows * item.width)
-            if fits and self._tails(item.feeds) == tails:
-                batch.append(item)
-                rows, width, real = rows + item.rows, max(width, item.width), real + item.rows * item.width
-            else:
-                rest.append(item)
-        self._queue = rest
+                if padded > self._config.max_padding_ratio * (real + item.rows * item.width):
+                    continue
+            if self._tails(item.feeds) != tails:
+                continue
+            taken.add(i)
+            rows, width, real = rows + item.rows, max(width, item.width), real + item.rows * item.width
+        batch = [item for i, item in enumerate(self._queue) if i in taken]
+        self._queue = [item for i, item in enumerate(self._queue) if i not in taken]
         if self._on_padding and self._sequence is not None:
             self._on_padding(rows * width / max(real, 1))
         return batch
