@@ -159,6 +159,7 @@ def test_shadow_passes_then_the_canary_starts():
     assert {(d["version"], d["candidate"], d["model"]) for d in s.rates.shadow_selectors} == {("1", "2", "m")}
     tag = s.tag(".shadow")
     assert tag["outcome"] == "Passed" and tag["agreement"] == 1.0 and tag["maxAbsDiff"] == 1e-6
+    assert tag["worstAbsDiff"] == 1e-6 and tag["comparisons"] == 120
     history = [h["state"] for h in FakeMlflow(s.world).history("2")]
     assert history[:2] == ["shadow passed", "canary 10%"] and history[-1] == "promoted"
 
@@ -459,5 +460,54 @@ def test_mirrored_requests_judged_from_the_predictors_metrics():
     assert s.state.stable_version == "2" and s.state.rolled_back.version == "3"
     assert s.state.rolled_back.reason == "ShadowFailed" and s.state.rolled_back.check == "agreement"
     assert s.world.answered.get("3", 0) == 0 and s.world.answered["2"] > 0
-    assert s.state.shadow.values["agreement"] == 0.0 and s.state.shadow.values["comparisons"] >= 20
+    found = s.state.shadow.values
+    assert found["agreement"] == 0.0 and found["comparisons"] >= 20 and found["worstAbsDiff"] == 1.0  # the bucket bound of the fake's differences
     assert s.world.mirror is None and s.world.serving == Traffic("2")
+
+
+# --- the real platforms, until they implement it ------------------------------------------------
+def _real_platforms():
+    from modelops.local.local_platform import LocalPlatform
+    from modelops_operator.kserve_platform import KServePlatform, Versions
+
+    kserve = KServePlatform(Versions(None, None, None), read_service=lambda: None,
+                            write_service=lambda *a: (None, False), interface_of=lambda served: None)
+    return {"kserve": kserve, "local": LocalPlatform(None, "http://127.0.0.1:9")}
+
+
+@pytest.mark.parametrize("which", ["kserve", "local"])
+def test_real_platforms_say_not_available_only_when_configured(which):
+    from modelops.errors import NotAvailableYet
+
+    real = _real_platforms()[which]
+    real.set_shadow(None)  # stopping a mirror that was never set: nothing to do, no error
+    with pytest.raises(NotAvailableYet, match="spec.rollout.shadow"):
+        real.set_shadow(MIRROR)
+    with pytest.raises(NotAvailableYet, match="spec.rollout.performanceGate"):
+        real.performance_gate(LoadTest("2", "1", 1, 4, 20.0))
+
+    class Partly(FakePlatform):  # the fake's traffic, the real platform's shadow and gate
+        set_shadow = staticmethod(real.set_shadow)
+        performance_gate = staticmethod(real.performance_gate)
+
+    s = Story(spec(performanceGate=GATE, shadow=SHADOW))
+    for t in range(0, 400, PASS):
+        s.world.traffic_pass()
+        result = tick(s.state, s.spec, Facts(target="2", generation=1), platform=Partly(s.world),
+                      store=FakeStore(s.world), provider=s.rates, scope=AnalysisScope("m", "ns"), now=at(t),
+                      history=History(s.world), policy=s.policy)
+        s.log += [(t, a) for a in result.actions]
+    (t, rb), = s.of(RollBack)  # never promoted blind: inconclusive until rolled back, at 0%
+    assert rb.reason == "PerformanceGateInconclusive" and "NotAvailableYet" in rb.message
+    assert s.of(SetWeight) == [] and s.world.serving == Traffic("1")
+    getattr(real, "close", lambda: None)()
+
+
+def test_every_notification_has_its_kubernetes_event():
+    from modelops.deployment import schema
+    from modelops.deployment.plan import NOTIFY_EVENTS
+
+    assert set(NOTIFY_EVENTS) == set(schema.HOOK_EVENTS)
+    assert {k: v[0] for k, v in NOTIFY_EVENTS.items() if k.startswith(("Shadow", "Performance"))} == {
+        "ShadowStarted": "Normal", "ShadowPassed": "Normal", "ShadowFailed": "Warning",
+        "PerformanceGatePassed": "Normal", "PerformanceGateFailed": "Warning"}

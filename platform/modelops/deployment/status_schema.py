@@ -148,7 +148,8 @@ _canary_status = {
                 "message": {"type": "string"},
                 "values": {"type": "object", "properties": {
                     "comparisons": {"type": "number"}, "agreement": {"type": "number"},
-                    "maxAbsDiff": {"type": "number"}, "cosine": {"type": "number"}}},
+                    "maxAbsDiff": {"type": "number"}, "worstAbsDiff": {"type": "number"},
+                    "cosine": {"type": "number"}}},
                 "decidedAt": {"type": "string", "format": "date-time"},
             },
         },

@@ -9,7 +9,7 @@ Each model version touched by a rollout gets, per deployment (key `modelops.depl
 - `<key>.performanceGate` and `<key>.shadow`: the performance gate's and the shadow phase's result as
   JSON: `{outcome, check?, message, ...numbers}` (gate: p99Ms, stableP99Ms, throughputRps,
   stableThroughputRps, throughputRatio, errors, requests; shadow: comparisons, agreement,
-  maxAbsDiff (at the quantile), cosine), and an entry `performance gate passed|failed|inconclusive`,
+  maxAbsDiff (at the quantile), worstAbsDiff, cosine), and an entry `performance gate passed|failed|inconclusive`,
   `shadow passed|failed|inconclusive` in the history.
 `spec.rollout.promoteAlias` (e.g. `production`) moves to a version when it is promoted. So the
 MLflow UI tells which version serves where, since when and why.

@@ -15,6 +15,8 @@ The checks (`analyse`), over the phase so far (cumulative since it began):
 - `agreement`: agree / (agree + disagree) >= `checks.agreement.min` (0 turns it off);
 - `maxAbsDiff`: the `checks.maxAbsDiff.quantile` of the per-request max |difference| <= `max`
   (no `max`: reported, not judged);
+- `worstAbsDiff`: the largest per-request difference (the histogram's 1.0 quantile, to its bucket
+  bound): reported, not judged;
 - `cosine` (only with `checks.cosine`): the (1 - quantile) low quantile of the per-request min
   cosine >= `checks.cosine.min`.
 The phase (`progress`) is analysed every interval: Passed starts the canary steps; Failed rolls the
@@ -42,7 +44,7 @@ COMPARISONS_METRIC = "modelops_shadow_comparisons_total"
 MIRRORED_METRIC = "modelops_shadow_mirrored_total"
 HISTOGRAMS = {"abs_diff": "modelops_shadow_abs_diff", "rel_diff": "modelops_shadow_rel_diff",
               "cosine": "modelops_shadow_cosine"}
-CHECKS = ("comparisons", "agreement", "maxAbsDiff", "cosine")
+CHECKS = ("comparisons", "agreement", "maxAbsDiff", "worstAbsDiff", "cosine")
 
 
 # --- queries (answered by PrometheusProvider and ScrapeProvider) ------------------------------
@@ -100,6 +102,9 @@ def _checks(spec: ShadowSpec, provider: MetricProvider, target: Target, *, in_st
         checks.append(CheckResult("maxAbsDiff", Outcome.SKIPPED, None if isinstance(diff, Inconclusive) else diff,
                                   f"p{q * 100:g} {diff.reason if isinstance(diff, Inconclusive) else _fmt(diff)}"
                                   " (no checks.maxAbsDiff.max: reported, not judged)"))
+    worst = usable(provider.query(ShadowQuantile(sel, w, "abs_diff", 1.0)))
+    checks.append(CheckResult("worstAbsDiff", Outcome.SKIPPED, None if isinstance(worst, Inconclusive) else worst,
+                              "the largest difference, to the histogram's bucket bound (reported, not judged)"))
     if spec.cosine_min is not None:
         low = round(1.0 - q, 10)
         checks.append(_threshold("cosine", usable(provider.query(ShadowQuantile(sel, w, "cosine", low))),
@@ -118,7 +123,7 @@ def step_checks(result: AnalysisResult, spec: ShadowSpec, provider: MetricProvid
 
 
 def values(result: AnalysisResult | dict | None) -> dict:
-    """{comparisons, agreement, maxAbsDiff, cosine} measured by an analysis (what the status,
+    """{comparisons, agreement, maxAbsDiff, worstAbsDiff, cosine} measured by an analysis (what the status,
     the history and the MLflow tags show)."""
     checks = result.get("checks", []) if isinstance(result, dict) else (result.checks if result else ())
     out = {}
