@@ -60,8 +60,9 @@ from .state import GateWait, Notification, Phase, RolloutState, format_time, utc
 from .stepping import Step, begin_traffic, fail, finish_promotion, prune, roll_back
 
 __all__ = ["ABORT_ANNOTATION", "PROMOTE_ANNOTATION", "Action", "Analyse", "CallGate", "GateResult", "Hold",
-           "LoadTest", "LoadTestResult", "Notify", "Observations", "PhaseResult", "Promote", "RollBack", "RolloutPolicy", "SetWeight", "WebhookSubscription",
-           "acknowledge", "drive", "pending", "step", "transitions", "wants_interface"]
+           "LoadTest", "LoadTestResult", "Notify", "Observations", "PhaseResult", "Promote", "RollBack",
+           "RolloutPolicy", "SetWeight", "WebhookSubscription", "acknowledge", "drive", "pending", "step",
+           "transitions", "wants_interface"]
 
 
 # --- the engine ------------------------------------------------------------------------------
@@ -96,8 +97,8 @@ def _decide(s: Step, obs: Observations) -> None:
             roll_back(s, "Replace", f"strategy replace: v{target} replaces the canary", notify=False)
         if target != s.state.stable_version or s.state.phase.active:
             finish_promotion(s, target, "Replace",
-                              f"v{target} serves 100% (strategy replace, was v{s.state.stable_version})",
-                              notify=False, phase=Phase.STABLE)
+                             f"v{target} serves 100% (strategy replace, was v{s.state.stable_version})",
+                             notify=False, phase=Phase.STABLE)
         return
 
     # Manual controls act on the canary they name.
@@ -112,7 +113,7 @@ def _decide(s: Step, obs: Observations) -> None:
     if target == st.stable_version:
         if st.phase.active:
             roll_back(s, "TargetIsStable",
-                       f"the resolved version is v{target} again: canary v{st.version} removed")
+                      f"the resolved version is v{target} again: canary v{st.version} removed")
         return
     if target != st.version or not st.phase.active:
         if st.refuses(target, obs.generation):  # rolled back already: not tried again for this generation
@@ -148,7 +149,7 @@ def _decide(s: Step, obs: Observations) -> None:
     elif s.state.phase == Phase.AWAITING_PROMOTION:
         _await_gate(s, obs, "confirmPromotion",
                     lambda: finish_promotion(s, s.state.version, "Analysis",
-                                              f"v{s.state.version} passed every step: promoted"))
+                                             f"v{s.state.version} passed every step: promoted"))
     elif s.state.phase == Phase.PROGRESSING and obs.canary_ready is False:
         # Not serving yet: nothing to judge. The step's interval starts once it serves.
         s.set(next_analysis_at=s.now + s.policy.interval)
@@ -307,7 +308,7 @@ def _progress(s: Step, obs: Observations) -> None:
             s.set(phase=Phase.AWAITING_PROMOTION)
             _await_gate(s, obs, "confirmPromotion",
                         lambda: finish_promotion(s, st.version, "Analysis",
-                                                  f"v{st.version} passed every step: promoted"))
+                                                 f"v{st.version} passed every step: promoted"))
         else:
             finish_promotion(s, st.version, "Analysis", f"v{st.version} passed every step: promoted")
         return
