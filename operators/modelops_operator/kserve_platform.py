@@ -6,7 +6,11 @@ they are the InferenceService of one ModelDeployment:
   the `CanaryPredictorReady` condition; Knative the newest revision being the latest ready one);
 - `interface`: what a converted version serves (its published record, else its conversion.json);
 - `apply`: the InferenceService for a traffic split (Standard `spec.canary[]`, Knative
-  `canaryTrafficPercent`), written only where it differs (`Reconciler.apply_service`).
+  `canaryTrafficPercent`), written only where it differs (`Reconciler.apply_service`);
+- `set_shadow`, `performance_gate`: not available yet on KServe (the mirror ConfigMap and the
+  `modelops loadtest` Job are to come): with `spec.rollout.shadow` / `performanceGate` set they raise
+  `NotAvailableYet` (the rollout holds as inconclusive and rolls the candidate back, never promotes
+  it blind); without them they are never called (stopping a mirror that was never set is a no-op).
 The store writes the status (the rollout's state and what it implies: phase, conditions, `stable`,
 `canaryModel`) in one patch before the InferenceService changes, so a restart between the two
 resumes from what was decided, and a reader never sees a state half written.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from modelops import errors
 from modelops.deployment.plan import Served, ServiceObservation
 from modelops.rollout.state import RolloutState, Traffic
 
@@ -82,6 +87,15 @@ class KServePlatform:
         except Exception as exc:
             self.error = exc
             raise
+
+    def set_shadow(self, mirror) -> None:
+        if mirror is not None:
+            raise errors.NotAvailableYet("spec.rollout.shadow: mirroring to the candidate is not available yet "
+                                         "on KServe (the stable predictor's mirror ConfigMap is to come)")
+
+    def performance_gate(self, test):
+        raise errors.NotAvailableYet("spec.rollout.performanceGate: the load-test Job is not available yet on "
+                                     "KServe")
 
 
 class StatusStore:

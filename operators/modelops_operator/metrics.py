@@ -101,7 +101,9 @@ def record_pass(namespace: str, name: str, result, seconds: float | None = None)
 def record_rollout(namespace: str, name: str, step) -> None:
     """Account for one canary step (`rollout.StepResult`): weight, ended rollouts, analyses."""
     state = step.state or {}
-    active = state.get("phase") in ("WaitingForGate", "Progressing", "Paused", "AwaitingPromotion")
+    from modelops.deployment.schema import ACTIVE_ROLLOUT_PHASES
+
+    active = state.get("phase") in ACTIVE_ROLLOUT_PHASES
     CANARY_WEIGHT.labels(namespace, name).set(state.get("weight", 0) if active else 0)
     for n in step.notifications:
         result = {"Promoted": "promoted", "RolledBack": "rolled_back"}.get(n.event)

@@ -99,6 +99,8 @@ def step_deployment(md: dict, spec: DeploymentSpec, status: dict, target: Served
             provider.close()
     if result.history_error:
         log.warning("%s/%s: could not record the rollout in MLflow: %s", ns, name, result.history_error)
+    if result.shadow_error:
+        log.warning("%s/%s: mirroring not applied (tried again next pass): %s", ns, name, result.shadow_error)
     if platform.error is not None:
         raise platform.error
     new = result.state

@@ -150,6 +150,14 @@ class AuthUnavailable(ServingError):
     http_status = 503
 
 
+# --- rollouts -------------------------------------------------------------------------------
+class NotAvailableYet(ModelOpsError):
+    """A configured feature this platform does not implement yet (e.g. shadow mirroring or the
+    performance gate on one serving platform): the rollout treats it as inconclusive, never a pass."""
+
+    reason = "NotAvailableYet"
+
+
 # --- specs ----------------------------------------------------------------------------------
 class InvalidSpec(ModelOpsError):
     """A ModelDeployment (or other user input) is invalid; `field` is its JSON path."""

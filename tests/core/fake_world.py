@@ -50,6 +50,16 @@ class World:
     saves: int = 0
     delivered: list[dict] = field(default_factory=list)  # notifications a receiver accepted
     labels: str = ""  # more labels on every sample, e.g. ',namespace="ns"' (as Prometheus adds them)
+    # Shadow mirroring and the performance gate (issue 16):
+    wrong: set[str] = field(default_factory=set)  # versions whose answers disagree with the stable's
+    mirror: object = None  # the Mirror the platform was last told (None: off)
+    mirror_calls: list = field(default_factory=list)  # every set_shadow argument, in order
+    comparisons: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (stable, cand, outcome)
+    diff_buckets: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (stable, cand, le)
+    answered: dict[str, int] = field(default_factory=dict)  # client answers per version
+    load_docs: dict[str, object] = field(default_factory=dict)  # version -> its load-test document
+    load_test_passes: int = 2  # calls of performance_gate before a started test reports
+    load_tests: dict[str, int] = field(default_factory=dict)  # test key -> calls since it started
 
     def traffic_pass(self, n: int = 60) -> None:
         """Client requests over one pass, split as the platform serves them."""
@@ -64,6 +74,15 @@ class World:
             every = round(1 / self.error_rate[v]) if self.error_rate.get(v) else 0
             code = "400" if v in self.refuse else ("500" if every and seen % every == 0 else "200")
             self.counters[(v, code)] = self.counters.get((v, code), 0) + 1
+            self.answered[v] = self.answered.get(v, 0) + 1
+            m = self.mirror
+            if m is not None and v == m.stable and m.candidate in self.ready and self.rng.random() * 100 < m.percent:
+                outcome = "disagree" if m.candidate in self.wrong else "agree"
+                key = (m.stable, m.candidate, outcome)
+                self.comparisons[key] = self.comparisons.get(key, 0) + 1
+                for le in (("1", "5", "+Inf") if outcome == "disagree" else ("1e-06", "1e-05", "1", "5", "+Inf")):
+                    k = (m.stable, m.candidate, le)
+                    self.diff_buckets[k] = self.diff_buckets.get(k, 0) + 1
             if code == "200":
                 for le in ("0.005", "0.01", "0.1", "+Inf"):
                     self.buckets[(v, le)] = self.buckets.get((v, le), 0) + 1
@@ -88,6 +107,16 @@ class World:
             if v == version:
                 lines.append(f'modelops_predictor_request_seconds_bucket{{model="m",version="{v}",'
                              f'protocol="rest",le="{le}"{self.labels}}} {n}')
+        lines.append("# TYPE modelops_shadow_comparisons_total counter")
+        for (stable, cand, outcome), n in sorted(self.comparisons.items()):
+            if stable == version:
+                lines.append(f'modelops_shadow_comparisons_total{{model="m",version="{stable}",candidate="{cand}",'
+                             f'outcome="{outcome}"{self.labels}}} {n}')
+        lines.append("# TYPE modelops_shadow_abs_diff histogram")
+        for (stable, cand, le), n in sorted(self.diff_buckets.items()):
+            if stable == version:
+                lines.append(f'modelops_shadow_abs_diff_bucket{{model="m",version="{stable}",candidate="{cand}",'
+                             f'le="{le}"{self.labels}}} {n}')
         return "\n".join(lines) + "\n"
 
     def transport(self) -> httpx.MockTransport:
@@ -131,6 +160,25 @@ class FakePlatform:
         want = {v for v in (traffic.stable, traffic.canary) if v}
         w.running = want
         w.ready = set(want)
+
+    def set_shadow(self, mirror) -> None:
+        if "shadow-fails" in self.world.faults:
+            raise errors.ServingError("the mirror ConfigMap write failed (fake)")
+        self.world.mirror_calls.append(mirror)
+        self.world.mirror = mirror
+
+    def performance_gate(self, test):
+        """Starts the tests of `test.key` once; reports them after `load_test_passes` calls."""
+        from modelops.rollout.actions import LoadTestResult
+
+        w = self.world
+        if "gate-unreadable" in w.faults:
+            raise errors.ServingError("the load-test Job's termination message is not JSON (fake)")
+        calls = w.load_tests[test.key] = w.load_tests.get(test.key, 0) + 1
+        if calls < w.load_test_passes:
+            return None
+        return LoadTestResult(test.version, test.attempt, stable=w.load_docs.get(test.stable_version),
+                              candidate=w.load_docs.get(test.version))
 
     def metrics_urls(self) -> list[str]:
         return [f"http://v{v}.predictor/metrics" for v in sorted(self.world.running)]

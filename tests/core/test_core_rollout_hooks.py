@@ -72,7 +72,8 @@ def test_targets_from_spec():
     secrets = {("s", "k"): b"key"}
     hooks = webhooks_from_spec(spec.hooks, lambda ref: secrets[(ref.name, ref.key)])
     assert hooks == [Webhook("a", "http://x", frozenset({"Started", "StepAdvanced", "Promoted", "RolledBack",
-                                                         "Failed"}), b"key"),
+                                                         "Failed", "ShadowStarted", "ShadowPassed", "ShadowFailed",
+                                                         "PerformanceGatePassed", "PerformanceGateFailed"}), b"key"),
                      Webhook("b", "http://y", frozenset({"Failed"}), None)]
     assert gates_from_spec(spec.hooks, lambda ref: None) == [Gate("g", "http://z", "preRollout", None)]
 

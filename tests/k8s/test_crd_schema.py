@@ -270,7 +270,7 @@ def test_status_canary_schema_matches_the_engine_state(md_schema):
     from datetime import datetime, timezone
 
     from modelops.rollout import Phase, RolloutState
-    from modelops.rollout.state import GateWait, Notification, RolledBack
+    from modelops.rollout.state import GateWait, Notification, PerformanceGateRecord, RolledBack, ShadowRecord
 
     from .schemas import schema_errors
 
@@ -284,11 +284,21 @@ def test_status_canary_schema_matches_the_engine_state(md_schema):
                   "checks": [{"name": "successRate", "outcome": "Passed", "value": 1.0, "message": ""}]},
         gate=GateWait("confirmPromotion", "2", t, False, "409"),
         rolled_back=RolledBack("3", 2, t, "AnalysisFailed", "successRate"), hook_seq=4, delivered={"a": 3},
-        outbox=(Notification(4, "Promoted", "2", "1", 100, t, "Analysis", "m", None),))
+        outbox=(Notification(4, "Promoted", "2", "1", 100, t, "Analysis", "m", None),),
+        performance_gate=PerformanceGateRecord("2", 2, t, "Passed", None, "ok",
+                                               {"requests": 800.0, "errors": 0.0, "throughputRps": 40.0,
+                                                "p50Ms": 9.8, "p99Ms": 21.0},
+                                               {"requests": 790.0, "errors": 0.0, "throughputRps": 39.5,
+                                                "p50Ms": 9.9, "p99Ms": 22.0}, t),
+        shadow=ShadowRecord("2", t, 10, "Failed", "agreement", "shadow failed",
+                            {"comparisons": 120.0, "agreement": 0.5, "maxAbsDiff": 0.3}, t))
     raw = state.to_status()
     canary = md_schema["properties"]["status"]["properties"]["canary"]
     assert set(raw) <= set(canary["properties"]), set(raw) - set(canary["properties"])
     assert set(raw["outbox"][0]) <= set(canary["properties"]["outbox"]["items"]["properties"])
+    for part in ("performanceGate", "shadow"):
+        assert set(raw[part]) <= set(canary["properties"][part]["properties"]), part
+    assert RolloutState.from_status(raw) == state
     assert schema_errors({"canary": raw}, md_schema["properties"]["status"]) == []
 
 

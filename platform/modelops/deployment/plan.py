@@ -343,6 +343,11 @@ NOTIFY_EVENTS = {  # engine notification -> (Event type, Event reason)
     "Promoted": ("Normal", "Promoted"),
     "RolledBack": ("Warning", "RolledBack"),
     "Failed": ("Warning", "CanaryFailed"),
+    "ShadowStarted": ("Normal", "ShadowStarted"),
+    "ShadowPassed": ("Normal", "ShadowPassed"),
+    "ShadowFailed": ("Warning", "ShadowFailed"),
+    "PerformanceGatePassed": ("Normal", "PerformanceGatePassed"),
+    "PerformanceGateFailed": ("Warning", "PerformanceGateFailed"),
 }
 
 

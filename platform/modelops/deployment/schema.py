@@ -36,12 +36,14 @@ CONDITION_TYPES = ["Ready", "Reconciling", "Stalled", "Converted", "Progressing"
 DEPLOYMENT_MODES = ["Standard", "Knative"]
 AUTH_MODES = ["none", "kubernetes"]
 # The rollout engine's phases (`modelops.rollout.Phase`), shown in status.canary.phase.
-ROLLOUT_PHASES = ["Idle", "Stable", "WaitingForGate", "Progressing", "Paused", "AwaitingPromotion",
-                  "Promoted", "RolledBack"]
-# The phases in which a canary exists (it may hold 0% while waiting for a gate): Phase.active.
-ACTIVE_ROLLOUT_PHASES = ["WaitingForGate", "Progressing", "Paused", "AwaitingPromotion"]
+ROLLOUT_PHASES = ["Idle", "Stable", "WaitingForGate", "PerformanceGate", "Shadow", "Progressing", "Paused",
+                  "AwaitingPromotion", "Promoted", "RolledBack"]
+# The phases in which a canary exists (it may hold 0% while waiting for a gate, under its
+# performance gate or in shadow): Phase.active.
+ACTIVE_ROLLOUT_PHASES = ["WaitingForGate", "PerformanceGate", "Shadow", "Progressing", "Paused", "AwaitingPromotion"]
 # The rollout transitions a webhook can subscribe to (modelops.rollout.EVENTS).
-HOOK_EVENTS = ["Started", "StepAdvanced", "Promoted", "RolledBack", "Failed"]
+HOOK_EVENTS = ["Started", "StepAdvanced", "Promoted", "RolledBack", "Failed", "ShadowStarted", "ShadowPassed",
+               "ShadowFailed", "PerformanceGatePassed", "PerformanceGateFailed"]
 GATE_TYPES = ["preRollout", "confirmPromotion"]
 CHECK_OUTCOMES = ["Passed", "Failed", "Inconclusive", "Skipped"]
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # a DNS label: hook and check names
@@ -55,6 +57,10 @@ QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 MODEL_NAME_MAX = 256
 ALIAS_PATTERN = r"^[A-Za-z0-9_\-]+$"
 VERSION_PATTERN = r"^[1-9][0-9]{0,8}$"  # an MLflow model version number
+
+# Objects whose presence turns a feature on (absent: off, as the API server leaves them): the
+# parser does not create them with their fields' defaults, unlike other absent objects.
+OPT_IN_OBJECTS = frozenset({"rollout.shadow", "rollout.shadow.checks.cosine", "rollout.performanceGate"})
 
 # --- CEL rules, each with its Python twin ----------------------------------------------------
 # rule text -> a function of the rule's `self` (plain JSON data) giving the rule's verdict.
@@ -190,6 +196,67 @@ _analysis = {
     "description": "How each canary step is judged. Defaults: " + ", ".join(
         f"{path} {value}" for path, value in _defaults_in({"properties": _analysis_properties})) + ".",
     "properties": _analysis_properties,
+}
+
+_shadow = {
+    "type": "object",
+    "description": "A shadow phase before the first traffic step: the stable predictor mirrors `percent` of "
+                   "its requests to the candidate (clients only get the stable's answers) and compares the "
+                   "answers; the checks judge them. Absent: no shadow phase. The comparison goes on during "
+                   "the canary steps (a step fails on disagreement too).",
+    "properties": {
+        "percent": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10,
+                    "description": "Share of the stable version's requests copied to the candidate."},
+        "minRequests": {"type": "integer", "minimum": 1, "maximum": 1000000000, "default": 50,
+                        "description": "Compared requests needed before the shadow checks can pass; fewer "
+                                       "is inconclusive (in a canary step: not judged)."},
+        "maxDuration": {"type": "string", "maxLength": 32, "pattern": DURATION_PATTERN, "default": "10m",
+                        "description": "Longest shadow phase: still too few comparisons by then rolls the "
+                                       "candidate back (inconclusive), never into traffic."},
+        "checks": {
+            "type": "object",
+            "properties": {
+                "agreement": {
+                    "type": "object",
+                    "description": "agree / (agree + disagree) of the compared requests (top class for "
+                                   "classifier outputs, else every output allclose).",
+                    "properties": {"min": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.99,
+                                           "description": "At least this share (default 0.99; 0 turns it off)."}},
+                },
+                "maxAbsDiff": {
+                    "type": "object",
+                    "description": "max |stable - candidate| of a request, at a quantile over the requests.",
+                    "properties": {
+                        "quantile": {"type": "number", "minimum": 0.5, "maximum": 1, "default": 0.99},
+                        "max": {"type": "number", "minimum": 0,
+                                "description": "At most this (unset: reported, not judged)."},
+                    },
+                },
+                "cosine": {
+                    "type": "object",
+                    "description": "Min cosine similarity of a request's vector outputs (embeddings), at the "
+                                   "low quantile 1 - maxAbsDiff.quantile (default 0.01). Absent: off.",
+                    "properties": {"min": {"type": "number", "minimum": -1, "maximum": 1, "default": 0.99}},
+                },
+            },
+        },
+    },
+}
+
+_performance_gate = {
+    "type": "object",
+    "description": "A load test of the candidate alone before shadow or traffic, against a budget and "
+                   "against the same test of the stable version just before. Absent: no gate.",
+    "properties": {
+        "concurrency": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 4,
+                        "description": "Requests in flight."},
+        "duration": {"type": "string", "maxLength": 32, "pattern": DURATION_PATTERN, "default": "20s",
+                     "description": "How long each of the two tests runs."},
+        "maxP99Ms": {"type": "number", "minimum": 0, "description": "The candidate's p99 ceiling in ms (unset: none)."},
+        "minThroughputRatio": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.8,
+                               "description": "The candidate's throughput at least this multiple of the stable's "
+                                              "(0 turns the check off)."},
+    },
 }
 
 _webhook = {
@@ -368,6 +435,8 @@ SPEC_SCHEMA: dict = {
                                    "stable version's through (clients were changed first); "
                                    "clientErrorsVsStable still judges it."},
                 "analysis": _analysis,
+                "shadow": _shadow,
+                "performanceGate": _performance_gate,
             },
         },
         "hooks": {

@@ -106,6 +106,37 @@ class AnalysisSpec:
 
 
 @dataclass(frozen=True)
+class ShadowSpec:
+    """`spec.rollout.shadow`: mirrored requests compared before (and during) the canary steps."""
+
+    percent: int = _d("rollout.shadow.percent")
+    min_requests: int = _d("rollout.shadow.minRequests")
+    max_duration: str = _d("rollout.shadow.maxDuration")
+    agreement_min: float = _d("rollout.shadow.checks.agreement.min")  # 0: off
+    max_abs_diff_quantile: float = _d("rollout.shadow.checks.maxAbsDiff.quantile")
+    max_abs_diff_max: float | None = None  # None: reported, not judged
+    cosine_min: float | None = None  # None: off (`checks.cosine` absent)
+
+    @property
+    def max_duration_seconds(self) -> float:
+        return parse_duration(self.max_duration, "spec.rollout.shadow.maxDuration")
+
+
+@dataclass(frozen=True)
+class PerformanceGateSpec:
+    """`spec.rollout.performanceGate`: a load test of the candidate against the stable's before traffic."""
+
+    concurrency: int = _d("rollout.performanceGate.concurrency")
+    duration: str = _d("rollout.performanceGate.duration")
+    max_p99_ms: float | None = None
+    min_throughput_ratio: float = _d("rollout.performanceGate.minThroughputRatio")  # 0: off
+
+    @property
+    def duration_seconds(self) -> float:
+        return parse_duration(self.duration, "spec.rollout.performanceGate.duration")
+
+
+@dataclass(frozen=True)
 class RolloutSpec:
     strategy: str = _d("rollout.strategy")
     steps: tuple[int, ...] = tuple(_d("rollout.steps"))
@@ -114,6 +145,8 @@ class RolloutSpec:
     promote_alias: str | None = None
     allow_interface_change: bool = _d("rollout.allowInterfaceChange")  # let an incompatible interface through (clients changed first)
     analysis: AnalysisSpec = AnalysisSpec()
+    shadow: ShadowSpec | None = None  # None: no shadow phase
+    performance_gate: PerformanceGateSpec | None = None  # None: no performance gate
 
     @property
     def interval_seconds(self) -> float:
@@ -162,10 +195,10 @@ class DeploymentSpec:
     hooks: HooksSpec = HooksSpec()
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in a Go-style duration (`90s`, `1m30s`, `500ms`)."""
+def parse_duration(text: str, field: str = "spec.rollout.interval") -> float:
+    """Seconds in a Go-style duration (`90s`, `1m30s`, `500ms`); `field` names it in the error."""
     if not isinstance(text, str) or not _DURATION.match(text):
-        raise InvalidSpec("spec.rollout.interval", f"{text!r} is not a duration such as 60s, 5m or 1h30m")
+        raise InvalidSpec(field, f"{text!r} is not a duration such as 60s, 5m or 1h30m")
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
 
 
@@ -229,11 +262,31 @@ def _analysis(raw: dict) -> AnalysisSpec:
         prometheus_url=raw.get("prometheusUrl"))
 
 
+def _shadow(raw: dict | None) -> ShadowSpec | None:
+    if raw is None:
+        return None
+    checks = raw["checks"]
+    diff, cosine = checks["maxAbsDiff"], checks.get("cosine")
+    return ShadowSpec(percent=raw["percent"], min_requests=raw["minRequests"], max_duration=raw["maxDuration"],
+                      agreement_min=float(checks["agreement"]["min"]),
+                      max_abs_diff_quantile=float(diff["quantile"]), max_abs_diff_max=_float(diff.get("max")),
+                      cosine_min=None if cosine is None else float(cosine["min"]))
+
+
+def _performance_gate(raw: dict | None) -> PerformanceGateSpec | None:
+    if raw is None:
+        return None
+    return PerformanceGateSpec(concurrency=raw["concurrency"], duration=raw["duration"],
+                               max_p99_ms=_float(raw.get("maxP99Ms")),
+                               min_throughput_ratio=float(raw["minThroughputRatio"]))
+
+
 def _rollout(raw: dict) -> RolloutSpec:
     return RolloutSpec(
         strategy=raw["strategy"], steps=tuple(raw["steps"]), interval=raw["interval"], paused=raw["paused"],
         promote_alias=raw.get("promoteAlias"), allow_interface_change=raw["allowInterfaceChange"],
-        analysis=_analysis(raw["analysis"]))
+        analysis=_analysis(raw["analysis"]), shadow=_shadow(raw.get("shadow")),
+        performance_gate=_performance_gate(raw.get("performanceGate")))
 
 
 def _hooks(raw: dict) -> HooksSpec:

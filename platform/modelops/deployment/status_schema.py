@@ -57,6 +57,14 @@ _notification = {
     },
 }
 
+_load_test = {
+    "type": "object",
+    "description": "One load test's numbers (modelops loadtest).",
+    "properties": {"requests": {"type": "number"}, "errors": {"type": "number"}, "throughputRps": {"type": "number"},
+                   "p50Ms": {"type": "number"}, "p99Ms": {"type": "number"}},
+}
+_RECORD_OUTCOMES = ["Running", "Passed", "Failed", "Inconclusive"]
+
 _canary_status = {
     "type": "object",
     "description": "The canary rollout's persisted state (modelops.rollout.RolloutState).",
@@ -113,6 +121,38 @@ _canary_status = {
         "delivered": {"type": "object", "additionalProperties": {"type": "integer"},
                       "description": "Per webhook: the last notification it acknowledged."},
         "outbox": {"type": "array", "items": _notification},
+        "performanceGate": {
+            "type": "object",
+            "description": "The canary's performance gate: its attempt, both load tests' numbers, the verdict.",
+            "properties": {
+                "version": {"type": "string"},
+                "attempt": {"type": "integer"},
+                "requestedAt": {"type": "string", "format": "date-time"},
+                "outcome": {"type": "string", "enum": _RECORD_OUTCOMES},
+                "check": {"type": "string"},
+                "message": {"type": "string"},
+                "stable": _load_test,
+                "candidate": _load_test,
+                "decidedAt": {"type": "string", "format": "date-time"},
+            },
+        },
+        "shadow": {
+            "type": "object",
+            "description": "The canary's shadow phase: mirrored since, share, last comparison numbers, verdict.",
+            "properties": {
+                "version": {"type": "string"},
+                "startedAt": {"type": "string", "format": "date-time"},
+                "percent": {"type": "integer"},
+                "outcome": {"type": "string", "enum": _RECORD_OUTCOMES},
+                "check": {"type": "string"},
+                "message": {"type": "string"},
+                "values": {"type": "object", "properties": {
+                    "comparisons": {"type": "number"}, "agreement": {"type": "number"},
+                    "maxAbsDiff": {"type": "number"}, "worstAbsDiff": {"type": "number"},
+                    "cosine": {"type": "number"}}},
+                "decidedAt": {"type": "string", "format": "date-time"},
+            },
+        },
     },
 }
 

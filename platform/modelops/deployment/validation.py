@@ -70,20 +70,23 @@ def _creates_defaults(node: dict) -> bool:
         "default" in sub or _creates_defaults(sub) for sub in node.get("properties", {}).values())
 
 
-def with_defaults(value: Any, node: dict) -> Any:
-    """`value` with the defaults of `node` filled in (a new object; `value` is not changed)."""
+def with_defaults(value: Any, node: dict, path: str = "") -> Any:
+    """`value` with the defaults of `node` filled in (a new object; `value` is not changed).
+    `path`: the dotted spec path of `node` ("" for the spec itself); an absent object named in
+    `schema.OPT_IN_OBJECTS` (its presence turns a feature on) is not created."""
     if isinstance(value, dict) and node.get("type") == "object":
         out = dict(value)
         for key, sub in node.get("properties", {}).items():
+            here = f"{path}{key}"
             if key in out:
-                out[key] = with_defaults(out[key], sub)
+                out[key] = with_defaults(out[key], sub, here + ".")
             elif "default" in sub:
                 out[key] = copy.deepcopy(sub["default"])
-            elif _creates_defaults(sub):
-                out[key] = with_defaults({}, sub)
+            elif _creates_defaults(sub) and here not in schema.OPT_IN_OBJECTS:
+                out[key] = with_defaults({}, sub, here + ".")
         return out
     if isinstance(value, list) and isinstance(node.get("items"), dict):
-        return [with_defaults(v, node["items"]) for v in value]
+        return [with_defaults(v, node["items"], path) for v in value]
     return value
 
 

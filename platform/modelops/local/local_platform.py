@@ -3,13 +3,18 @@
 - `canary_ready`: the canary's predictor and the stable's both answer ready (the split is in place);
 - `interface`: what a version's predictor serves, read from its converted directory;
 - `apply`: the router's routes, from `RolloutState.traffic`, written only when they change
-  (predictors that are not ready are left out; the supervisor retires what nothing needs).
+  (predictors that are not ready are left out; the supervisor retires what nothing needs);
+- `set_shadow`, `performance_gate`: not available yet in local mode (the mirror file in the run
+  dir and the in-process load test are to come): with `spec.rollout.shadow` / `performanceGate`
+  set they raise `NotAvailableYet` (inconclusive: the candidate is rolled back, never promoted
+  blind); without them they are never called.
 """
 
 from __future__ import annotations
 
 import httpx
 
+from .. import errors
 from ..rollout.interface import Interface, from_model_dir
 from ..rollout.state import Traffic
 from .predictors import Predictors
@@ -57,3 +62,12 @@ class LocalPlatform:
         r = self._http.put(f"{self.admin_url}/routes", json={"routes": routes})
         r.raise_for_status()
         self.routes = routes
+
+    def set_shadow(self, mirror) -> None:
+        if mirror is not None:
+            raise errors.NotAvailableYet("spec.rollout.shadow: mirroring to the candidate is not available yet "
+                                         "in local mode (the mirror file in the run dir is to come)")
+
+    def performance_gate(self, test):
+        raise errors.NotAvailableYet("spec.rollout.performanceGate: the load test is not available yet in "
+                                     "local mode")

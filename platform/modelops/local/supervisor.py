@@ -296,6 +296,8 @@ class Supervisor:
         elif self.platform.changed:
             self.services.log_event("Routes", routes=[{"version": x["version"], "weight": x["weight"]}
                                                       for x in self.platform.routes])
+        if result.shadow_error:
+            self.display.event(f"shadow: mirroring not applied ({result.shadow_error}); trying again")
         self._report(result.actions, weight)
         if self.webhooks:
             self.dispatcher.submit(self.manifest.deployment_id, self.spec.model.name, self.webhooks,

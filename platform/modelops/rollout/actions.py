@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from ..deployment.spec import DeploymentSpec
+from ..deployment.spec import DeploymentSpec, PerformanceGateSpec, ShadowSpec
 from .analysis import AnalysisResult
 from .interface import InterfaceCheck
 from .state import EVENTS, Notification
@@ -34,6 +34,8 @@ class RolloutPolicy:
     max_outbox: int = 64
     require_interface: bool = False  # a canary starts only once its interface was compared
     allow_interface_change: bool = False  # an incompatible interface is noted, not refused
+    performance_gate: PerformanceGateSpec | None = None  # a load test before shadow or traffic (None: none)
+    shadow: ShadowSpec | None = None  # a shadow phase before the first traffic step (None: none)
 
     @property
     def interval(self) -> timedelta:
@@ -47,7 +49,9 @@ class RolloutPolicy:
                    webhooks=tuple(WebhookSubscription(w.name, frozenset(w.events))
                                   for w in spec.hooks.webhooks),
                    gates=frozenset(g.type for g in spec.hooks.gates), require_interface=True,
-                   allow_interface_change=r.allow_interface_change)
+                   allow_interface_change=r.allow_interface_change,
+                   performance_gate=r.performance_gate if r.strategy == "canary" else None,
+                   shadow=r.shadow if r.strategy == "canary" else None)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,23 @@ class GateResult:
     version: str
     open: bool
     message: str = ""
+
+
+@dataclass(frozen=True)
+class LoadTestResult:
+    """What the platform knows of the load tests of a `LoadTest` (the same version and attempt):
+    both documents once done (`modelops loadtest --json`: requests, errors, throughput_rps,
+    p50_ms, p99_ms), `error` when they failed or the result is unreadable, neither while running."""
+
+    version: str
+    attempt: int
+    stable: dict | None = None
+    candidate: dict | None = None
+    error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.error is None and (self.stable is None or self.candidate is None)
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,7 @@ class Observations:
     analysis: AnalysisResult | None = None  # the answer to an Analyse action
     gates: tuple[GateResult, ...] = ()  # answers to CallGate actions
     interface: InterfaceCheck | None = None  # the target's interface against the stable version's
+    load_test: LoadTestResult | None = None  # the answer to a LoadTest action
 
     @classmethod
     def from_resource(cls, spec: DeploymentSpec, annotations: dict | None, *, target: str | None,
@@ -130,6 +152,38 @@ class Analyse:
     stable_version: str | None
     weight: int
     window_seconds: float
+    shadow: bool = False  # the shadow phase's analysis (the shadow checks alone, cumulative since it began)
+
+
+@dataclass(frozen=True)
+class LoadTest:
+    """Run (once per `key`: idempotent) the performance gate's load tests: first against the stable
+    version, then against the candidate `version`, same settings; pass back a LoadTestResult."""
+
+    version: str
+    stable_version: str | None
+    attempt: int
+    concurrency: int
+    duration_seconds: float
+
+    @property
+    def key(self) -> str:
+        """Names this attempt's tests on the platform (a Job name, a run-dir file): a restart that
+        asks again finds them instead of starting new ones."""
+        return f"v{self.version}-gate-{self.attempt}"
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """A performance gate or a shadow phase was decided (for Events, the history and MLflow tags)."""
+
+    phase: str  # performanceGate | shadow
+    version: str
+    stable_version: str | None
+    outcome: str  # Passed | Failed | Inconclusive
+    check: str | None
+    message: str
+    values: dict  # the numbers it was decided on
 
 
 @dataclass(frozen=True)
@@ -149,4 +203,4 @@ class Notify:
     notification: Notification
 
 
-Action = SetWeight | Promote | RollBack | Hold | Analyse | CallGate | Notify
+Action = SetWeight | Promote | RollBack | Hold | Analyse | CallGate | LoadTest | PhaseResult | Notify

@@ -31,6 +31,10 @@ REQUESTS_METRIC = "modelops_predictor_requests_total"
 LATENCY_METRIC = "modelops_predictor_request_seconds"
 
 
+# Checks that count what was measured: while one is inconclusive (too few), nothing else decides.
+COUNT_CHECKS = frozenset({"requests", "comparisons"})
+
+
 class Outcome(str, Enum):
     PASSED = "Passed"
     FAILED = "Failed"
@@ -140,7 +144,7 @@ class AnalysisResult:
         if self.outcome == Outcome.PASSED:
             return None
         if self.outcome == Outcome.INCONCLUSIVE:
-            requests = next((c for c in self.checks if c.name == "requests"
+            requests = next((c for c in self.checks if c.name in COUNT_CHECKS
                              and c.outcome == Outcome.INCONCLUSIVE), None)
             if requests is not None:
                 return requests
@@ -166,7 +170,7 @@ def combine(version: str, at: datetime, checks: list[CheckResult]) -> AnalysisRe
     """Failed if any check failed; else Inconclusive if too few requests or any check was; else Passed."""
     outcomes = {c.outcome for c in checks}
     if Outcome.FAILED in outcomes and not any(
-            c.name == "requests" and c.outcome == Outcome.INCONCLUSIVE for c in checks):
+            c.name in COUNT_CHECKS and c.outcome == Outcome.INCONCLUSIVE for c in checks):
         outcome = Outcome.FAILED
     elif Outcome.INCONCLUSIVE in outcomes or Outcome.FAILED in outcomes:
         outcome = Outcome.INCONCLUSIVE  # too few requests: nothing the other checks say decides

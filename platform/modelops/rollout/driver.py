@@ -9,9 +9,11 @@ what it decided, in an order that makes every pass restart-safe:
    questions (reads only: nothing has changed anywhere yet);
 3. **persist** the new state (`Store.save`: `status.canary` for the operator, `status.json` in
    local mode). A failure here changes nothing: the next pass decides again from the old state;
-4. **apply** the persisted traffic (`Platform.apply(state.traffic)`, idempotent). A failure here
-   leaves the state ahead of the platform; the next pass applies it again (level-triggered, like
-   every reconcile), so a restart between 3 and 4 converges;
+4. **apply** the persisted traffic (`Platform.apply(state.traffic)`, idempotent), then, when the
+   spec has a shadow phase (or mirroring was on), the mirroring (`Platform.set_shadow(mirror or
+   None)`, idempotent: None stops it once the rollout ends). A failure here leaves the state ahead
+   of the platform; the next pass applies it again (level-triggered, like every reconcile), so a
+   restart between 3 and 4 converges;
 5. **record** the transitions in the history (MLflow tags, `promoteAlias`) after they were
    persisted: a transition is never recomputed once persisted, so it is recorded at most once; an
    MLflow outage loses those tags (the error is returned for the caller to log), never the rollout.
@@ -19,6 +21,10 @@ what it decided, in an order that makes every pass restart-safe:
 Webhook notifications need no step of their own: the engine keeps them in the persisted outbox,
 and the caller's dispatcher delivers them from there (at least once, in order, deduplicated by
 their sequence number).
+
+The performance gate's load tests are the platform's too (`Platform.performance_gate(test)`,
+asked while deciding: it starts the tests of `test.key` once and reports them when done); a spec
+without `performanceGate` or `shadow` never calls these two methods.
 
 A platform is a few methods (`Platform`): the operator's `KServePlatform` writes the
 InferenceService (Standard `spec.canary[]`, Knative `canaryTrafficPercent`); local mode's
@@ -35,8 +41,11 @@ from typing import Callable, Mapping, Protocol
 from .. import errors
 from ..deployment.spec import DeploymentSpec
 from . import analysis as analysis_mod
-from .engine import Analyse, CallGate, GateResult, Observations, RolloutPolicy, drive, transitions, wants_interface
+from . import shadow as shadow_mod
+from .engine import (Analyse, CallGate, GateResult, LoadTest, LoadTestResult, Observations, RolloutPolicy, drive,
+                     transitions, wants_interface)
 from .interface import Interface, InterfaceCheck, check
+from .shadow import Mirror
 from .state import Phase, RolloutState, Traffic
 
 
@@ -51,6 +60,16 @@ class Platform(Protocol):
 
     def apply(self, traffic: Traffic) -> None:
         """Make the platform serve `traffic` (idempotent)."""
+
+    def set_shadow(self, mirror: Mirror | None) -> None:
+        """Tell the stable predictor to mirror to the candidate as `mirror` says (its
+        `to_config(candidate_url, model)` is the file it watches), or to stop (None); idempotent.
+        Called only when the spec has `rollout.shadow` or mirroring was on."""
+
+    def performance_gate(self, test: LoadTest) -> LoadTestResult | None:
+        """Start the load tests of `test` (the stable's, then the candidate's) unless tests of
+        `test.key` exist already, and report them: a LoadTestResult once both are done (or failed),
+        None while they run. Raises a ModelOpsError to say the result cannot be had (inconclusive)."""
 
 
 class Store(Protocol):
@@ -98,6 +117,7 @@ class TickResult:
     actions: tuple
     interface: InterfaceCheck | None = None
     apply_error: str | None = None  # the platform did not take the traffic (applied next pass)
+    shadow_error: str | None = None  # the platform did not take the mirroring (applied next pass)
     history_error: str | None = None  # MLflow missed these transitions
 
     @property
@@ -138,9 +158,21 @@ def decide(state: RolloutState, spec: DeploymentSpec, facts: Facts, *, platform:
         target = analysis_mod.Target(model=scope.model, version=a.version, stable_version=a.stable_version,
                                      window=a.window_seconds, weight=a.weight, namespace=scope.namespace,
                                      labels=dict(scope.labels))
-        return analysis_mod.analyse(spec.rollout.analysis, provider, target, now)
+        if a.shadow and policy.shadow is not None:
+            return shadow_mod.analyse(policy.shadow, provider, target, now)
+        result = analysis_mod.analyse(spec.rollout.analysis, provider, target, now)
+        if policy.shadow is not None:  # the comparison goes on during the steps: judged there too
+            result = shadow_mod.step_checks(result, policy.shadow, provider, target)
+        return result
 
-    new, actions = drive(state, obs, policy, now, analyse=analyse, gate=gate)
+    def load_test(t: LoadTest) -> LoadTestResult:
+        try:
+            got = platform.performance_gate(t)
+        except errors.ModelOpsError as exc:  # unreadable, not available: inconclusive, never a pass
+            return LoadTestResult(t.version, t.attempt, error=f"{exc.reason}: {exc}")
+        return got if got is not None else LoadTestResult(t.version, t.attempt)
+
+    new, actions = drive(state, obs, policy, now, analyse=analyse, gate=gate, load_test=load_test)
     return TickResult(state=new, actions=actions, interface=interface)
 
 
@@ -149,14 +181,20 @@ def tick(state: RolloutState, spec: DeploymentSpec, facts: Facts, *, platform: P
          history: History | None = None, gate: Callable[[CallGate], GateResult] | None = None,
          policy: RolloutPolicy | None = None) -> TickResult:
     """One pass: observe, decide, persist, apply, record (see the module's docstring)."""
+    policy = policy or RolloutPolicy.from_spec(spec)
     result = decide(state, spec, facts, platform=platform, provider=provider, scope=scope, now=now,
                     gate=gate, policy=policy)
     store.save(result.state, result)  # raises: nothing happened
-    apply_error = None
+    apply_error = shadow_error = None
     try:
         platform.apply(result.state.traffic)
     except Exception as exc:  # the state is persisted: the next pass applies it again
         apply_error = f"{type(exc).__name__}: {exc}"
+    if policy.shadow is not None or state.mirroring or result.state.mirroring:
+        try:
+            platform.set_shadow(shadow_mod.mirror(result.state, policy))
+        except Exception as exc:  # persisted: set again on the next pass
+            shadow_error = f"{type(exc).__name__}: {exc}"
     history_error = None
     moves = result.transitions
     if history is not None and moves:
@@ -165,7 +203,7 @@ def tick(state: RolloutState, spec: DeploymentSpec, facts: Facts, *, platform: P
         except Exception as exc:  # MLflow away: these tags are missed (returned, logged), never retried twice
             history_error = f"{type(exc).__name__}: {exc}"
     return TickResult(state=result.state, actions=result.actions, interface=result.interface,
-                      apply_error=apply_error, history_error=history_error)
+                      apply_error=apply_error, shadow_error=shadow_error, history_error=history_error)
 
 
 __all__ = ["AnalysisScope", "Facts", "adopt", "History", "Platform", "Store", "TickResult", "compare_interfaces",

@@ -32,6 +32,11 @@ Rules:
   `allowInterfaceChange`; compatible changes are noted in its Started message. Interfaces that
   cannot be read yet hold it (`InterfaceUnknown`): a canary never starts unchecked when the policy
   requires the check (every policy built from a spec does).
+- Before the first traffic step, when configured (`RolloutPolicy.performance_gate`, `.shadow`;
+  after the preRollout gates): the performance gate (`modelops.rollout.gate`: `LoadTest` asked,
+  `Observations.load_test` answered; failing it rolls the candidate back at 0%), then the shadow
+  phase (`modelops.rollout.shadow`: the stable mirrors requests to the candidate, `Analyse(shadow=
+  True)` judges the comparisons; failing rolls it back at 0%). Both at weight 0, both in the state.
 - Restart safety: everything is in the state. Notifications carry a sequence number from the
   state and wait in its outbox until every subscribed webhook acknowledged them
   (`acknowledge()`); the same state and inputs give the same actions with the same numbers, and
@@ -40,64 +45,39 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Iterable
 
-from .actions import (ABORT_ANNOTATION, PROMOTE_ANNOTATION, Action, Analyse, CallGate, GateResult, Hold,
-                      Notify, Observations, Promote, RollBack, RolloutPolicy, SetWeight, WebhookSubscription)
+from . import gate as perf_gate
+from . import shadow as shadow_phase
+from .actions import (ABORT_ANNOTATION, PROMOTE_ANNOTATION, Action, Analyse, CallGate, GateResult, Hold, LoadTest,
+                      LoadTestResult, Notify, Observations, PhaseResult, Promote, RollBack, RolloutPolicy, SetWeight,
+                      WebhookSubscription)
 from .analysis import AnalysisResult, Outcome
 from .interface import CHECK_NAME as INTERFACE_CHECK
 from .interface import InterfaceCheck
-from .state import GateWait, Notification, Phase, RolledBack, RolloutState, format_time, utc
+from .state import GateWait, Notification, Phase, RolloutState, format_time, utc
+from .stepping import Step, begin_traffic, fail, finish_promotion, prune, roll_back
 
 __all__ = ["ABORT_ANNOTATION", "PROMOTE_ANNOTATION", "Action", "Analyse", "CallGate", "GateResult", "Hold",
-           "Notify", "Observations", "Promote", "RollBack", "RolloutPolicy", "SetWeight", "WebhookSubscription",
-           "acknowledge", "drive", "pending", "step", "transitions", "wants_interface"]
+           "LoadTest", "LoadTestResult", "Notify", "Observations", "PhaseResult", "Promote", "RollBack",
+           "RolloutPolicy", "SetWeight", "WebhookSubscription", "acknowledge", "drive", "pending", "step",
+           "transitions", "wants_interface"]
 
 
 # --- the engine ------------------------------------------------------------------------------
-@dataclass
-class _Step:
-    state: RolloutState
-    policy: RolloutPolicy
-    now: datetime
-    generation: int = 0
-    actions: list = field(default_factory=list)
-    interface_note: str = ""  # compatible interface changes of the canary being started
-
-    def set(self, **changes) -> None:
-        self.state = self.state.evolve(**changes)
-
-    def hold(self, reason: str, message: str) -> None:
-        self.set(reason=reason, message=message)
-        self.actions.append(Hold(reason, message))
-
-    def notify(self, event: str, *, reason: str, message: str, check: str | None = None) -> None:
-        s = self.state
-        seq = s.hook_seq + 1
-        n = Notification(seq=seq, event=event, version=s.version or "",
-                         stable_version=s.stable_version, weight=s.weight, at=self.now,
-                         reason=reason, message=message, check=check)
-        outbox = s.outbox
-        if any(event in w.events for w in self.policy.webhooks):
-            outbox = (outbox + (n,))[-self.policy.max_outbox:]
-        self.set(hook_seq=seq, outbox=outbox)
-        self.actions.append(Notify(n))
-
-
 def step(state: RolloutState | None, obs: Observations, policy: RolloutPolicy,
          now: datetime) -> tuple[RolloutState, tuple]:
     """The next rollout state and the actions that lead there (pure)."""
     now = utc(now)
-    s = _Step(state or RolloutState(), policy, now, obs.generation)
+    s = Step(state or RolloutState(), policy, now, obs.generation)
     s.interface_note = _interface_note(obs.interface, policy)
     _decide(s, obs)
-    s.set(outbox=_prune(s.state.outbox, s.state.delivered, policy))
+    s.set(outbox=prune(s.state.outbox, s.state.delivered, policy))
     return s.state, tuple(s.actions)
 
 
-def _decide(s: _Step, obs: Observations) -> None:
+def _decide(s: Step, obs: Observations) -> None:
     st = s.state
     target = obs.target
     if target is None:  # nothing resolved and ready: keep doing what we do
@@ -114,31 +94,31 @@ def _decide(s: _Step, obs: Observations) -> None:
 
     if s.policy.strategy == "replace":  # today's behaviour: the target serves 100% at once
         if st.phase.active and st.version != target:
-            _roll_back(s, "Replace", f"strategy replace: v{target} replaces the canary", notify=False)
+            roll_back(s, "Replace", f"strategy replace: v{target} replaces the canary", notify=False)
         if target != s.state.stable_version or s.state.phase.active:
-            _finish_promotion(s, target, "Replace",
-                              f"v{target} serves 100% (strategy replace, was v{s.state.stable_version})",
-                              notify=False, phase=Phase.STABLE)
+            finish_promotion(s, target, "Replace",
+                             f"v{target} serves 100% (strategy replace, was v{s.state.stable_version})",
+                             notify=False, phase=Phase.STABLE)
         return
 
     # Manual controls act on the canary they name.
     if st.phase.active and obs.abort is not None and obs.abort == st.version:
-        _roll_back(s, "Aborted", f"v{st.version} aborted by hand ({ABORT_ANNOTATION})")
+        roll_back(s, "Aborted", f"v{st.version} aborted by hand ({ABORT_ANNOTATION})")
         return
     if st.phase.active and obs.promote is not None and obs.promote == st.version:
-        _finish_promotion(s, st.version, "Manual", f"v{st.version} promoted by hand ({PROMOTE_ANNOTATION})")
+        finish_promotion(s, st.version, "Manual", f"v{st.version} promoted by hand ({PROMOTE_ANNOTATION})")
         return
 
     # The target moved.
     if target == st.stable_version:
         if st.phase.active:
-            _roll_back(s, "TargetIsStable",
-                       f"the resolved version is v{target} again: canary v{st.version} removed")
+            roll_back(s, "TargetIsStable",
+                      f"the resolved version is v{target} again: canary v{st.version} removed")
         return
     if target != st.version or not st.phase.active:
         if st.refuses(target, obs.generation):  # rolled back already: not tried again for this generation
             if st.phase.active:
-                _roll_back(s, "Superseded", f"the resolved version is v{target}, rolled back before")
+                roll_back(s, "Superseded", f"the resolved version is v{target}, rolled back before")
             return
         if obs.paused:
             s.hold("Paused", f"v{target} waits: the rollout is paused")
@@ -161,11 +141,15 @@ def _decide(s: _Step, obs: Observations) -> None:
     if st.phase == Phase.PAUSED:
         _resume(s)
     if s.state.phase == Phase.WAITING_FOR_GATE:
-        _await_gate(s, obs, "preRollout", lambda: _begin_traffic(s))
+        _await_gate(s, obs, "preRollout", lambda: _pre_traffic(s, obs))
+    elif s.state.phase == Phase.PERFORMANCE_GATE:
+        perf_gate.progress(s, obs, lambda: _after_gate(s))
+    elif s.state.phase == Phase.SHADOW:
+        shadow_phase.progress(s, obs)
     elif s.state.phase == Phase.AWAITING_PROMOTION:
         _await_gate(s, obs, "confirmPromotion",
-                    lambda: _finish_promotion(s, s.state.version, "Analysis",
-                                              f"v{s.state.version} passed every step: promoted"))
+                    lambda: finish_promotion(s, s.state.version, "Analysis",
+                                             f"v{s.state.version} passed every step: promoted"))
     elif s.state.phase == Phase.PROGRESSING and obs.canary_ready is False:
         # Not serving yet: nothing to judge. The step's interval starts once it serves.
         s.set(next_analysis_at=s.now + s.policy.interval)
@@ -190,7 +174,7 @@ def _interface_note(ic: InterfaceCheck | None, policy: RolloutPolicy) -> str:
     return "; ".join(x for x in (allowed, ic.note) if x)
 
 
-def _interface_allows(s: _Step, target: str, obs: Observations) -> bool:
+def _interface_allows(s: Step, target: str, obs: Observations) -> bool:
     """The interface check before any weight moves; False: held or refused (done here)."""
     ic = obs.interface if obs.interface is not None and obs.interface.version == target else None
     if ic is None and not s.policy.require_interface:
@@ -204,57 +188,67 @@ def _interface_allows(s: _Step, target: str, obs: Observations) -> bool:
         return True
     st = s.state
     if st.phase.active:  # the canary it supersedes goes too: the alias moved away from it
-        _roll_back(s, "Superseded", f"the resolved version is v{target}: canary v{st.version} removed")
+        roll_back(s, "Superseded", f"the resolved version is v{target}: canary v{st.version} removed")
     s.set(version=target, weight=0, step=0, failed_checks=0, inconclusive_checks=0, started_at=s.now,
-          last_step_at=None, last_analysis_at=None, next_analysis_at=None, analysis=None, gate=None)
-    _fail(s, "InterfaceChanged", f"InterfaceChanged: {ic.message}", INTERFACE_CHECK)
+          last_step_at=None, last_analysis_at=None, next_analysis_at=None, analysis=None, gate=None,
+          performance_gate=None, shadow=None)
+    fail(s, "InterfaceChanged", f"InterfaceChanged: {ic.message}", INTERFACE_CHECK)
     return False
 
 
-def _start_canary(s: _Step, target: str, obs: Observations) -> None:
+def _start_canary(s: Step, target: str, obs: Observations) -> None:
     st = s.state
     previous = st.version if st.phase.active else None
     s.set(phase=Phase.WAITING_FOR_GATE, version=target, weight=0, step=0, failed_checks=0,
           inconclusive_checks=0, started_at=s.now, last_step_at=None, last_analysis_at=None,
-          next_analysis_at=None, analysis=None, gate=None,
+          next_analysis_at=None, analysis=None, gate=None, performance_gate=None, shadow=None,
           reason="Restarted" if previous else "Started",
           message=(f"v{target} supersedes canary v{previous}: analysis restarts" if previous
                    else f"canary v{target} against stable v{st.stable_version}"))
     if "preRollout" in s.policy.gates:
-        _await_gate(s, obs, "preRollout", lambda: _begin_traffic(s, previous))
+        _await_gate(s, obs, "preRollout", lambda: _pre_traffic(s, obs, previous))
     else:
-        _begin_traffic(s, previous)
+        _pre_traffic(s, obs, previous)
 
 
-def _begin_traffic(s: _Step, superseded: str | None = None) -> None:
-    st = s.state
-    weight = s.policy.steps[0]
-    s.set(phase=Phase.PROGRESSING, weight=weight, step=0, gate=None, last_step_at=s.now,
-          next_analysis_at=s.now + s.policy.interval, reason="Progressing",
-          message=f"canary v{st.version} at {weight}% (step 1/{len(s.policy.steps)})")
-    s.actions.append(SetWeight(st.version, weight, 0, st.stable_version))
-    why = f"; supersedes canary v{superseded}" if superseded else ""
-    noted = f" (interface: {s.interface_note})" if s.interface_note else ""
-    s.notify("Started", reason="Restarted" if superseded else "Started",
-             message=f"canary v{st.version} started at {weight}% against stable v{st.stable_version}{why}{noted}")
+def _pre_traffic(s: Step, obs: Observations, superseded: str | None = None) -> None:
+    """What comes before the first step: the performance gate, then the shadow phase (each when configured)."""
+    if s.policy.performance_gate is not None:
+        perf_gate.enter(s, obs, lambda: _after_gate(s, superseded))
+    else:
+        _after_gate(s, superseded)
 
 
-def _resume(s: _Step) -> None:
+def _after_gate(s: Step, superseded: str | None = None) -> None:
+    if s.policy.shadow is not None:
+        shadow_phase.enter(s)
+    else:
+        begin_traffic(s, superseded)
+
+
+
+def _resume(s: Step) -> None:
     st = s.state
     gate = st.gate
     if gate is not None and gate.type == "preRollout":
         phase = Phase.WAITING_FOR_GATE
     elif gate is not None and gate.type == "confirmPromotion":
         phase = Phase.AWAITING_PROMOTION
+    elif st.weight == 0 and st.performance_gate is not None and st.performance_gate.version == st.version \
+            and st.performance_gate.outcome != "Passed":
+        phase = Phase.PERFORMANCE_GATE
+    elif st.weight == 0 and st.shadow is not None and st.shadow.version == st.version:
+        phase = Phase.SHADOW
     else:
         phase = Phase.PROGRESSING
     # A fresh interval (the paused time is not analysed); a gate is asked again at once.
     s.set(phase=phase,
-          next_analysis_at=s.now + s.policy.interval if phase == Phase.PROGRESSING else st.next_analysis_at,
+          next_analysis_at=s.now + s.policy.interval if phase in (Phase.PROGRESSING, Phase.SHADOW)
+          else st.next_analysis_at,
           gate=None if gate is None else GateWait(gate.type, gate.version, None, None, gate.message))
 
 
-def _await_gate(s: _Step, obs: Observations, type_: str, on_open: Callable[[], None]) -> None:
+def _await_gate(s: Step, obs: Observations, type_: str, on_open: Callable[[], None]) -> None:
     st = s.state
     version = st.version
     answer = next((g for g in obs.gates if g.type == type_ and g.version == version), None)
@@ -283,7 +277,7 @@ def _await_gate(s: _Step, obs: Observations, type_: str, on_open: Callable[[], N
                f"{type_} gate holds v{version}{what}; asking again at {format_time(gate.asked_at + s.policy.interval)}")
 
 
-def _progress(s: _Step, obs: Observations) -> None:
+def _progress(s: Step, obs: Observations) -> None:
     st = s.state
     due = st.next_analysis_at or (st.last_step_at or s.now) + s.policy.interval
     if s.now < due:
@@ -313,17 +307,17 @@ def _progress(s: _Step, obs: Observations) -> None:
         elif "confirmPromotion" in s.policy.gates:
             s.set(phase=Phase.AWAITING_PROMOTION)
             _await_gate(s, obs, "confirmPromotion",
-                        lambda: _finish_promotion(s, st.version, "Analysis",
-                                                  f"v{st.version} passed every step: promoted"))
+                        lambda: finish_promotion(s, st.version, "Analysis",
+                                                 f"v{st.version} passed every step: promoted"))
         else:
-            _finish_promotion(s, st.version, "Analysis", f"v{st.version} passed every step: promoted")
+            finish_promotion(s, st.version, "Analysis", f"v{st.version} passed every step: promoted")
         return
     if result.outcome == Outcome.FAILED:
         failed = st.failed_checks + 1
         s.set(failed_checks=failed)
         if failed >= s.policy.failure_limit:
-            _fail(s, "AnalysisFailed", f"analysis failed {failed}/{s.policy.failure_limit}: {result.message}",
-                  check)
+            fail(s, "AnalysisFailed", f"analysis failed {failed}/{s.policy.failure_limit}: {result.message}",
+                 check)
         else:
             s.hold("AnalysisFailed", f"analysis failed {failed}/{s.policy.failure_limit}: {result.message}")
         return
@@ -331,48 +325,12 @@ def _progress(s: _Step, obs: Observations) -> None:
     s.set(inconclusive_checks=inconclusive)
     text = f"analysis inconclusive {inconclusive}/{s.policy.inconclusive_limit}: {result.message}"
     if inconclusive >= s.policy.inconclusive_limit:
-        _fail(s, "Inconclusive", text, check)
+        fail(s, "Inconclusive", text, check)
     else:
         s.hold("Inconclusive", text)
 
 
-def _fail(s: _Step, reason: str, message: str, check: str | None) -> None:
-    s.notify("Failed", reason=reason, message=message, check=check)
-    _roll_back(s, reason, message, check=check)
-
-
-def _roll_back(s: _Step, reason: str, message: str, check: str | None = None, notify: bool = True) -> None:
-    st = s.state
-    version = st.version or ""
-    s.actions.append(RollBack(version, st.stable_version, reason, message, check))
-    if notify:
-        s.notify("RolledBack", reason=reason, message=message, check=check)
-    s.set(phase=Phase.ROLLED_BACK, version=None, weight=0, step=0, gate=None, next_analysis_at=None,
-          reason=reason, message=f"v{version} rolled back: {message}; v{st.stable_version} serves 100%",
-          rolled_back=RolledBack(version, s.generation, s.now, reason, check))
-
-
-def _finish_promotion(s: _Step, version: str, reason: str, message: str, notify: bool = True,
-                      phase: Phase = Phase.PROMOTED) -> None:
-    previous = s.state.stable_version
-    s.actions.append(Promote(version, previous, reason))
-    # The notification reads: `version` at 100%, stable (before) `previous`.
-    s.set(version=version, weight=100)
-    if notify:
-        s.notify("Promoted", reason=reason, message=message)
-    s.set(phase=phase, stable_version=version, version=None, weight=0, step=0, gate=None,
-          next_analysis_at=None, reason="Promoted" if reason in ("Analysis", "Manual") else reason,
-          message=message)
-
-
 # --- webhooks' outbox ------------------------------------------------------------------------
-def _prune(outbox: tuple[Notification, ...], delivered: dict[str, int],
-           policy: RolloutPolicy) -> tuple[Notification, ...]:
-    """Keep what some subscribed webhook has not acknowledged yet."""
-    return tuple(n for n in outbox
-                 if any(n.event in w.events and delivered.get(w.name, 0) < n.seq for w in policy.webhooks))
-
-
 def pending(state: RolloutState, policy: RolloutPolicy) -> list[tuple[str, Notification]]:
     """(webhook name, notification) still to deliver, in order, per webhook."""
     out = []
@@ -389,18 +347,20 @@ def acknowledge(state: RolloutState, webhook: str, seq: int, policy: RolloutPoli
     delivered = {**state.delivered, webhook: seq}
     known = {w.name for w in policy.webhooks}
     delivered = {k: v for k, v in delivered.items() if k in known}
-    return state.evolve(delivered=delivered, outbox=_prune(state.outbox, delivered, policy))
+    return state.evolve(delivered=delivered, outbox=prune(state.outbox, delivered, policy))
 
 
 # --- the caller's loop -----------------------------------------------------------------------
 def drive(state: RolloutState | None, obs: Observations, policy: RolloutPolicy, now: datetime, *,
           analyse: Callable[[Analyse], AnalysisResult] | None = None,
           gate: Callable[[CallGate], GateResult] | None = None,
-          max_rounds: int = 4) -> tuple[RolloutState, tuple]:
-    """`step` until no Analyse/CallGate is left unanswered; returns the state and every action.
+          load_test: Callable[[LoadTest], LoadTestResult] | None = None,
+          max_rounds: int = 5) -> tuple[RolloutState, tuple]:
+    """`step` until no Analyse/CallGate/LoadTest is left unanswered; returns the state and every action.
 
-    `analyse` and `gate` do the I/O (metric queries, gate requests). Without one, its actions are
-    returned for the caller to handle later.
+    `analyse`, `gate` and `load_test` do the I/O (metric queries, gate requests, the performance
+    gate's load tests on the platform). Without one, its actions are returned for the caller to
+    handle later.
     """
     from dataclasses import replace as _replace
 
@@ -408,7 +368,7 @@ def drive(state: RolloutState | None, obs: Observations, policy: RolloutPolicy, 
     current = state
     for _ in range(max_rounds):
         current, acts = step(current, obs, policy, now)
-        asks = [a for a in acts if isinstance(a, (Analyse, CallGate))]
+        asks = [a for a in acts if isinstance(a, (Analyse, CallGate, LoadTest))]
         answered = []
         for a in asks:
             if isinstance(a, Analyse) and analyse is not None:
@@ -416,6 +376,9 @@ def drive(state: RolloutState | None, obs: Observations, policy: RolloutPolicy, 
                 answered.append(a)
             elif isinstance(a, CallGate) and gate is not None:
                 obs = _replace(obs, gates=tuple(g for g in obs.gates if g.type != a.type) + (gate(a),))
+                answered.append(a)
+            elif isinstance(a, LoadTest) and load_test is not None:
+                obs = _replace(obs, load_test=load_test(a))
                 answered.append(a)
         keep = [a for a in acts if a not in answered and not (answered and isinstance(a, Hold))]
         actions += keep
@@ -426,4 +389,4 @@ def drive(state: RolloutState | None, obs: Observations, policy: RolloutPolicy, 
 
 def transitions(actions: Iterable) -> list:
     """The transition actions among `actions` (what Events, metrics and history record)."""
-    return [a for a in actions if isinstance(a, (SetWeight, Promote, RollBack, Notify))]
+    return [a for a in actions if isinstance(a, (SetWeight, Promote, RollBack, PhaseResult, Notify))]

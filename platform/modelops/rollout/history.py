@@ -6,6 +6,11 @@ Each model version touched by a rollout gets, per deployment (key `modelops.depl
   `replaced by v3 2025-...`, `serving since 2025-...` (first deployment or strategy replace);
 - `<key>.history`: a JSON list of `{state, at, weight?, reason?, check?, message?}`, newest last,
   trimmed to fit MLflow's tag value limit.
+- `<key>.performanceGate` and `<key>.shadow`: the performance gate's and the shadow phase's result as
+  JSON: `{outcome, check?, message, ...numbers}` (gate: p99Ms, stableP99Ms, throughputRps,
+  stableThroughputRps, throughputRatio, errors, requests; shadow: comparisons, agreement,
+  maxAbsDiff (at the quantile), worstAbsDiff, cosine), and an entry `performance gate passed|failed|inconclusive`,
+  `shadow passed|failed|inconclusive` in the history.
 `spec.rollout.promoteAlias` (e.g. `production`) moves to a version when it is promoted. So the
 MLflow UI tells which version serves where, since when and why.
 """
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable
 
-from .engine import Promote, RollBack, SetWeight
+from .engine import PhaseResult, Promote, RollBack, SetWeight
 from .state import format_time
 
 TAG_PREFIX = "modelops.deployment."
@@ -39,6 +44,8 @@ class Entry:
     check: str | None = None
     message: str = ""
     weight: int | None = None
+    extra: tuple[tuple[str, str], ...] = ()  # more tags, by suffix of the deployment key (".shadow": JSON)
+    replaces_state: bool = True  # whether it is the version's state in words (the `<key>` tag)
 
     @property
     def text(self) -> str:
@@ -47,7 +54,7 @@ class Entry:
             text = f"{self.state} since {when}"
         else:
             text = f"{self.state} {when}"
-        if self.state == "rolled back" and (self.check or self.message):
+        if (self.state == "rolled back" or not self.replaces_state) and (self.check or self.message):
             text += f" ({self.message or self.check})"
         return text[:MAX_TAG_VALUE]
 
@@ -74,6 +81,13 @@ def entries(actions: Iterable, now: datetime) -> list[Entry]:
                 out.append(Entry(a.previous, f"replaced by v{a.version}", now, a.reason, weight=0))
         elif isinstance(a, RollBack) and a.version:
             out.append(Entry(a.version, "rolled back", now, a.reason, a.check, a.message, weight=0))
+        elif isinstance(a, PhaseResult) and a.version:
+            what = "performance gate" if a.phase == "performanceGate" else "shadow"
+            doc = {"outcome": a.outcome, **({"check": a.check} if a.check else {}), "message": a.message[:500],
+                   **a.values}
+            out.append(Entry(a.version, f"{what} {a.outcome.lower()}", now, a.phase, a.check, a.message, weight=0,
+                             extra=((f".{a.phase}", json.dumps(doc, separators=(",", ":"))[:MAX_TAG_VALUE]),),
+                             replaces_state=False))
     return out
 
 
@@ -96,7 +110,10 @@ def record(registry, model_name: str, namespace: str, name: str, entry: Entry) -
     """Write one entry's tags on its model version; returns the tags written."""
     key = deployment_key(namespace, name)
     current = registry.get_version_tags(model_name, entry.version)
-    tags = {key: entry.text, f"{key}.history": _history(current.get(f"{key}.history"), entry)}
+    tags = {f"{key}.history": _history(current.get(f"{key}.history"), entry)}
+    if entry.replaces_state:
+        tags[key] = entry.text
+    tags.update({f"{key}{suffix}": value for suffix, value in entry.extra})
     registry.set_version_tags(model_name, entry.version, tags)
     return tags
 

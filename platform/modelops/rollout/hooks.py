@@ -4,7 +4,8 @@ Pure parts (body, signature, backoff, gate verdict) are plain functions; the HTT
 `WebhookDispatcher` (asyncio + httpx) and `call_gates`.
 
 Delivery contract (README): `POST` with a JSON body, headers
-- `X-ModelOps-Event`: Started | StepAdvanced | Promoted | RolledBack | Failed
+- `X-ModelOps-Event`: Started | StepAdvanced | Promoted | RolledBack | Failed | ShadowStarted |
+  ShadowPassed | ShadowFailed | PerformanceGatePassed | PerformanceGateFailed
 - `X-ModelOps-Delivery`: `<namespace>/<name>/<seq>`, the same for every attempt (dedupe on it)
 - `X-ModelOps-Signature-256`: `sha256=<hex HMAC-SHA256 of the raw body>` when a secret is set.
 A 2xx answer acknowledges. Anything else (or no answer) is retried with exponential backoff

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .analysis import (LATENCY_METRIC, REQUESTS_METRIC, ClientErrorRate, Inconclusive, LatencyQuantile, PromQL,
                        Query, RequestCount, SuccessRate, Value, usable)
+from .shadow import COMPARISONS_METRIC, HISTOGRAMS, ComparisonCount, ShadowQuantile
 
 
 # --- Prometheus ------------------------------------------------------------------------------
@@ -55,6 +56,15 @@ def to_promql(q: Query) -> str:
     if isinstance(q, LatencyQuantile):
         return (f"histogram_quantile({q.q}, sum by (le) "
                 f"(rate({LATENCY_METRIC}_bucket{_matchers(q.selector)}{w})))")
+    if isinstance(q, ComparisonCount):
+        if q.outcome is None:
+            return f"sum(increase({COMPARISONS_METRIC}{_matchers(q.selector)}{w}))"
+        # `or vector(0)`: no series of this outcome yet means none of them (the total decides "no data").
+        outcome = f'outcome="{q.outcome}"'
+        return f"sum(increase({COMPARISONS_METRIC}{_matchers(q.selector, outcome)}{w})) or vector(0)"
+    if isinstance(q, ShadowQuantile):
+        return (f"histogram_quantile({q.q}, sum by (le) "
+                f"(rate({HISTOGRAMS[q.metric]}_bucket{_matchers(q.selector)}{w})))")
     raise TypeError(f"unknown query {q!r}")
 
 
@@ -100,7 +110,8 @@ def _number(text) -> float:
 
 # --- predictors' own /metrics ----------------------------------------------------------------
 Key = tuple[str, str, tuple[tuple[str, str], ...]]  # (target url, sample name, labels)
-_WANTED = {f"{REQUESTS_METRIC}", f"{LATENCY_METRIC}_bucket", f"{LATENCY_METRIC}_count"}
+_WANTED = {f"{REQUESTS_METRIC}", f"{LATENCY_METRIC}_bucket", f"{LATENCY_METRIC}_count", COMPARISONS_METRIC,
+           *(f"{m}_bucket" for m in HISTOGRAMS.values())}
 
 
 @dataclass(frozen=True)
@@ -119,7 +130,9 @@ class ScrapeProvider:
     with Prometheus's `histogram_quantile` interpolation. Call `scrape()` regularly (every few
     seconds); `query()` also scrapes when the last scrape is older than `max_age`.
 
-    User PromQL checks cannot be answered honestly without Prometheus: they are inconclusive.
+    The shadow comparisons (`ComparisonCount`, `ShadowQuantile`) come from the stable predictor's
+    /metrics the same way. User PromQL checks cannot be answered honestly without Prometheus:
+    they are inconclusive.
     """
 
     def __init__(self, urls: Iterable[str], *, timeout: float = 5.0, max_age: float = 1.0,
@@ -211,8 +224,15 @@ class ScrapeProvider:
             if not inc or total <= 0:
                 return Inconclusive("no requests in the window")
             return 1.0 - counted / total if isinstance(q, SuccessRate) else counted / total
-        if isinstance(q, LatencyQuantile):
-            inc = self._increase(pair, f"{LATENCY_METRIC}_bucket", selector)
+        if isinstance(q, ComparisonCount):
+            inc = self._increase(pair, COMPARISONS_METRIC, selector)
+            if not inc:
+                return Inconclusive("no comparison series for the selector (is the stable mirroring?)")
+            return float(sum(v for labels, v in inc.items()
+                             if q.outcome is None or dict(labels).get("outcome") == q.outcome))
+        if isinstance(q, (LatencyQuantile, ShadowQuantile)):
+            name = HISTOGRAMS[q.metric] if isinstance(q, ShadowQuantile) else LATENCY_METRIC
+            inc = self._increase(pair, f"{name}_bucket", selector)
             buckets: dict[float, float] = {}
             for labels, v in inc.items():
                 le = float(dict(labels)["le"])

@@ -20,6 +20,8 @@ class Phase(str, Enum):
     IDLE = "Idle"                            # nothing serves yet
     STABLE = "Stable"                        # one version serves all traffic (first deployment, replace)
     WAITING_FOR_GATE = "WaitingForGate"      # canary chosen; a preRollout gate holds it at 0%
+    PERFORMANCE_GATE = "PerformanceGate"     # at 0%: the load tests of the candidate and the stable run
+    SHADOW = "Shadow"                        # at 0%: the stable mirrors requests to it; answers compared
     PROGRESSING = "Progressing"              # canary at a step weight, analysed every interval
     PAUSED = "Paused"                        # spec.rollout.paused: weight held, no analysis
     AWAITING_PROMOTION = "AwaitingPromotion"  # every step passed; a confirmPromotion gate holds it
@@ -146,6 +148,82 @@ class RolledBack:
                    check=raw.get("check") or None)
 
 
+RUNNING = "Running"  # a gate attempt or a shadow phase not decided yet (else Passed | Failed | Inconclusive)
+
+
+def _decided(raw: dict, at: datetime | None) -> dict:
+    return {**raw, "decidedAt": format_time(at)} if at is not None else raw
+
+
+@dataclass(frozen=True)
+class PerformanceGateRecord:
+    """The performance gate of `version`: its attempt, and once obtained the two load tests'
+    numbers and the verdict (kept: a restart never runs a decided gate again)."""
+
+    version: str
+    attempt: int = 1
+    requested_at: datetime | None = None  # this attempt starts at (or started at) this time
+    outcome: str = RUNNING  # Running | Passed | Failed | Inconclusive (the last attempt gave no verdict)
+    check: str | None = None  # the deciding check of a Failed or Inconclusive outcome
+    message: str = ""
+    stable: dict | None = None  # {requests, errors, throughputRps, p50Ms, p99Ms} of the stable's test
+    candidate: dict | None = None  # the same for the candidate's
+    decided_at: datetime | None = None
+
+    def to_status(self) -> dict:
+        out: dict = {"version": self.version, "attempt": self.attempt, "outcome": self.outcome,
+                     "message": self.message}
+        for key, value in (("requestedAt", format_time(self.requested_at)), ("check", self.check),
+                           ("stable", self.stable), ("candidate", self.candidate)):
+            if value:
+                out[key] = value
+        return _decided(out, self.decided_at)
+
+    @classmethod
+    def from_status(cls, raw: dict | None) -> PerformanceGateRecord | None:
+        if not raw or not raw.get("version"):
+            return None
+        return cls(version=str(raw["version"]), attempt=int(raw.get("attempt") or 1),
+                   requested_at=parse_time(raw.get("requestedAt")), outcome=raw.get("outcome") or RUNNING,
+                   check=raw.get("check") or None, message=raw.get("message", ""),
+                   stable=raw.get("stable") or None, candidate=raw.get("candidate") or None,
+                   decided_at=parse_time(raw.get("decidedAt")))
+
+
+@dataclass(frozen=True)
+class ShadowRecord:
+    """The shadow phase of `version`: since when its requests are mirrored, at what share, the
+    last shadow analysis' numbers and, once decided, the verdict (Passed: traffic steps began)."""
+
+    version: str
+    started_at: datetime
+    percent: int
+    outcome: str = RUNNING  # Running | Passed | Failed | Inconclusive (maxDuration without enough comparisons)
+    check: str | None = None
+    message: str = ""
+    values: dict | None = None  # {comparisons, agreement, maxAbsDiff, cosine} of the last shadow analysis
+    decided_at: datetime | None = None
+
+    def to_status(self) -> dict:
+        out: dict = {"version": self.version, "startedAt": format_time(self.started_at), "percent": self.percent,
+                     "outcome": self.outcome, "message": self.message}
+        if self.check:
+            out["check"] = self.check
+        if self.values:
+            out["values"] = dict(self.values)
+        return _decided(out, self.decided_at)
+
+    @classmethod
+    def from_status(cls, raw: dict | None) -> ShadowRecord | None:
+        if not raw or not raw.get("version") or not raw.get("startedAt"):
+            return None
+        return cls(version=str(raw["version"]), started_at=parse_time(raw["startedAt"]),
+                   percent=int(raw.get("percent") or 0), outcome=raw.get("outcome") or RUNNING,
+                   check=raw.get("check") or None, message=raw.get("message", ""),
+                   values=dict(raw["values"]) if raw.get("values") else None,
+                   decided_at=parse_time(raw.get("decidedAt")))
+
+
 @dataclass(frozen=True)
 class Traffic:
     """What should serve: the stable version and, when a canary exists, its version and weight."""
@@ -177,6 +255,8 @@ class RolloutState:
     hook_seq: int = 0  # sequence number of the last notification issued
     delivered: dict[str, int] = field(default_factory=dict)  # webhook name -> last seq it acknowledged
     outbox: tuple[Notification, ...] = ()  # issued, not yet acknowledged by every subscriber
+    performance_gate: PerformanceGateRecord | None = None  # the current (or last) canary's gate
+    shadow: ShadowRecord | None = None  # the current (or last) canary's shadow phase
 
     @property
     def traffic(self) -> Traffic:
@@ -184,6 +264,14 @@ class RolloutState:
         if self.phase.active and self.version is not None:
             return Traffic(stable=self.stable_version, canary=self.version, weight=self.weight)
         return Traffic(stable=self.stable_version)
+
+    @property
+    def mirroring(self) -> bool:
+        """The stable version should mirror requests to the canary: its shadow phase began and
+        the rollout is still on (mirroring stops when it is promoted or rolled back)."""
+        sh = self.shadow
+        return (self.phase.active and self.version is not None and sh is not None and sh.version == self.version
+                and self.phase not in (Phase.WAITING_FOR_GATE, Phase.PERFORMANCE_GATE))
 
     def refuses(self, version: str | None, generation: int) -> bool:
         """`version` was rolled back in this generation: it is not tried again until the spec
@@ -210,6 +298,8 @@ class RolloutState:
             "rolledBack": self.rolled_back.to_status() if self.rolled_back else None,
             "delivered": dict(self.delivered) if self.delivered else None,
             "outbox": [n.to_status() for n in self.outbox] if self.outbox else None,
+            "performanceGate": self.performance_gate.to_status() if self.performance_gate else None,
+            "shadow": self.shadow.to_status() if self.shadow else None,
         }
         out.update({k: v for k, v in optional.items() if v is not None})
         return out
@@ -243,6 +333,8 @@ class RolloutState:
             hook_seq=int(raw.get("hookSeq") or 0),
             delivered={str(k): int(v) for k, v in (raw.get("delivered") or {}).items()},
             outbox=tuple(Notification.from_status(n) for n in raw.get("outbox") or ()),
+            performance_gate=PerformanceGateRecord.from_status(raw.get("performanceGate")),
+            shadow=ShadowRecord.from_status(raw.get("shadow")),
         )
 
 
