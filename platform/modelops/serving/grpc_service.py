@@ -61,6 +61,8 @@ class ModelServicer(InferenceServicer):
             return pb.ModelInferResponse()
         metrics.REQUESTS.labels(name, label, "grpc", "200").inc()
         metrics.LATENCY.labels(name, label, "grpc").observe(time.perf_counter() - t0)
+        if model.mirror is not None:  # shadow: a copy of the decided answer (queued, not sent here)
+            model.mirror.offer(decoded.feeds, names, outputs)
         return response
 
     async def ModelMetadata(self, request, context):
