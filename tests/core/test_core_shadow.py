@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from onnx import TensorProto, helper
 
 from modelops.local.ports import free_port
 from modelops.serving.shadow import MIRROR_WORKERS
-from test_core_serving import Predictor, metric_value
+from test_core_serving import MODELOPS, Predictor, metric_value
 
 N = 24  # requests per scenario
 
@@ -254,3 +255,96 @@ def test_empty_config_is_off(stable, good, baseline, config_file):
     assert_answers_unchanged(stable, baseline)
     time.sleep(0.5)
     assert counts(stable, "empty")["sent"] == 0
+
+
+# --- modelops loadtest (the performance gate's measurement) ------------------------------------------------
+def loadtest(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([MODELOPS, "loadtest", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_loadtest_from_metadata_against_a_real_predictor(good, tmp_path):
+    before = metric_value(good.metrics(), "modelops_predictor_requests_total", code="200")
+    log = tmp_path / "termination-log"
+    r = loadtest(good.url, "--model", "clf", "--concurrency", "2", "--duration", "1s", "--json",
+                 "--termination-log", str(log))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert set(doc) == {"url", "model", "concurrency", "duration_s", "requests", "errors", "throughput_rps",
+                        "p50_ms", "p99_ms"}
+    assert doc["url"] == good.url and doc["concurrency"] == 2 and doc["duration_s"] == 1.0
+    assert doc["requests"] > 0 and doc["errors"] == 0 and doc["throughput_rps"] > 0
+    assert 0 < doc["p50_ms"] <= doc["p99_ms"]
+    assert json.loads(log.read_text()) == doc and len(log.read_bytes()) < 4096
+    served = metric_value(good.metrics(), "modelops_predictor_requests_total", code="200") - before
+    assert served >= doc["requests"]  # measured requests (+ the warm-up) reached the predictor, all 200
+
+
+def test_loadtest_with_a_body_file_counts_refused_requests_as_errors(good, tmp_path):
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps(requests(1)[0]))
+    r = loadtest(good.url, "--model", "clf", "--duration", "500ms", "--body", str(body), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["errors"] == 0 and json.loads(r.stdout)["requests"] > 0
+    body.write_text(json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4],
+                                            "data": [0, 0, 0, 0]}]}))
+    r = loadtest(good.url, "--model", "clf", "--duration", "500ms", "--body", str(body), "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0 and doc["errors"] == doc["requests"] > 0  # it ran: the gate decides
+    assert doc["first_error"].startswith("HTTP 400") and "features" in doc["first_error"]
+
+
+def test_loadtest_unreachable_target_fails_clearly(tmp_path):
+    log = tmp_path / "termination-log"
+    url = f"http://127.0.0.1:{free_port()}"
+    r = loadtest(url, "--model", "clf", "--duration", "1s", "--json", "--termination-log", str(log))
+    assert r.returncode == 75 and r.stdout == ""
+    assert r.stderr.startswith("modelops: PredictorUnreachable: ") and url in r.stderr
+    doc = json.loads(log.read_text())
+    assert doc["reason"] == "PredictorUnreachable" and doc["url"] == url and "requests" not in doc
+
+
+def test_loadtest_unknown_model(good):
+    r = loadtest(good.url, "--model", "nope", "--duration", "1s")
+    assert r.returncode == 2 and r.stderr.startswith("modelops: UnknownModel: ")
+
+
+# --- a text model: BYTES requests mirrored (V2 REST, gRPC, v1), label/scores compared --------------------------
+@pytest.fixture(scope="module")
+def text_pair(tmp_path_factory, logs):
+    import text_artifacts as ta
+
+    root = tmp_path_factory.mktemp("shadow-text")
+    cls_dir, _ = ta.classifier_dir(root / "cls")
+    config = root / "shadow.json"
+    candidate = Predictor(cls_dir, "cls", logs, "--model-version", "2", "--grpc-port", "0")
+    stable = Predictor(cls_dir, "cls", logs, "--model-version", "1", "--shadow-config", str(config))
+    yield stable, candidate, config
+    stable.stop()
+    candidate.stop()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_text_model_bytes_requests_are_mirrored_and_agree(text_pair, tmp_path):
+    from modelops.demo.text_models import seeded_texts
+
+    stable, candidate, config = text_pair
+    texts = seeded_texts(6, seed=5)
+    bodies = [{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": texts[i:i + 2]}]}
+              for i in range(0, 6, 2)]
+    before = [stable.infer(b).content for b in bodies]
+    doc = {"candidate": {"url": candidate.url, "model": "cls", "version": "2"}, "percent": 100}
+    configure(stable, config, doc, "mirroring on")
+    assert [stable.infer(b).content for b in bodies] == before
+    with grpc.insecure_channel(stable.grpc_url) as channel:
+        req = pb.ModelInferRequest(model_name="cls", inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="text", datatype="BYTES", shape=[2],
+            contents=pb.InferTensorContents(bytes_contents=[t.encode() for t in texts[:2]]))])
+        answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req, timeout=10)
+    assert [o.name for o in answer.outputs] == ["label", "score", "scores", "logits"]
+    assert stable.http.post("/v1/models/cls:predict", json={"instances": texts[:3]}).status_code == 200
+    total = len(bodies) + 2
+    c = wait_for(lambda: (c := counts(stable, "2"))["agree"] >= total and c, "agreeing comparisons", stable)
+    assert c["agree"] == c["sent"] == total and c["disagree"] == c["failed"] == 0
+    # the load test builds BYTES requests (seeded words) from the text model's metadata
+    r = loadtest(candidate.url, "--model", "cls", "--duration", "500ms", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["errors"] == 0 and json.loads(r.stdout)["requests"] > 0
