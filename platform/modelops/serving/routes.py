@@ -215,8 +215,9 @@ class PredictorASGI:
         else:
             await _send(send, 200, payload, [(b"content-type", b"application/octet-stream"),
                                              (_BINARY_HEADER, str(head_len).encode())])
-        if model.mirror is not None:  # shadow: a copy, after the answer went out
-            model.mirror.offer(request.feeds, names, outputs)
+        mirror = getattr(model, "mirror", None)
+        if mirror is not None:  # shadow: a copy, after the answer went out
+            mirror.offer(request.feeds, names, outputs)
 
     async def metadata(self, name: str, version: str | None, send) -> None:
         try:
