@@ -99,11 +99,12 @@ def test_shape_name_and_kind_mismatches_disagree_with_the_reason():
 
 def test_differences_nan_inf_and_zero():
     s = np.array([np.nan, np.inf, 0.0, 2.0])
-    assert differences(s, s.copy()) == (0.0, 0.0)
-    a, r = differences(np.array([0.0, 2.0]), np.array([0.0, 1.0]))
-    assert (a, r) == (1.0, 0.5)
-    a, _ = differences(np.array([np.nan]), np.array([1.0]))
-    assert a == np.inf
+    assert differences(s, s.copy()) == (0.0, 0.0, True)
+    assert differences(np.array([0.0, 2.0]), np.array([0.0, 1.0])) == (1.0, 0.5, False)
+    assert differences(np.array([0.0, 2.0]), np.array([0.0, 1.0]), rtol=0, atol=1.0) == (1.0, 0.5, True)
+    a, _, close = differences(np.array([np.nan]), np.array([1.0]))
+    assert a == np.inf and not close
+    assert differences(np.array([np.inf]), np.array([-np.inf]))[:2] == (np.inf, np.inf)
     assert not compare({"y": np.array([[np.nan]])}, {"y": np.array([[1.0]])}).agree
 
 
