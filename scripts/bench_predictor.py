@@ -10,6 +10,11 @@ For a PyTorch MLP and a small CNN registered in a local MLflow server, compares:
 With --auth-kubeconfig (an admin kubeconfig of a real API server, e.g. `$(../shared/k8s/start)`),
 also `modelops+auth` (`--auth kubernetes`, audit lines on, as deployed) and `modelops+auth-noaudit`,
 right after `modelops` in the same run: a ServiceAccount token bound by RBAC on every request.
+With `--servers shadow-cost` (alone or with others): the cost of shadow mirroring to the stable
+predictor: one stable `modelops serve --shadow-config FILE` and a second predictor (the candidate,
+same model), FILE rewritten between alternating c=16 rounds: off, 10%, 100% (both predictors and
+the client share this machine's cores: the candidate's work is counted against the stable here,
+which a separate candidate Pod would not be).
 Each server runs alone (one process, started and stopped in turn) and gets batch-1 JSON
 requests from a closed-loop client at concurrency 1 and 16. Ratios are against `mlflow`.
 
@@ -176,6 +181,8 @@ def bench_model(label: str, register, shape, tracking: str, work: Path, duration
         time.sleep(0.5)
     if auth_kubeconfig:
         results["auth-cost"] = auth_cost(label, ours, servers, headers, body, work, duration)
+    if only and "shadow-cost" in only:
+        results["shadow-cost"] = shadow_cost(label, onnx_dir, body, work, duration)
     if not only or "ort-inproc" in only:
         results["ort-inproc"] = inproc(onnx_dir, x, duration)
     return results
@@ -214,12 +221,74 @@ def auth_cost(label: str, ours: list[str], servers: dict, headers: dict, body: b
     return out
 
 
+SHADOW_MODES = {"off": None, "10%": 10, "100%": 100}
+
+
+def shadow_cost(label: str, onnx_dir: Path, body: bytes, work: Path, duration: float, rounds: int = 6) -> dict:
+    """Mirroring off vs on (10%, 100% of requests to a second predictor), one stable process
+    reconfigured through its watched file between alternating c=16 rounds (the order rotating):
+    the median per-round throughput ratio and p50 difference against `off`, and what the stable
+    counted (modelops_shadow_mirrored_total by result, comparisons by outcome)."""
+    config = work / f"{label}-shadow.json"
+    config.write_text("{}")
+    procs, urls = [], {}
+    try:
+        for role, extra in (("candidate", []), ("stable", ["--shadow-config", str(config)])):
+            port = free_port()
+            procs.append(start([PY, "-m", "modelops.cli", "serve", str(onnx_dir), "--name", label,
+                                "--http-port", str(port), "--grpc-port", "0", *extra],
+                               f"http://127.0.0.1:{port}/v2/health/ready", work / f"{label}-shadow-{role}.log"))
+            urls[role] = f"http://127.0.0.1:{port}"
+        modes = list(SHADOW_MODES)
+        rps: dict[str, list[float]] = {m: [] for m in modes}
+        p50: dict[str, list[float]] = {m: [] for m in modes}
+        for r in range(rounds):
+            for mode in modes[r % 3:] + modes[:r % 3]:
+                percent = SHADOW_MODES[mode]
+                doc = {} if percent is None else {
+                    "candidate": {"url": urls["candidate"], "model": label, "version": f"{percent}pct"},
+                    "percent": percent, "queueSize": 64, "timeoutMs": 2000}
+                config.write_text(json.dumps(doc))
+                time.sleep(1.5)  # the stable polls its file every second
+                res = run_load(f"{urls['stable']}/v2/models/{label}/infer", body, None, concurrency=16,
+                               requests=10**9, duration=max(1.0, duration / 3), warmup=50)
+                if res.errors:
+                    raise RuntimeError(f"shadow-cost {mode}: {res.errors} failed requests")
+                rps[mode].append(res.rps)
+                p50[mode].append(res.p50_ms)
+        config.write_text("{}")
+        time.sleep(3)  # the last copies land
+        import httpx
+
+        text = httpx.get(f"{urls['stable']}/metrics").text
+    finally:
+        for proc in procs:
+            stop(proc)
+    out = {"rounds": rounds, "rps": rps, "p50_ms": p50, "counted": {}}
+    for mode in modes[1:]:
+        ratios = sorted(a / b for a, b in zip(rps[mode], rps["off"]))
+        deltas = sorted(a - b for a, b in zip(p50[mode], p50["off"]))
+        out[mode] = {"throughput_ratio": round(ratios[len(ratios) // 2], 3),
+                     "p50_delta_ms": round(deltas[len(deltas) // 2], 3)}
+        cand = f"{SHADOW_MODES[mode]}pct"
+        out["counted"][mode] = {k: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                                       if line.startswith(metric) and f'candidate="{cand}"' in line
+                                       and f'"{k}"' in line)
+                                for metric, keys in (("modelops_shadow_mirrored_total", ("sent", "dropped", "failed")),
+                                                     ("modelops_shadow_comparisons_total", ("agree", "disagree")))
+                                for k in keys}
+        print(f"  shadow {mode:>4s} / off at c=16 (median of {rounds} alternating rounds): "
+              f"{out[mode]['throughput_ratio']:.1%} throughput, p50 {out[mode]['p50_delta_ms']:+.3f} ms; "
+              f"counted {out['counted'][mode]}", flush=True)
+    return out
+
+
 def table(all_results: dict) -> str:
     lines = ["| model | server | c=1 req/s | c=1 p50 ms | c=1 p99 ms | c=16 req/s | c=16 p50 ms | c=16 p99 ms "
              "| c=16 vs mlflow | c=16 vs kserve-onnx |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for model, res in all_results.items():
-        res = {k: v for k, v in res.items() if k != "auth-cost"}
+        res = {k: v for k, v in res.items() if k not in ("auth-cost", "shadow-cost")}
         base = res["mlflow"][16]["rps"] if "mlflow" in res else None
         plain = res["kserve-onnx"][16]["rps"] if "kserve-onnx" in res else None
         for name, r in res.items():
@@ -239,6 +308,12 @@ def table(all_results: dict) -> str:
                 ratio = res["auth-cost"][name]
                 lines.append(f"\n{model}: {name} at c=16 = {ratio:.1%} of modelops' throughput "
                              f"(median of alternating rounds; {1 - ratio:+.1%} cost)")
+        for mode in list(SHADOW_MODES)[1:]:
+            if mode in res.get("shadow-cost", {}):
+                r = res["shadow-cost"][mode]
+                lines.append(f"\n{model}: shadow mirroring {mode} at c=16 = {r['throughput_ratio']:.1%} of the "
+                             f"stable's throughput without it, p50 {r['p50_delta_ms']:+.3f} ms "
+                             f"(median of alternating rounds; counted {res['shadow-cost']['counted'][mode]})")
     return "\n".join(lines)
 
 
@@ -247,7 +322,8 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     p.add_argument("--models", default="mlp,cnn")
     p.add_argument("--out", default=None, help="write the results as JSON")
-    p.add_argument("--servers", default=None, help="only these servers (comma-separated), e.g. modelops,modelops+auth")
+    p.add_argument("--servers", default=None, help="only these servers (comma-separated), e.g. modelops,modelops+auth; "
+                                                   "shadow-cost: the mirroring cost (off vs 10%% vs 100%%)")
     p.add_argument("--auth-kubeconfig", default=None,
                    help="admin kubeconfig of a real API server: also measure --auth kubernetes")
     args = p.parse_args(argv)

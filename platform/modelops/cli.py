@@ -1,4 +1,4 @@
-"""`modelops` command line: convert, serve, local, demo, operator, render, status."""
+"""`modelops` command line: convert, serve, loadtest, local, demo, operator, render, status."""
 
 from __future__ import annotations
 
@@ -87,6 +87,12 @@ def cmd_serve(args) -> int:
           batching=batching, intra_op_threads=args.intra_op_threads, version=args.model_version,
           **access)
     return 0
+
+
+def cmd_loadtest(args) -> int:
+    from .bench.loadtest import run_cli
+
+    return run_cli(args)
 
 
 def cmd_demo(args) -> int:
@@ -240,6 +246,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--intra-op-threads", type=int, default=0, help="0: onnxruntime's default")
     serve_options.add_arguments(s)
     s.set_defaults(fn=cmd_serve)
+
+    t = sub.add_parser("loadtest", help="a bounded closed-loop load test of a predictor (the rollout's "
+                                        "performance gate): throughput, p50, p99, errors")
+    t.add_argument("url", help="the predictor's base URL, e.g. http://host:8080")
+    t.add_argument("--model", required=True, help="the model name it serves")
+    t.add_argument("--concurrency", type=int, default=4, help="clients sending back to back (default 4)")
+    t.add_argument("--duration", default="20s", help="how long to measure (default 20s)")
+    src = t.add_mutually_exclusive_group()
+    src.add_argument("--body", default=None, help="a V2 infer request body (JSON) to send")
+    src.add_argument("--from-metadata", action="store_true",
+                     help="build seeded requests from the model's V2 metadata (the default)")
+    t.add_argument("--timeout", default="10s", help="per request; a request that takes longer is an error")
+    t.add_argument("--warmup", type=int, default=None, help="requests sent before measuring (default 2 per client)")
+    t.add_argument("--header", action="append", help="'Name: value' sent with every request (repeatable)")
+    t.add_argument("--bearer-token-file", default=None, help="send 'Authorization: Bearer <file's token>'")
+    t.add_argument("--json", action="store_true", help="print the result document as JSON")
+    t.add_argument("--termination-log", default=None,
+                   help="also write the result (or the failure) as JSON to this file, within 4096 bytes "
+                        "(in a Job: /dev/termination-log, the Pod's termination message)")
+    t.set_defaults(fn=cmd_loadtest)
 
     lo = sub.add_parser("local", help="run a ModelDeployment on this machine, without Kubernetes")
     lsub = lo.add_subparsers(dest="command_local", required=True)

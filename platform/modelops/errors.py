@@ -127,6 +127,15 @@ class ModelNotReady(ServingError):
     http_status = 503
 
 
+class PredictorUnreachable(ServingError):
+    """A predictor a client of ours (`modelops loadtest`) must reach did not answer: refused,
+    timed out, not a V2 server."""
+
+    reason = "PredictorUnreachable"
+    retryable = True
+    http_status = 503
+
+
 # --- access control (the predictor's `--auth kubernetes`) ------------------------------------
 class Unauthenticated(ServingError):
     """No bearer token, or one the API server's TokenReview does not accept (gRPC UNAUTHENTICATED)."""

@@ -18,6 +18,7 @@ class LoadResult:
     seconds: float
     p50_ms: float
     p99_ms: float
+    first_error: str | None = None  # what the first failed request got (status and body, or the exception)
 
     @property
     def rps(self) -> float:
@@ -28,25 +29,33 @@ class LoadResult:
                 "rps": round(self.rps, 1), "p50_ms": round(self.p50_ms, 3), "p99_ms": round(self.p99_ms, 3)}
 
 
-async def _run(url: str, body: bytes | list[bytes], headers: dict, concurrency: int, requests: int,
-               duration: float | None, warmup: int) -> LoadResult:
+async def run_load_async(url: str, body: bytes | list[bytes], headers: dict, concurrency: int, requests: int,
+                         duration: float | None, warmup: int, timeout: float | None = None) -> LoadResult:
+    """`run_load` in a running event loop; TIMEOUT: seconds per request (a failed request)."""
     bodies = body if isinstance(body, list) else [body]
     sent = 0
+    first_error: str | None = None
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    client_timeout = aiohttp.ClientTimeout(total=timeout) if timeout else None
+    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
         async def one() -> bool:
-            nonlocal sent
+            nonlocal sent, first_error
             data = bodies[sent % len(bodies)]  # a mixed workload: the bodies in turn
             sent += 1
             try:
                 async with session.post(url, data=data, headers=headers) as resp:
-                    await resp.read()
-                    return resp.status == 200
-            except aiohttp.ClientError:
-                return False
+                    answer = await resp.read()
+                    if resp.status == 200:
+                        return True
+                    why = f"HTTP {resp.status}: {answer[:200].decode('utf-8', 'replace')}"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                why = f"{type(exc).__name__}: {exc}"[:300]
+            first_error = first_error or why
+            return False
 
         for _ in range(warmup):
             await one()
+        first_error = None  # only the measured requests count
         latencies: list[float] = []
         errors = 0
         remaining = requests
@@ -66,7 +75,7 @@ async def _run(url: str, body: bytes | list[bytes], headers: dict, concurrency: 
         elapsed = time.perf_counter() - t0
     lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
     return LoadResult(concurrency, len(latencies), errors, elapsed,
-                      float(np.percentile(lat, 50)), float(np.percentile(lat, 99)))
+                      float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), first_error)
 
 
 def run_load(url: str, body: bytes | list[bytes], headers: dict | None = None, concurrency: int = 1,
@@ -74,7 +83,7 @@ def run_load(url: str, body: bytes | list[bytes], headers: dict | None = None, c
     """Send `requests` POSTs (or until `duration` seconds) with `concurrency` in flight; a list
     of bodies is sent in turn."""
     headers = {"content-type": "application/json", **(headers or {})}
-    return asyncio.run(_run(url, body, headers, concurrency, requests, duration, warmup))
+    return asyncio.run(run_load_async(url, body, headers, concurrency, requests, duration, warmup))
 
 
 def wait_ready(url: str, timeout: float = 120.0, proc=None) -> None:

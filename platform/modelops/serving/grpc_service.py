@@ -61,6 +61,9 @@ class ModelServicer(InferenceServicer):
             return pb.ModelInferResponse()
         metrics.REQUESTS.labels(name, label, "grpc", "200").inc()
         metrics.LATENCY.labels(name, label, "grpc").observe(time.perf_counter() - t0)
+        mirror = getattr(model, "mirror", None)
+        if mirror is not None:  # shadow: a copy of the decided answer (queued, not sent here)
+            mirror.offer(decoded.feeds, names, outputs)
         return response
 
     async def ModelMetadata(self, request, context):

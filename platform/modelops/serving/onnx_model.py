@@ -63,6 +63,7 @@ class OnnxModel(Model):
         self.created = int(time.time())
         self.not_ready_reason: str | None = None
         self._batcher: DynamicBatcher | None = None
+        self.mirror = None  # shadow.Mirror: copies of answered requests to a candidate (--shadow-config)
 
     @property
     def output_names(self) -> list[str]:
@@ -210,11 +211,13 @@ class OnnxModel(Model):
                 request = codec_grpc.decode_grpc(payload.to_grpc(), self.inputs, self.output_names,
                                                  self.signatures)
                 names, outputs = await self.answer(request)
+                given = request.feeds
             elif self.text is not None:
-                texts = codec.decode_v1(payload, self.inputs)[TEXT_INPUT].ravel()
-                names, outputs, feeds = await self.run_texts(texts)
+                given = codec.decode_v1(payload, self.inputs)
+                names, outputs, feeds = await self.run_texts(given[TEXT_INPUT].ravel())
             else:
-                names, outputs = await self.answer(codec.Decoded(codec.decode_v1(payload, self.inputs)))
+                given = codec.decode_v1(payload, self.inputs)
+                names, outputs = await self.answer(codec.Decoded(given))
         except InvalidRequest as exc:
             metrics.REQUESTS.labels(self.name, self.version or "", protocol, "400").inc()
             raise InvalidInput(str(exc)) from None
@@ -223,6 +226,8 @@ class OnnxModel(Model):
             raise
         metrics.REQUESTS.labels(self.name, self.version or "", protocol, "200").inc()
         metrics.LATENCY.labels(self.name, self.version or "", protocol).observe(time.perf_counter() - t0)
+        if self.mirror is not None:  # shadow: the same inputs, as V2, compared with these outputs
+            self.mirror.offer(given, names, outputs)
         if protocol == "v1":
             if feeds is not None:
                 return {"predictions": self.text.v1_predictions(names, outputs, feeds)}

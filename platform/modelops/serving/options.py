@@ -49,6 +49,10 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--audit-max-per-second", type=float,
                    default=float(_env("MODELOPS_AUDIT_MAX_PER_SECOND", 0)),
                    help="rate limit of audit lines (0: none); the next line counts those suppressed")
+    s.add_argument("--shadow-config", default=_env("MODELOPS_SHADOW_CONFIG"),
+                   help="a JSON file (watched: polled every second) telling this predictor to mirror a "
+                        "sample of its answered requests to a candidate predictor and compare the answers; "
+                        "missing, empty or {} = off (env MODELOPS_SHADOW_CONFIG)")
 
 
 def from_args(args) -> dict:
@@ -77,4 +81,5 @@ def from_args(args) -> dict:
             tls.read()  # a missing or mismatched pair: refused now, not at the first handshake
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(f"--tls-cert/--tls-key: {exc}") from None
-    return {"host": args.host, "auth": auth, "audit": audit, "tls": tls}
+    return {"host": args.host, "auth": auth, "audit": audit, "tls": tls,
+            "shadow_config": getattr(args, "shadow_config", None)}

@@ -211,9 +211,13 @@ class PredictorASGI:
         metrics.REQUESTS.labels(name, label, "rest", "200").inc()
         metrics.LATENCY.labels(name, label, "rest").observe(time.perf_counter() - t0)
         if head_len is None:
-            return await _send(send, 200, payload)
-        await _send(send, 200, payload, [(b"content-type", b"application/octet-stream"),
-                                         (_BINARY_HEADER, str(head_len).encode())])
+            await _send(send, 200, payload)
+        else:
+            await _send(send, 200, payload, [(b"content-type", b"application/octet-stream"),
+                                             (_BINARY_HEADER, str(head_len).encode())])
+        mirror = getattr(model, "mirror", None)
+        if mirror is not None:  # shadow: a copy, after the answer went out
+            mirror.offer(request.feeds, names, outputs)
 
     async def metadata(self, name: str, version: str | None, send) -> None:
         try:

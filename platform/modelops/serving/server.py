@@ -24,6 +24,7 @@ from .auth import KubeAuthConfig, KubeGuard
 from .batching import BatchingConfig
 from .grpc_service import ModelServicer
 from .onnx_model import OnnxModel
+from .shadow import Mirror
 from .tls import ContextReloader, TlsFiles, grpc_credentials
 
 
@@ -49,24 +50,27 @@ class Access:
 class _ReloadingServer(uvicorn.Server):
     """uvicorn, with its SSLContext kept in step with the certificate files (`tls.ContextReloader`)."""
 
-    def __init__(self, config: uvicorn.Config, tls: TlsFiles | None):
+    def __init__(self, config: uvicorn.Config, tls: TlsFiles | None, background=()):
         super().__init__(config)
         self.tls = tls
+        self.background = background  # coroutine functions run while serving (the shadow mirror)
 
     async def serve(self, sockets=None) -> None:
         if not self.config.loaded:
             self.config.load()
-        task = None
+        tasks = [asyncio.create_task(run()) for run in self.background]
         if self.tls is not None and self.config.ssl is not None:
-            task = asyncio.create_task(ContextReloader(self.tls, self.config.ssl).run())
+            tasks.append(asyncio.create_task(ContextReloader(self.tls, self.config.ssl).run()))
         try:
             await super().serve(sockets=sockets)
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def lean_rest_server(models: dict, max_body_bytes: int, access: Access = Access()) -> type[RESTServer]:
+def lean_rest_server(models: dict, max_body_bytes: int, access: Access = Access(),
+                     background=()) -> type[RESTServer]:
     class LeanRESTServer(RESTServer):
         """KServe's REST server with our ASGI layer in front instead of KServe's TimingMiddleware
         (which only logs per-request timings, at a measured ~30% of the request cost), and
@@ -77,7 +81,7 @@ def lean_rest_server(models: dict, max_body_bytes: int, access: Access = Access(
             self.config.host = access.host
             if access.tls is not None:
                 self.config.ssl_certfile, self.config.ssl_keyfile = access.tls.cert, access.tls.key
-            self._server = _ReloadingServer(self.config, access.tls)
+            self._server = _ReloadingServer(self.config, access.tls, background)
 
         def _add_middlewares(self, app):
             app.add_middleware(routes.PredictorASGI, models=models, max_body_bytes=max_body_bytes)
@@ -125,10 +129,11 @@ class PredictorServer(ModelServer):
     """
 
     def __init__(self, *, max_body_bytes: int = routes.DEFAULT_MAX_BODY_BYTES, access: Access = Access(),
-                 **kwargs):
+                 background=(), **kwargs):
         super().__init__(**kwargs)
         self.max_body_bytes = max_body_bytes
         self.access = access
+        self.background = tuple(background)
 
     def _register_and_check_atleast_one_model_is_ready(self, models):
         for model in models:
@@ -139,7 +144,8 @@ class PredictorServer(ModelServer):
     def start(self, models) -> None:
         # ModelServer.start builds its REST server and gRPC servicer from these module-level names.
         by_name = {m.name: m for m in models}
-        kserve_model_server.RESTServer = lean_rest_server(by_name, self.max_body_bytes, self.access)
+        kserve_model_server.RESTServer = lean_rest_server(by_name, self.max_body_bytes, self.access,
+                                                          self.background)
         kserve_model_server.GRPCServer = predictor_grpc_server(by_name, self.access)
         try:
             super().start(models)
@@ -152,16 +158,22 @@ def build(model_dir: str | Path, name: str, *, device: str = "auto", version: st
           http_port: int = 8080, grpc_port: int = 8081, max_body_bytes: int = routes.DEFAULT_MAX_BODY_BYTES,
           batching: BatchingConfig | None = BatchingConfig(), intra_op_threads: int = 0,
           host: str = "0.0.0.0", auth: KubeAuthConfig | None = None, audit: AuditLog | None = None,
-          tls: TlsFiles | None = None):
-    """The server and its model. `auth` None: no access control; `audit` None: no audit lines."""
+          tls: TlsFiles | None = None, shadow_config: str | Path | None = None):
+    """The server and its model. `auth` None: no access control; `audit` None: no audit lines;
+    `shadow_config`: the mirror configuration file to watch (`shadow`), None: no mirroring."""
     if tls is not None:
         tls.read()  # a missing or mismatched pair fails at start, not at the first handshake
     access = Access(host=host, tls=tls, guard=KubeGuard(auth) if auth is not None else None, audit=audit)
     model = OnnxModel(name, model_dir, device=device, batching=batching,
                       intra_op_threads=intra_op_threads, version=version)
     model.load()
+    background = []
+    if shadow_config:
+        model.mirror = Mirror(shadow_config, name, version)
+        background.append(model.mirror.run)
     server = PredictorServer(http_port=http_port, grpc_port=grpc_port or 8081, enable_grpc=bool(grpc_port),
-                             enable_latency_logging=False, max_body_bytes=max_body_bytes, access=access)
+                             enable_latency_logging=False, max_body_bytes=max_body_bytes, access=access,
+                             background=background)
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)
     return server, model
 

@@ -1,0 +1,156 @@
+"""Shadow comparison: the stable predictor's answer to a request against the candidate's (pure).
+
+Per output, by name (the stable's answered outputs; extra candidate outputs are ignored):
+- numeric outputs: max |stable - candidate| and max relative difference
+  |s - c| / max(|s|, |c|) (0 where both are 0; NaN equal to NaN; NaN against a number: inf);
+- classifier outputs (`CLASSIFIER_NAMES`: a label output, or 2-D float [rows, classes > 1]
+  scores / logits / probabilities): the top class of each row (the label itself, or the argmax);
+- vector outputs (float, rank >= 2, last dim > 1, not a classifier output: embeddings
+  [rows, dim], hidden states [rows, seq, dim]): the minimum cosine similarity over the vectors.
+
+The outcome of the request (one per mirrored request, every row counted): when it has
+classifier outputs, `agree` iff every row's top class is the same in every one of them; else
+`agree` iff every output is allclose(rtol, atol) (BYTES outputs: equal). A missing output, a
+shape or a kind (numbers vs strings) that differs is `disagree`, with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LABEL_NAMES = frozenset({"label", "labels", "output_label", "predicted_label", "class", "classes"})
+SCORE_NAMES = frozenset({"scores", "logits", "probabilities", "probs", "output_probability"})
+CLASSIFIER_NAMES = LABEL_NAMES | SCORE_NAMES
+
+
+@dataclass(frozen=True)
+class Comparison:
+    outcome: str  # agree | disagree
+    abs_diff: float | None = None  # max over the numeric outputs (None: none compared)
+    rel_diff: float | None = None
+    cosine: float | None = None  # min over the vector outputs (None: none)
+    reason: str | None = None  # why `disagree`
+
+    @property
+    def agree(self) -> bool:
+        return self.outcome == "agree"
+
+
+def _is_label(name: str, arr: np.ndarray) -> bool:
+    return name.lower() in LABEL_NAMES and arr.ndim <= 2 and (arr.ndim < 2 or arr.shape[-1] == 1)
+
+
+def _is_scores(name: str, arr: np.ndarray) -> bool:
+    return (name.lower() in SCORE_NAMES and arr.ndim == 2 and arr.dtype.kind == "f"
+            and arr.shape[1] > 1)
+
+
+def _is_vector(name: str, arr: np.ndarray) -> bool:
+    return (arr.dtype.kind == "f" and arr.ndim >= 2 and arr.shape[-1] > 1
+            and name.lower() not in CLASSIFIER_NAMES)
+
+
+def _numeric(arr: np.ndarray) -> bool:
+    return arr.dtype.kind in "fiub"
+
+
+def differences(s: np.ndarray, c: np.ndarray, rtol: float = 0.0, atol: float = 0.0) -> tuple[float, float, bool]:
+    """(max absolute, max relative difference, allclose(rtol, atol)) of two same-shape numeric
+    arrays (allclose as numpy's: |s - c| <= atol + rtol * |c|, NaN equal to NaN)."""
+    s, c = s.astype(np.float64), c.astype(np.float64)
+    if not s.size:
+        return 0.0, 0.0, True
+    if np.isfinite(s).all() and np.isfinite(c).all():  # the common case, a few array operations
+        diff = np.abs(s - c)
+        scale = np.maximum(np.abs(s), np.abs(c))
+        rel = np.divide(diff, scale, out=np.zeros_like(diff), where=scale > 0)
+        return float(diff.max()), float(rel.max()), bool((diff <= atol + rtol * np.abs(c)).all())
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(s - c)
+        both_nan = np.isnan(s) & np.isnan(c)
+        same_inf = np.isinf(s) & (s == c)
+        diff = np.where(both_nan | same_inf, 0.0, diff)
+        diff = np.where(np.isnan(diff), np.inf, diff)  # NaN against a number
+        scale = np.maximum(np.abs(s), np.abs(c))
+        rel = np.where(diff == 0, 0.0, diff / np.where(scale == 0, 1.0, scale))
+        rel = np.where(np.isnan(rel), np.inf, rel)  # inf against inf of the other sign
+        close = bool(((diff == 0) | (diff <= atol + rtol * np.abs(c))).all())
+    return float(diff.max()), float(rel.max()), close
+
+
+def min_cosine(s: np.ndarray, c: np.ndarray) -> float:
+    """The smallest cosine similarity between matching vectors (last axis) of S and C; two zero
+    vectors count as identical (1), a zero vector against another as 0."""
+    s = s.astype(np.float64).reshape(-1, s.shape[-1])
+    c = c.astype(np.float64).reshape(-1, c.shape[-1])
+    if not s.size:
+        return 1.0
+    ns, nc = np.sqrt((s * s).sum(axis=1)), np.sqrt((c * c).sum(axis=1))
+    if ns.min() > 0 and nc.min() > 0 and np.isfinite(ns).all() and np.isfinite(nc).all():  # the common case
+        return float(min(1.0, max(-1.0, ((s * c).sum(axis=1) / (ns * nc)).min())))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = (s * c).sum(axis=1) / (ns * nc)
+    cos = np.where((ns == 0) & (nc == 0), 1.0, np.where((ns == 0) | (nc == 0), 0.0, cos))
+    cos = np.where(np.isnan(cos), 0.0, cos)
+    return float(np.clip(cos, -1.0, 1.0).min()) if cos.size else 1.0
+
+
+def _top_class(name: str, arr: np.ndarray) -> np.ndarray:
+    if _is_label(name, arr):
+        return arr.reshape(len(arr), -1)[:, 0] if arr.ndim else arr.reshape(1)
+    return np.argmax(arr, axis=1)
+
+
+def _labels_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype.kind == "O" or b.dtype.kind == "O":
+        return np.array([str(x) == str(y) for x, y in zip(a.tolist(), b.tolist())], dtype=bool)
+    return a == b
+
+
+def compare(stable: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+            rtol: float = 1e-3, atol: float = 1e-3) -> Comparison:
+    """Compare the stable's answered outputs (name -> array) with the candidate's."""
+    abs_d = rel_d = cos = None
+    classifier_agree: bool | None = None
+    close, problems = True, []
+    for name, s in stable.items():
+        s = np.asarray(s)
+        c = candidate.get(name)
+        if c is None:
+            problems.append(f"output '{name}' is missing from the candidate's answer "
+                            f"(it has {sorted(candidate)})")
+            continue
+        c = np.asarray(c)
+        if s.shape != c.shape:
+            problems.append(f"output '{name}': shape {list(s.shape)} vs the candidate's {list(c.shape)}")
+            continue
+        if _numeric(s) != _numeric(c):
+            problems.append(f"output '{name}': {s.dtype.kind == 'O' and 'strings' or 'numbers'} vs the "
+                            f"candidate's {c.dtype.kind == 'O' and 'strings' or 'numbers'}")
+            continue
+        if _is_label(name, s) or _is_scores(name, s):
+            same = bool(_labels_equal(_top_class(name, s), _top_class(name, c)).all()) if s.size else True
+            classifier_agree = same if classifier_agree is None else classifier_agree and same
+        if _numeric(s) and s.dtype == c.dtype and np.array_equal(s, c):
+            abs_d, rel_d = abs_d or 0.0, rel_d or 0.0  # the common case, at a fraction of the cost
+            if _is_vector(name, s):
+                cos = min(cos, 1.0) if cos is not None else 1.0
+        elif _numeric(s):
+            a, r, within = differences(s, c, rtol, atol)
+            abs_d, rel_d, close = max(abs_d or 0.0, a), max(rel_d or 0.0, r), close and within
+            if _is_vector(name, s):
+                m = min_cosine(s, c)
+                cos = m if cos is None else min(cos, m)
+        else:
+            close = close and bool(_labels_equal(s.ravel(), c.ravel()).all())
+    if problems:
+        return Comparison("disagree", abs_d, rel_d, cos, "; ".join(problems))
+    if classifier_agree is not None:
+        reason = None if classifier_agree else "top class differs"
+        return Comparison("agree" if classifier_agree else "disagree", abs_d, rel_d, cos, reason)
+    if close:
+        return Comparison("agree", abs_d, rel_d, cos)
+    return Comparison("disagree", abs_d, rel_d, cos,
+                      f"outputs differ beyond rtol={rtol:g}, atol={atol:g} (max abs diff {abs_d:.3g})")

@@ -1,0 +1,361 @@
+"""Shadow mirroring: the stable predictor copies a sample of its answered requests to a candidate
+predictor and compares the two answers (`compare`); clients only ever get the stable's answer.
+
+`modelops serve --shadow-config FILE`: FILE is polled by mtime (and inode and size: a ConfigMap
+volume swaps a symlink) every second; missing, empty or `{}` is off, an invalid file is logged
+once and is off (never a crash, never a failed client request):
+
+    {"candidate": {"url": "http://host:port", "model": "<name the candidate serves>", "version": "3"},
+     "percent": 10, "queueSize": 64, "timeoutMs": 2000, "tolerance": {"rtol": 1e-3, "atol": 1e-3}}
+
+The request path only samples and puts (request inputs, stable outputs) on a bounded asyncio
+queue, after the client's answer is decided (REST: after it was sent); a full queue drops the
+copy (counted). `MIRROR_WORKERS` tasks send the copies as V2 JSON to the candidate's
+`/v2/models/{model}/infer` (`mirror_client`: a keep-alive HTTP/1.1 connection each, the
+configured timeout over the whole exchange), decode its answer, compare, and record
+`metrics.SHADOW_*`. A candidate that is down or slow costs only failed or dropped copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import orjson
+
+from ..errors import InvalidSpec
+from ..tensors import NUMPY_TO_V2, V2_TO_NUMPY
+from . import metrics
+from .compare import Comparison, compare
+from .mirror_client import Http1Client
+
+log = logging.getLogger("modelops.serving.shadow")
+
+MIRROR_WORKERS = 4  # copies in flight to the candidate at once
+POLL_SECONDS = 1.0
+LOG_EVERY_SECONDS = 10.0  # disagreements and failures: one log line per this many seconds
+
+
+# --- configuration ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShadowConfig:
+    url: str  # the candidate predictor's base URL
+    model: str  # the model name the candidate serves
+    version: str = ""  # the candidate's version (the metrics' `candidate` label)
+    percent: float = 10.0
+    queue_size: int = 64
+    timeout_s: float = 2.0
+    rtol: float = 1e-3
+    atol: float = 1e-3
+
+    @property
+    def infer_url(self) -> str:
+        return f"{self.url.rstrip('/')}/v2/models/{self.model}/infer"
+
+    def describe(self) -> str:
+        return (f"{self.percent:g}% of answered requests to {self.infer_url} (candidate version "
+                f"{self.version or '-'}; queue {self.queue_size}, timeout {self.timeout_s * 1000:g} ms, "
+                f"rtol {self.rtol:g}, atol {self.atol:g})")
+
+
+def _number(doc: dict, key: str, where: str, default, lo: float, hi: float, integer: bool = False):
+    value = doc.get(key, default)
+    ok = type(value) is int or (type(value) is float and not integer and math.isfinite(value))
+    if not ok or not lo <= value <= hi:
+        kind = "an integer" if integer else "a number"
+        raise InvalidSpec(f"{where}{key}", f"must be {kind} in [{lo:g}, {hi:g}], got {value!r}")
+    return value
+
+
+def _host_port(url: str) -> bool:
+    try:
+        u = urlsplit(url)
+        return bool(u.hostname) and (u.port is None or u.port > 0)
+    except ValueError:
+        return False
+
+
+def parse_config(text: str) -> ShadowConfig | None:
+    """The mirror configuration in TEXT (JSON); None when it says off (empty, `{}`, percent 0).
+    InvalidSpec naming the field otherwise."""
+    if not text.strip():
+        return None
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidSpec("shadow config", f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidSpec("shadow config", "must be a JSON object")
+    if not doc:
+        return None
+    cand = doc.get("candidate")
+    if not isinstance(cand, dict):
+        raise InvalidSpec("candidate", "must be an object with url and model")
+    url, model, version = cand.get("url"), cand.get("model"), cand.get("version", "")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or not _host_port(url):
+        raise InvalidSpec("candidate.url", f"must be an http:// or https:// URL, got {url!r}")
+    if not isinstance(model, str) or not model or "/" in model:
+        raise InvalidSpec("candidate.model", f"must be the model name the candidate serves, got {model!r}")
+    if isinstance(version, int) and not isinstance(version, bool):
+        version = str(version)
+    if not isinstance(version, str):
+        raise InvalidSpec("candidate.version", f"must be a string, got {version!r}")
+    tol = doc.get("tolerance", {})
+    if not isinstance(tol, dict):
+        raise InvalidSpec("tolerance", "must be an object with rtol and atol")
+    percent = _number(doc, "percent", "", 10, 0, 100)
+    if percent == 0:
+        return None
+    unknown = sorted(set(doc) - {"candidate", "percent", "queueSize", "timeoutMs", "tolerance"})
+    if unknown:
+        log.warning("shadow config: ignoring unknown keys %s", unknown)
+    return ShadowConfig(url, model, version, float(percent),
+                        _number(doc, "queueSize", "", 64, 1, 100_000, integer=True),
+                        _number(doc, "timeoutMs", "", 2000, 1, 600_000) / 1000.0,
+                        float(_number(tol, "rtol", "tolerance.", 1e-3, 0, 1e6)),
+                        float(_number(tol, "atol", "tolerance.", 1e-3, 0, 1e9)))
+
+
+# --- the wire: V2 JSON to the candidate, its answer back --------------------------------------------
+def encode_request(feeds: dict[str, np.ndarray]) -> tuple[bytes, dict]:
+    """FEEDS as a V2 REST infer request (JSON; a float tensor with NaN or inf, which JSON cannot
+    carry, goes in the binary tensor extension). No `outputs`: the candidate answers all of its
+    outputs, and the comparison looks up the stable's by name."""
+    entries, blobs = [], []
+    for name, arr in feeds.items():
+        arr = np.asarray(arr)
+        entry = {"name": name, "datatype": NUMPY_TO_V2.get(arr.dtype, "BYTES"), "shape": list(arr.shape)}
+        if arr.dtype == object:
+            entry["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()]
+        elif arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            blob = np.ascontiguousarray(arr).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        elif arr.dtype == np.float16:
+            entry["data"] = arr.astype(np.float32).ravel()
+        else:
+            entry["data"] = np.ascontiguousarray(arr).ravel()
+        entries.append(entry)
+    head = orjson.dumps({"inputs": entries}, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return head, {"content-type": "application/json"}
+    return head + b"".join(blobs), {"content-type": "application/octet-stream",
+                                    "inference-header-content-length": str(len(head))}
+
+
+def decode_answer(body: bytes, headers=None) -> dict[str, np.ndarray]:
+    """A V2 infer response (JSON, or JSON + binary tensors) as name -> array; ValueError saying
+    what is wrong when it is not one."""
+    head_len = (headers or {}).get("inference-header-content-length")
+    head, raw = (body, b"") if head_len is None else (body[:int(head_len)], memoryview(body)[int(head_len):])
+    try:
+        doc = orjson.loads(head)
+        outputs, offset, out = doc["outputs"], 0, {}
+        for o in outputs:
+            dtype, shape = V2_TO_NUMPY[o["datatype"]], [int(d) for d in o["shape"]]
+            size = (o.get("parameters") or {}).get("binary_data_size")
+            if size is not None:
+                arr = np.frombuffer(raw[offset:offset + size], dtype=dtype)
+                offset += size
+            elif dtype == object:
+                arr = np.empty(len(o["data"]), dtype=object)
+                arr[:] = o["data"]
+            else:
+                arr = np.asarray(o["data"], dtype=dtype)
+            out[str(o["name"])] = arr.reshape(shape)
+        return out
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"not a V2 infer response ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+# --- the mirror ----------------------------------------------------------------------------------------
+class _Every:
+    """Rate limit of a log line: True at most once per SECONDS (with the count suppressed since)."""
+
+    def __init__(self, seconds: float = LOG_EVERY_SECONDS):
+        self.seconds, self.next, self.suppressed = seconds, 0.0, 0
+
+    def __call__(self) -> int | None:
+        now = time.monotonic()
+        if now < self.next:
+            self.suppressed += 1
+            return None
+        self.next, suppressed, self.suppressed = now + self.seconds, self.suppressed, 0
+        return suppressed
+
+
+class _Generation:
+    """One configuration at work: its queue, its HTTP client, its workers, its metric series."""
+
+    def __init__(self, config: ShadowConfig, model: str, version: str):
+        self.config = config
+        self.queue: asyncio.Queue = asyncio.Queue(config.queue_size)
+        labels = (model, version, config.version)
+        self.sent, self.dropped, self.failed = (metrics.SHADOW_MIRRORED.labels(*labels, r)
+                                                for r in ("sent", "dropped", "failed"))
+        self.agree, self.disagree = (metrics.SHADOW_COMPARISONS.labels(*labels, o) for o in ("agree", "disagree"))
+        self.abs_diff, self.rel_diff, self.cosine = (h.labels(*labels) for h in (
+            metrics.SHADOW_ABS_DIFF, metrics.SHADOW_REL_DIFF, metrics.SHADOW_COSINE))
+        self.log_failed, self.log_disagree = _Every(), _Every()
+        self.tasks = [asyncio.create_task(self._work()) for _ in range(MIRROR_WORKERS)]
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _work(self) -> None:
+        client = Http1Client(self.config.infer_url)  # one keep-alive connection per worker
+        try:
+            while True:
+                feeds, stable = await self.queue.get()
+                try:
+                    await self._mirror(client, feeds, stable)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a bug here must cost a copy, never the worker
+                    self.failed.inc()
+                    log.error("shadow: mirroring a request failed", exc_info=exc)
+        finally:
+            client.close()
+
+    async def _mirror(self, client: Http1Client, feeds: dict, stable: dict) -> None:
+        cfg = self.config
+        body, headers = encode_request(feeds)
+        try:
+            async with asyncio.timeout(cfg.timeout_s):
+                status, answer_headers, answer = await client.post(body, headers)
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            return self._failed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        if status != 200:
+            return self._failed(f"HTTP {status}: {answer[:300].decode('utf-8', 'replace')}")
+        self.sent.inc()
+        try:
+            result = compare(stable, decode_answer(answer, answer_headers), cfg.rtol, cfg.atol)
+        except ValueError as exc:
+            result = Comparison("disagree", reason=f"the candidate answered 200 with {exc}")
+        self.record(result)
+
+    def _failed(self, why: str) -> None:
+        self.failed.inc()
+        suppressed = self.log_failed()
+        if suppressed is not None:
+            log.warning("shadow: copy to %s failed: %s%s", self.config.infer_url, why,
+                        f" ({suppressed} more since the last line)" if suppressed else "")
+
+    def record(self, result: Comparison) -> None:
+        (self.agree if result.agree else self.disagree).inc()
+        if result.abs_diff is not None:
+            self.abs_diff.observe(result.abs_diff)
+            self.rel_diff.observe(result.rel_diff)
+        if result.cosine is not None:
+            self.cosine.observe(result.cosine)
+        if not result.agree:
+            suppressed = self.log_disagree()
+            if suppressed is not None:
+                log.warning("shadow: candidate %s disagrees: %s%s", self.config.version or self.config.url,
+                            result.reason, f" ({suppressed} more since the last line)" if suppressed else "")
+
+
+def _visible_log() -> None:
+    """The mirror's state changes at INFO on stderr in KServe's format (the predictor's other
+    loggers show only warnings): `mirroring on` / `off` is what an operator looks for."""
+    if not log.handlers:
+        from kserve.logging import KSERVE_LOGGER_DATE_FORMAT, KSERVE_LOGGER_FORMAT
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(KSERVE_LOGGER_FORMAT, KSERVE_LOGGER_DATE_FORMAT))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+class Mirror:
+    """The stable predictor's side: watches PATH, samples and queues answered requests."""
+
+    def __init__(self, path: str | Path, model: str, version: str | None, interval: float = POLL_SECONDS):
+        _visible_log()
+        self.path, self.model, self.version = Path(path), model, version or ""
+        self.interval = interval
+        self._key: object = object()  # never equal to a stat key: the first poll reads
+        self._gen: _Generation | None = None
+        self._closing: set[asyncio.Task] = set()
+        self._random = random.random
+
+    # --- the request path: cheap, never raises ------------------------------------------------------
+    def offer(self, feeds: dict, names: list[str], outputs: list) -> None:
+        """A successfully answered request (its inputs) and the stable's answer (names, arrays)."""
+        gen = self._gen
+        if gen is None or (gen.config.percent < 100 and self._random() * 100 >= gen.config.percent):
+            return
+        try:
+            gen.queue.put_nowait((feeds, dict(zip(names, outputs))))
+        except asyncio.QueueFull:
+            gen.dropped.inc()
+        except Exception as exc:  # never the client's problem
+            log.error("shadow: could not queue a copy", exc_info=exc)
+
+    # --- the watcher ----------------------------------------------------------------------------------
+    def _stat_key(self):
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+    def poll(self) -> None:
+        """Re-read the file when it changed; (re)configure. In the event loop."""
+        key = self._stat_key()
+        if key == self._key:
+            return
+        self._key = key
+        if key is None:
+            return self._apply(None, f"{self.path} is missing")
+        try:
+            config = parse_config(self.path.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._apply(None, f"{self.path} is unreadable ({exc})", error=True)
+        except InvalidSpec as exc:
+            return self._apply(None, f"{self.path} is invalid ({exc})", error=True)
+        self._apply(config, f"{self.path} says off" if config is None else "")
+
+    def _apply(self, config: ShadowConfig | None, why: str, error: bool = False) -> None:
+        old = self._gen
+        if old is not None and config == old.config:
+            return
+        self._gen = None
+        if old is not None:
+            task = asyncio.create_task(old.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        if config is None:
+            if error:
+                log.error("shadow: mirroring off: %s", why)
+            elif old is not None or why.endswith("says off"):
+                log.info("shadow: mirroring off: %s", why)
+            return
+        self._gen = _Generation(config, self.model, self.version)
+        log.info("shadow: mirroring on: %s", config.describe())
+
+    async def run(self) -> None:
+        """Poll the file until cancelled (the server's lifetime); then stop mirroring."""
+        log.info("shadow: watching %s (every %gs)", self.path, self.interval)
+        try:
+            while True:
+                try:
+                    self.poll()
+                except Exception as exc:  # a watcher bug must not stop the server
+                    log.error("shadow: polling %s failed", self.path, exc_info=exc)
+                await asyncio.sleep(self.interval)
+        finally:
+            gen, self._gen = self._gen, None
+            if gen is not None:
+                await gen.close()

@@ -1,0 +1,247 @@
+"""The shadow comparison (`serving.compare`), the mirror configuration and the mirror's wire
+format (`serving.shadow`): pure functions, no server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from modelops.errors import InvalidSpec
+from modelops.serving.codec import decode_request
+from modelops.serving.compare import compare, differences, min_cosine
+from modelops.serving.mirror_client import BadAnswer, Http1Client
+from modelops.serving.shadow import ShadowConfig, decode_answer, encode_request, parse_config
+from modelops.tensors import TensorSpec
+
+rng = np.random.default_rng(0)
+LOGITS = rng.normal(size=(5, 3)).astype(np.float32)
+
+
+# --- compare ------------------------------------------------------------------------------------------
+def test_identical_answers_agree_with_zero_differences():
+    c = compare({"logits": LOGITS}, {"logits": LOGITS.copy()})
+    assert c.outcome == "agree" and c.abs_diff == 0 and c.rel_diff == 0 and c.reason is None
+
+
+def test_classifier_outputs_agree_on_the_top_class_not_the_numbers():
+    shifted = LOGITS + 0.5  # every number off by 0.5, the same argmax
+    c = compare({"logits": LOGITS}, {"logits": shifted})
+    assert c.outcome == "agree" and c.abs_diff == pytest.approx(0.5)
+    swapped = LOGITS[:, [1, 0, 2]]
+    moved = (LOGITS.argmax(1) != swapped.argmax(1)).any()
+    assert moved and compare({"logits": LOGITS}, {"logits": swapped}).outcome == "disagree"
+    assert compare({"logits": LOGITS}, {"logits": swapped}).reason == "top class differs"
+
+
+def test_one_row_with_another_top_class_is_a_disagreement():
+    other = LOGITS.copy()
+    other[3] = other[3, [2, 0, 1]] if other[3].argmax() != 1 else other[3, [1, 2, 0]]
+    assert other[3].argmax() != LOGITS[3].argmax()
+    assert compare({"probabilities": LOGITS}, {"probabilities": other}).outcome == "disagree"
+
+
+def test_label_outputs_strings_and_integers():
+    assert compare({"label": np.array(["pos", "neg"], object)},
+                   {"label": np.array(["pos", "neg"], object)}).agree
+    assert not compare({"label": np.array(["pos", "neg"], object)},
+                       {"label": np.array(["pos", "pos"], object)}).agree
+    # sklearn's label (int64) + probabilities: probabilities differ, labels equal: agree
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
+    c = compare({"label": np.array([0, 1]), "probabilities": probs},
+                {"label": np.array([0, 1]), "probabilities": probs + [[-0.1, 0.1], [0.1, -0.1]]})
+    assert c.agree and c.abs_diff == pytest.approx(0.1, abs=1e-6)
+
+
+def test_text_classifier_answer_label_score_scores_logits():
+    stable = {"label": np.array(["a", "b"], object), "score": np.array([0.7, 0.6], np.float32),
+              "scores": np.array([[0.7, 0.3], [0.4, 0.6]], np.float32), "logits": np.array([[1, 0], [0, 1]], np.float32)}
+    cand = {k: v.copy() for k, v in stable.items()}
+    cand["score"] = cand["score"] + 0.05
+    assert compare(stable, cand).agree
+    cand["label"] = np.array(["a", "a"], object)
+    assert compare(stable, cand).outcome == "disagree"
+
+
+def test_regression_outputs_allclose():
+    y = rng.normal(size=(4, 1)).astype(np.float32)
+    assert compare({"output": y}, {"output": y + 5e-4}, rtol=1e-3, atol=1e-3).agree
+    c = compare({"output": y}, {"output": y * 10}, rtol=1e-3, atol=1e-3)
+    assert c.outcome == "disagree" and "beyond rtol" in c.reason and c.abs_diff > 0.01
+
+
+def test_vectors_get_their_min_cosine():
+    e = rng.normal(size=(3, 8)).astype(np.float32)
+    other = e.copy()
+    other[1] = -other[1]
+    c = compare({"sentence_embedding": e}, {"sentence_embedding": other})
+    assert c.cosine == pytest.approx(-1.0) and c.outcome == "disagree"
+    same = compare({"sentence_embedding": e}, {"sentence_embedding": e * 1.0000001})
+    assert same.agree and same.cosine == pytest.approx(1.0)
+    hidden = rng.normal(size=(2, 5, 8)).astype(np.float32)  # [rows, seq, dim]: every token vector
+    assert compare({"last_hidden_state": hidden}, {"last_hidden_state": hidden}).cosine == pytest.approx(1.0)
+    assert compare({"logits": LOGITS}, {"logits": LOGITS}).cosine is None  # a classifier, not a vector
+
+
+def test_min_cosine_zero_vectors():
+    z = np.zeros((2, 3))
+    assert min_cosine(z, z) == 1.0
+    assert min_cosine(z, np.ones((2, 3))) == 0.0
+
+
+def test_shape_name_and_kind_mismatches_disagree_with_the_reason():
+    c = compare({"logits": LOGITS}, {"scores": LOGITS})
+    assert c.outcome == "disagree" and "'logits' is missing" in c.reason
+    c = compare({"logits": LOGITS}, {"logits": LOGITS[:, :2]})
+    assert c.outcome == "disagree" and "shape [5, 3]" in c.reason
+    c = compare({"label": np.array([1, 2])}, {"label": np.array(["1", "2"], object)})
+    assert c.outcome == "disagree" and "numbers vs" in c.reason
+    assert compare({"y": LOGITS}, {"y": LOGITS, "extra": LOGITS}).agree  # extra outputs: ignored
+
+
+def test_differences_nan_inf_and_zero():
+    s = np.array([np.nan, np.inf, 0.0, 2.0])
+    assert differences(s, s.copy()) == (0.0, 0.0, True)
+    assert differences(np.array([0.0, 2.0]), np.array([0.0, 1.0])) == (1.0, 0.5, False)
+    assert differences(np.array([0.0, 2.0]), np.array([0.0, 1.0]), rtol=0, atol=1.0) == (1.0, 0.5, True)
+    a, _, close = differences(np.array([np.nan]), np.array([1.0]))
+    assert a == np.inf and not close
+    assert differences(np.array([np.inf]), np.array([-np.inf]))[:2] == (np.inf, np.inf)
+    assert not compare({"y": np.array([[np.nan]])}, {"y": np.array([[1.0]])}).agree
+
+
+# --- configuration ------------------------------------------------------------------------------------
+FULL = ('{"candidate": {"url": "http://cand:8080", "model": "m", "version": "3"}, "percent": 25, '
+        '"queueSize": 8, "timeoutMs": 500, "tolerance": {"rtol": 1e-2, "atol": 1e-4}}')
+
+
+def test_config_full_and_defaults():
+    assert parse_config(FULL) == ShadowConfig("http://cand:8080", "m", "3", 25.0, 8, 0.5, 1e-2, 1e-4)
+    d = parse_config('{"candidate": {"url": "http://c/", "model": "m", "version": 4}}')
+    assert d == ShadowConfig("http://c/", "m", "4") and d.infer_url == "http://c/v2/models/m/infer"
+    assert (d.percent, d.queue_size, d.timeout_s, d.rtol, d.atol) == (10.0, 64, 2.0, 1e-3, 1e-3)
+
+
+@pytest.mark.parametrize("text", ["", "  \n", "{}", '{"candidate": {"url": "http://c", "model": "m"}, "percent": 0}'])
+def test_config_off(text):
+    assert parse_config(text) is None
+
+
+@pytest.mark.parametrize("text, field", [
+    ("[1]", "shadow config"), ("{bad", "shadow config"), ('{"percent": 5}', "candidate"),
+    ('{"candidate": {"url": "cand:80", "model": "m"}}', "candidate.url"),
+    ('{"candidate": {"url": "http://", "model": "m"}}', "candidate.url"),
+    ('{"candidate": {"url": "http://c:port", "model": "m"}}', "candidate.url"),
+    ('{"candidate": {"url": "http://c", "model": ""}}', "candidate.model"),
+    ('{"candidate": {"url": "http://c", "model": "m"}, "percent": 101}', "percent"),
+    ('{"candidate": {"url": "http://c", "model": "m"}, "percent": true}', "percent"),
+    ('{"candidate": {"url": "http://c", "model": "m"}, "queueSize": 1.5}', "queueSize"),
+    ('{"candidate": {"url": "http://c", "model": "m"}, "timeoutMs": 0}', "timeoutMs"),
+    ('{"candidate": {"url": "http://c", "model": "m"}, "tolerance": {"rtol": -1}}', "tolerance.rtol"),
+])
+def test_config_invalid_names_the_field(text, field):
+    with pytest.raises(InvalidSpec) as exc:
+        parse_config(text)
+    assert exc.value.field == field
+
+
+# --- wire ---------------------------------------------------------------------------------------------
+def test_mirror_request_is_a_valid_v2_request_with_the_same_values():
+    feeds = {"x": rng.normal(size=(2, 4)).astype(np.float32), "ids": np.array([[1, -2, 3]] * 2, np.int64),
+             "flag": np.array([[True], [False]]), "h": np.array([[0.5, -1.25]] * 2, np.float16),
+             "text": np.array(["héllo", "wörld"], object).reshape(2, 1)}
+    specs = [TensorSpec(n, a.dtype, (-1, a.shape[1])) for n, a in feeds.items()]
+    body, headers = encode_request(feeds)
+    assert headers == {"content-type": "application/json"}
+    got = decode_request(body, specs, ["y"]).feeds
+    for name, arr in feeds.items():
+        assert got[name].dtype == arr.dtype and np.array_equal(got[name], arr), name
+
+
+def test_mirror_request_non_finite_floats_go_binary():
+    x = np.array([[np.nan, np.inf, 1.0, -np.inf]], np.float32)
+    body, headers = encode_request({"x": x})
+    n = int(headers["inference-header-content-length"])
+    got = decode_request(body, [TensorSpec("x", x.dtype, (-1, 4))], ["y"], n).feeds["x"]
+    assert got.tobytes() == x.tobytes()
+
+
+def test_decode_answer_json_and_binary_and_garbage():
+    doc = (b'{"model_name":"m","outputs":[{"name":"y","datatype":"FP32","shape":[2,1],"data":[1.5,2]},'
+           b'{"name":"label","datatype":"BYTES","shape":[2],"data":["a","b"]}]}')
+    out = decode_answer(doc)
+    assert out["y"].dtype == np.float32 and out["y"].tolist() == [[1.5], [2.0]]
+    assert out["label"].tolist() == ["a", "b"]
+    head = b'{"outputs":[{"name":"y","datatype":"FP32","shape":[2],"parameters":{"binary_data_size":8}}]}'
+    out = decode_answer(head + np.array([1, 2], np.float32).tobytes(),
+                        {"inference-header-content-length": str(len(head))})
+    assert out["y"].tolist() == [1.0, 2.0]
+    for bad in (b"nope", b'{"outputs": 3}', b'{"outputs":[{"name":"y","datatype":"FP99","shape":[1],"data":[1]}]}',
+                b'{"outputs":[{"name":"y","datatype":"FP32","shape":[3],"data":[1]}]}'):
+        with pytest.raises(ValueError, match="not a V2 infer response"):
+            decode_answer(bad)
+
+
+# --- the mirror's HTTP client, against a real socket server ----------------------------------------------
+def _serve(answers: list[bytes], close_after: set[int] = frozenset()):
+    """An asyncio TCP server answering the Nth request on any connection with answers[N]; it
+    closes the connection after the requests numbered in CLOSE_AFTER. (server, seen requests)"""
+    seen = []
+
+    async def handle(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0]
+                             .split(b":")[1])
+                seen.append(head + await reader.readexactly(length))
+                n = len(seen) - 1
+                writer.write(answers[n])
+                await writer.drain()
+                if n in close_after:
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return handle, seen
+
+
+def _run_client(answers, close_after=frozenset(), posts=2, pause=0.0):
+    async def main():
+        handle, seen = _serve(answers, close_after)
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = Http1Client(f"http://127.0.0.1:{port}/v2/models/m/infer")
+        out = []
+        for i in range(posts):
+            out.append(await client.post(b'{"x": %d}' % i, {"content-type": "application/json"}))
+            await asyncio.sleep(pause)
+        client.close()
+        server.close()
+        return out, seen
+
+    return asyncio.run(main())
+
+
+def test_client_content_length_keep_alive_and_chunked():
+    ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"a\":1}"
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"b\r\n4;ext=1\r\n\":2}\r\n0\r\n\r\n"
+    out, seen = _run_client([ok, chunked])
+    assert [(s, b) for s, _, b in out] == [(200, b'{"a":1}'), (200, b'{"b":2}')]
+    assert out[0][1]["content-type"] == "application/json"
+    assert seen[0].startswith(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1:") and seen[1].endswith(b'{"x": 1}')
+
+
+def test_client_reconnects_after_the_server_closed_an_idle_connection():
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    out, seen = _run_client([ok, ok, ok], close_after={0}, posts=3, pause=0.05)
+    assert [b for _, _, b in out] == [b"ok"] * 3 and len(seen) == 3
+
+
+def test_client_non_200_and_garbage():
+    out, _ = _run_client([b"HTTP/1.1 400 Bad Request\r\ncontent-length: 3\r\nconnection: close\r\n\r\nbad"], posts=1)
+    assert out[0][0] == 400 and out[0][2] == b"bad"
+    with pytest.raises(BadAnswer):
+        _run_client([b"SMTP ready\r\n\r\n"], posts=1)
