@@ -12,20 +12,28 @@ MLflow `transformers` model, converted by `convert_model_dir` (fp32 and int8), t
   modelops      `modelops serve` fp32, text in (tokenizer + dynamic batching in the predictor)
   modelops-ids  the same server, token-id tensors in (clients that tokenize themselves)
   modelops-int8 `modelops serve` on the int8 conversion, text in
+  mlserver-hf   MLServer 1.7.1 + `mlserver-huggingface` (`HuggingFaceRuntime`, task
+                text-classification) on the same HF weights and tokenizer, text in; its own
+                venv (its pins conflict with ours: transformers < 4.42), made by
+                `scripts/mlserver_venv.sh` at $MLSERVER_VENV (default /work/mlserver-venv);
+                skipped with a line when that venv is missing. MLServer's defaults as KServe's
+                `kserve-mlserver` runtime leaves them: one parallel inference worker, no
+                adaptive batching (max_batch_size 0).
 
 Workloads: `seq128` (every request one text of exactly 128 tokens) and `mixed` (texts of 8 to 256
 tokens in turn), closed-loop clients at concurrency 1 and 16, one request = one sequence.
-MLServer's Hugging Face runtime is not part of this script (its pins conflict with ours: it
-needs transformers < 4.42); see the README.
 
     .venv/bin/python scripts/bench_transformers.py --shape minilm [--duration 4] [--out f.json]
+        [--servers mlserver-hf,kserve-hf]   # only these (in-process ceilings: torch-inproc, ort-inproc)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -42,6 +50,9 @@ from modelops.local.processes import spawn, stop  # noqa: E402
 
 PY = sys.executable
 CONCURRENCY = (1, 16)
+SERVERS = ("torch-inproc", "ort-inproc", "modelops", "modelops-ids", "modelops-int8", "kserve-onnx", "kserve-hf",
+           "mlserver-hf")
+MLSERVER_VENV = Path(os.environ.get("MLSERVER_VENV", "/work/mlserver-venv"))
 
 
 def texts_of(tokens: int, n: int, seed: int) -> list[str]:
@@ -60,6 +71,16 @@ def workloads(seed: int = 0) -> dict[str, list[str]]:
 
 def text_body(text: str) -> bytes:
     return json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]}).encode()
+
+
+def mlserver_body(text: str) -> bytes:
+    """MLServer's HF runtime: inputs become the pipeline's arguments by name; `args` (a `str`
+    BYTES tensor) the positional text, `truncation` (an `hg_json` value) a keyword, as
+    kserve-hf passes truncation=True itself (without it a text over the model's length is a 500)."""
+    return json.dumps({"inputs": [
+        {"name": "args", "datatype": "BYTES", "shape": [1], "data": [text], "parameters": {"content_type": "str"}},
+        {"name": "truncation", "datatype": "BYTES", "shape": [1], "data": ["true"],
+         "parameters": {"content_type": "hg_json"}}]}).encode()
 
 
 def ids_body(frontend, text: str) -> bytes:
@@ -89,9 +110,10 @@ def ceilings(pipe, onnx_dirs: dict[str, Path], texts: list[str], duration: float
     from modelops.text import TextFrontend
 
     out = {}
-    batch = pipe.tokenizer(texts[0], return_tensors="pt", truncation=True)
-    with torch.no_grad():
-        out["torch-inproc"] = {1: timed(lambda: pipe.model(**batch), duration)}
+    if pipe is not None:
+        batch = pipe.tokenizer(texts[0], return_tensors="pt", truncation=True)
+        with torch.no_grad():
+            out["torch-inproc"] = {1: timed(lambda: pipe.model(**batch), duration)}
     for label, d in onnx_dirs.items():
         sess = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
         feeds = TextFrontend(d).encode([texts[0]])
@@ -118,6 +140,46 @@ def agreement(onnx_dirs: dict[str, Path], n: int = 200) -> dict:
     return {"texts": n, "agreement": agree, "labels_seen_fp32": seen}
 
 
+def export_pretrained(src: Path, dst: Path) -> Path:
+    """One `from_pretrained` directory (config, safetensors weights, tokenizer.json) out of an
+    MLflow `transformers` model dir. Written by transformers 5, the files load as they are in
+    MLServer's transformers 4.41 (same labels and scores as the MLflow pipeline, checked by hand)."""
+    dst.mkdir(parents=True)
+    for sub in ("model", "components/tokenizer"):
+        for f in (src / sub).iterdir():
+            shutil.copy2(f, dst / f.name)
+    missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not (dst / f).exists()]
+    if missing:
+        raise RuntimeError(f"{src}: no {', '.join(missing)} in model/ or components/tokenizer/")
+    return dst
+
+
+def mlserver_repository(work: Path, pretrained: Path, name: str, http_port: int) -> Path:
+    """settings.json + <name>/model-settings.json for `mlserver start`. Only ports and paths set:
+    parallel_workers 1 is MLServer's default (one inference worker process beside the server)."""
+    repo = work / "mlserver-repo"
+    (repo / name).mkdir(parents=True)
+    settings = {"host": "127.0.0.1", "http_port": http_port, "grpc_port": free_port(), "metrics_port": free_port(),
+                "parallel_workers": 1, "metrics_dir": str(work / "mlserver-metrics")}
+    (repo / "settings.json").write_text(json.dumps(settings, indent=1))
+    model = {"name": name, "implementation": "mlserver_huggingface.HuggingFaceRuntime",
+             "parameters": {"extra": {"task": "text-classification", "pretrained_model": str(pretrained)}}}
+    (repo / name / "model-settings.json").write_text(json.dumps(model, indent=1))
+    return repo
+
+
+def first_answer(name: str, url: str, body: bytes, labels: bool) -> None:
+    """One request by hand before the load: a 200 (for text in, whose body names a label)."""
+    import httpx
+
+    from modelops.demo.text_models import LABELS
+
+    r = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=60)
+    if r.status_code != 200 or (labels and not any(label in r.text for label in LABELS)):
+        raise RuntimeError(f"{name}: {r.status_code} {r.text[:300]}")
+    print(f"  {name:15s} answer: {r.text[:160]}", flush=True)
+
+
 def measure(name: str, url: str, bodies: dict[str, list[bytes]], duration: float) -> dict:
     out = {}
     for workload, body in bodies.items():
@@ -131,47 +193,70 @@ def measure(name: str, url: str, bodies: dict[str, list[bytes]], duration: float
     return out
 
 
-def bench(shape: str, duration: float, work: Path) -> dict:
+def bench(shape: str, duration: float, work: Path, selected: tuple[str, ...] = SERVERS) -> dict:
     from modelops.conversion import ConversionOptions, convert_model_dir
-    from modelops.demo.text_models import build_pipeline, save_text_classifier
+    from modelops.demo.text_models import save_text_classifier
     from modelops.text import TextFrontend
 
     src = save_text_classifier(work / "src", shape=shape, train_steps=20)
+    want = set(selected)
+    precisions = [("", "fp32")] if want & {"ort-inproc", "modelops", "modelops-ids", "kserve-onnx"} else []
+    precisions += [("-int8", "int8")] if want & {"ort-inproc", "modelops-int8"} else []
     onnx_dirs, report = {}, {}
-    for label, precision in (("", "fp32"), ("-int8", "int8")):
+    for label, precision in precisions:
         t = time.perf_counter()
         r = convert_model_dir(src, work / f"onnx{label}", ConversionOptions(precision=precision))
         onnx_dirs[label] = work / f"onnx{label}"
         report[precision] = {"seconds": round(time.perf_counter() - t, 1), "parity": r.get("parity")}
         print(f"converted {precision} in {report[precision]['seconds']} s", flush=True)
-    import mlflow.transformers
-
-    pipe = mlflow.transformers.load_model(str(src))
     loads = workloads()
-    results = {"conversion": report, "agreement": agreement(onnx_dirs)}
-    results |= ceilings(pipe, onnx_dirs, loads["seq128"], duration)
-    fe = TextFrontend(onnx_dirs[""])
+    results = {"conversion": report}
+    if len(onnx_dirs) == 2:
+        results["agreement"] = agreement(onnx_dirs)
+    if want & {"torch-inproc", "ort-inproc"}:
+        import mlflow.transformers
+
+        pipe = mlflow.transformers.load_model(str(src)) if "torch-inproc" in want else None
+        results |= ceilings(pipe, onnx_dirs if "ort-inproc" in want else {}, loads["seq128"], duration)
+        del pipe
     text_bodies = {w: [text_body(t) for t in ts] for w, ts in loads.items()}
-    id_bodies = {w: [ids_body(fe, t) for t in ts] for w, ts in loads.items()}
-    del pipe
+    id_bodies = {}
+    if "" in onnx_dirs:
+        fe = TextFrontend(onnx_dirs[""])
+        id_bodies = {w: [ids_body(fe, t) for t in ts] for w, ts in loads.items()}
     servers = {
-        "modelops": ("serve", onnx_dirs[""], text_bodies),
-        "modelops-ids": ("serve", onnx_dirs[""], id_bodies),
-        "modelops-int8": ("serve", onnx_dirs["-int8"], text_bodies),
-        "kserve-onnx": ("kserve-onnx", onnx_dirs[""], id_bodies),
+        "modelops": ("serve", onnx_dirs.get(""), text_bodies),
+        "modelops-ids": ("serve", onnx_dirs.get(""), id_bodies),
+        "modelops-int8": ("serve", onnx_dirs.get("-int8"), text_bodies),
+        "kserve-onnx": ("kserve-onnx", onnx_dirs.get(""), id_bodies),
         "kserve-hf": ("kserve-hf", src, text_bodies),
+        "mlserver-hf": ("mlserver", src, {w: [mlserver_body(t) for t in ts] for w, ts in loads.items()}),
     }
     for name, (kind, path, bodies) in servers.items():
-        port = free_port()
+        if name not in want:
+            continue
+        port, env, ready = free_port(), None, None
         if kind == "serve":
             cmd = [PY, "-m", "modelops.cli", "serve", str(path), "--name", "clf", "--http-port", str(port),
                    "--grpc-port", "0", "--host", "127.0.0.1"]
+        elif kind == "mlserver":
+            if not (MLSERVER_VENV / "bin" / "mlserver").exists():
+                print(f"  mlserver-hf skipped: no MLServer venv at {MLSERVER_VENV} (bash scripts/mlserver_venv.sh)")
+                continue
+            repo = mlserver_repository(work, export_pretrained(path, work / "hf-pretrained"), "clf", port)
+            cmd, env = [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(repo)], {"PYTHONPATH": ""}
+            ready = "models/clf"  # the model, not only the server
         else:
             cmd = [PY, "-m", "modelops.bench.baselines", kind, str(path), "--name", "clf", "--port", str(port)]
-        proc = spawn(cmd, work / f"{name}.log")
+        proc = spawn(cmd, work / f"{name}.log", env=env)
         try:
-            wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", timeout=300, proc=proc)
-            results[name] = measure(name, f"http://127.0.0.1:{port}/v2/models/clf/infer", bodies, duration)
+            wait_ready(f"http://127.0.0.1:{port}/v2/{ready or 'health'}/ready", timeout=300, proc=proc)
+            url = f"http://127.0.0.1:{port}/v2/models/clf/infer"
+            first_answer(name, url, bodies["mixed"][0], labels=bodies is not id_bodies)
+            results[name] = measure(name, url, bodies, duration)
+        except Exception:
+            print((work / f"{name}.log").read_text()[-3000:], file=sys.stderr)
+            raise
         finally:
             stop(proc)
     return results
@@ -200,12 +285,17 @@ def main(argv=None) -> int:
     p.add_argument("--shape", default="minilm", choices=["tiny", "minilm", "bert-base"])
     p.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     p.add_argument("--out", default=None)
+    p.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, of {','.join(SERVERS)} (default all)")
     args = p.parse_args(argv)
+    selected = tuple(s.strip() for s in args.servers.split(",") if s.strip())
+    unknown = sorted(set(selected) - set(SERVERS))
+    if unknown:
+        p.error(f"unknown servers {unknown}; choose from {', '.join(SERVERS)}")
     with tempfile.TemporaryDirectory(prefix="modelops-bench-tf-") as tmp:
-        res = bench(args.shape, args.duration, Path(tmp))
+        res = bench(args.shape, args.duration, Path(tmp), selected)
     print()
     print(table(args.shape, res))
-    print(json.dumps({k: res[k] for k in ("conversion", "agreement")}, indent=1))
+    print(json.dumps({k: res[k] for k in ("conversion", "agreement") if k in res}, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
     return 0
