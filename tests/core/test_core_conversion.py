@@ -50,7 +50,7 @@ def check_report(converted, flavor: str, inputs: list[dict], max_abs_err: float 
     assert (parity["rtol"], parity["atol"]) == ConversionOptions(precision=report["precision"]).tolerance
     assert report["inputs"] == inputs
     assert report["outputs"] and all(o["shape"][0] == -1 for o in report["outputs"])
-    assert {"load_s", "export_s", "parity_s", "total_s"} <= set(report["timings"])
+    assert {"load_s", "export_s", "reference_s", "optimize_s", "parity_s", "total_s"} <= set(report["timings"])
     # The file is what the report says it is: its digest, a valid graph, the requested opset.
     model_file = converted.out_dir / "model.onnx"
     assert report["sha256"] == sha256(model_file) == converted.result.sha256
@@ -331,3 +331,29 @@ def test_find_published_fresh_trusts_the_resolved_tags_only_when_asked(cnn_model
     assert find_published(registry, before, options).sha256 == published.sha256
     now = registry.resolve(cnn_model.uri())
     assert find_published(registry, now, options, fresh=True).sha256 == published.sha256
+
+
+def test_a_graph_with_a_file_per_tensor_is_normalized_to_one_data_file(tmp_path, monkeypatch):
+    """What the exporter writes over 2 GB (one file per weight) becomes model.onnx + model.onnx.data;
+    the per-tensor files are gone and the graph computes the same."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from modelops.conversion import transforms
+
+    rng = np.random.default_rng(0)
+    w1, w2 = (rng.normal(size=(16, 16)).astype(np.float32) for _ in range(2))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    path = tmp_path / "model.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path),
+                    save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "w1", "w2"]
+    monkeypatch.setenv("MODELOPS_EXTERNAL_DATA_BYTES", "1024")
+    transforms.normalize(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    x = rng.normal(size=(3, 16)).astype(np.float32)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.allclose(y, x @ w1 @ w2, atol=1e-5)

@@ -35,3 +35,9 @@ class Exported:
     vocab_sizes: dict[str, int] = field(default_factory=dict)
     # The input example as the graph takes it (names, dtypes), when the exporter corrected it.
     example: dict[str, np.ndarray] | None = None
+
+    def release(self) -> None:
+        """Drop the original model (held by the references) once its outputs are computed: a
+        large model is then not resident beside its ONNX graph."""
+        self.reference = None
+        self.text_reference = None

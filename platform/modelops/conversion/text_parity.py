@@ -42,13 +42,20 @@ def _served(frontend: TextFrontend, session, feeds: dict[str, np.ndarray]) -> tu
     return np.asarray(main), (answer["label"] if "label" in answer else None)
 
 
-def run_text_parity(session, exported: Exported, model_dir: Path, options: ConversionOptions) -> tuple[ParityReport, dict]:
+def text_references(exported: Exported, options: ConversionOptions) -> tuple[list[str], list[np.ndarray]]:
+    """The gate's texts and the original model's answers to them (needs the original model)."""
+    texts = text_samples(options.samples, options.seed, exported.text.max_length)
+    return texts, exported.text_reference(texts)
+
+
+def run_text_parity(session, exported: Exported, model_dir: Path, options: ConversionOptions,
+                    references: tuple[list[str], list[np.ndarray]] | None = None) -> tuple[ParityReport, dict]:
+    """`references`: `text_references`' result when computed earlier (the original model may be gone)."""
     cfg = exported.text
     frontend = TextFrontend(model_dir, cfg)
     rtol, atol = options.tolerance
     report = ParityReport(rtol=rtol, atol=atol)
-    texts = text_samples(options.samples, options.seed, cfg.max_length)
-    expected = exported.text_reference(texts)
+    texts, expected = references or text_references(exported, options)
     sequence = cfg.task == "feature-extraction"
     name = ANSWER_OF.get(cfg.task, cfg.outputs[0])
     labels = cfg.task == "text-classification"

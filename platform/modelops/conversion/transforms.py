@@ -51,10 +51,26 @@ def save(model: onnx.ModelProto, path: Path) -> None:
         onnx.save_model(model, str(path))
 
 
+def external_files(path: Path) -> set[Path]:
+    """The external data files the graph at `path` names (read without loading its weights)."""
+    graph = onnx.load(str(path), load_external_data=False)
+    found = set()
+    for t in graph.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            found |= {Path(path).parent / e.value for e in t.external_data if e.key == "location"}
+    return found
+
+
 def normalize(path: Path) -> None:
     """Rewrite what an exporter wrote (one file, or a graph with a file per tensor) as
-    `path` + at most one `path.data`."""
+    `path` + at most one `path.data`; the exporter's other files (one per tensor, over 2 GB:
+    a copy of the weights on disk) are removed."""
+    path = Path(path)
+    before = external_files(path)
     save(onnx.load(str(path)), path)
+    for f in before:
+        if f.name != data_file(path).name and f.resolve().parent == path.parent.resolve():
+            f.unlink(missing_ok=True)
 
 
 def copy_model(src: Path, dst: Path) -> None:

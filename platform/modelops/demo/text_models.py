@@ -23,7 +23,14 @@ SHAPES = {
     "tiny": (2, 32, 2, 64, 64),
     "minilm": (6, 384, 12, 1536, 512),
     "bert-base": (12, 768, 12, 3072, 512),
+    "large-2g": (11, 2048, 16, 8192, 512),  # ~2.2 GB fp32: over protobuf's 2 GB (scripts/bench_large_model.py)
 }
+Shape = str | tuple[int, int, int, int, int]  # a name in SHAPES, or (layers, hidden, heads, intermediate, max positions)
+
+
+def dims(shape: Shape) -> tuple[int, int, int, int, int]:
+    """(layers, hidden, heads, intermediate, max positions) of a named or explicit shape."""
+    return SHAPES[shape] if isinstance(shape, str) else tuple(int(v) for v in shape)
 
 
 def vocabulary() -> dict[str, int]:
@@ -50,16 +57,16 @@ def synthetic_label(text: str) -> int:
     return 2 if score > 0 else 0 if score < 0 else 1
 
 
-def _config(shape: str, **extra):
+def _config(shape: Shape, **extra):
     from transformers import BertConfig
 
-    layers, hidden, heads, inter, max_pos = SHAPES[shape]
+    layers, hidden, heads, inter, max_pos = dims(shape)
     return BertConfig(vocab_size=len(SPECIAL) + len(WORDS), hidden_size=hidden, num_hidden_layers=layers,
                       num_attention_heads=heads, intermediate_size=inter, max_position_embeddings=max_pos,
                       attn_implementation="eager", **extra)
 
 
-def build_classifier(shape: str = "tiny", seed: int = 0, train_steps: int = 60):
+def build_classifier(shape: Shape = "tiny", seed: int = 0, train_steps: int = 60):
     """(model, tokenizer): BertForSequenceClassification with seeded weights, trained for a
     few steps on seeded texts labelled by `synthetic_label`, so its answers vary by text."""
     import torch
@@ -69,7 +76,7 @@ def build_classifier(shape: str = "tiny", seed: int = 0, train_steps: int = 60):
     config = _config(shape, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
                      label2id={v: k for k, v in enumerate(LABELS)})
     model = BertForSequenceClassification(config)
-    tok = build_tokenizer(SHAPES[shape][4])
+    tok = build_tokenizer(dims(shape)[4])
     if train_steps:
         texts = seeded_texts(128, seed=seed + 1, max_words=20)
         batch = tok(texts, padding=True, truncation=True, return_tensors="pt")
@@ -84,14 +91,14 @@ def build_classifier(shape: str = "tiny", seed: int = 0, train_steps: int = 60):
     return model, tok
 
 
-def build_pipeline(shape: str = "tiny", seed: int = 0, train_steps: int = 60):
+def build_pipeline(shape: Shape = "tiny", seed: int = 0, train_steps: int = 60):
     from transformers import pipeline
 
     model, tok = build_classifier(shape, seed, train_steps)
     return pipeline("text-classification", model=model, tokenizer=tok)
 
 
-def build_sentence_transformer(shape: str = "tiny", seed: int = 0, workdir: str | Path | None = None):
+def build_sentence_transformer(shape: Shape = "tiny", seed: int = 0, workdir: str | Path | None = None):
     """A SentenceTransformer: a seeded BertModel, mean pooling, L2 normalisation."""
     import tempfile
 
@@ -103,13 +110,13 @@ def build_sentence_transformer(shape: str = "tiny", seed: int = 0, workdir: str 
     torch.manual_seed(seed)
     base = Path(workdir or tempfile.mkdtemp(prefix="modelops-st-")) / "encoder"
     BertModel(_config(shape)).save_pretrained(base)
-    build_tokenizer(SHAPES[shape][4]).save_pretrained(base)
-    encoder = Transformer(str(base), max_seq_length=SHAPES[shape][4])
-    pooling = Pooling(SHAPES[shape][1], pooling_mode="mean")
+    build_tokenizer(dims(shape)[4]).save_pretrained(base)
+    encoder = Transformer(str(base), max_seq_length=dims(shape)[4])
+    pooling = Pooling(dims(shape)[1], pooling_mode="mean")
     return SentenceTransformer(modules=[encoder, pooling, Normalize()], device="cpu")
 
 
-def save_text_classifier(path: str | Path, shape: str = "tiny", seed: int = 0, train_steps: int = 60) -> Path:
+def save_text_classifier(path: str | Path, shape: Shape = "tiny", seed: int = 0, train_steps: int = 60) -> Path:
     """An MLflow `transformers` model directory (text-classification), as users log it."""
     import mlflow.transformers
 
@@ -119,7 +126,7 @@ def save_text_classifier(path: str | Path, shape: str = "tiny", seed: int = 0, t
     return Path(path)
 
 
-def save_sentence_transformer(path: str | Path, shape: str = "tiny", seed: int = 0) -> Path:
+def save_sentence_transformer(path: str | Path, shape: Shape = "tiny", seed: int = 0) -> Path:
     """An MLflow `sentence_transformers` model directory."""
     import mlflow.sentence_transformers
 
@@ -129,7 +136,7 @@ def save_sentence_transformer(path: str | Path, shape: str = "tiny", seed: int =
     return Path(path)
 
 
-def register_text_classifier(tracking_uri: str, name: str, shape: str = "tiny", seed: int = 0,
+def register_text_classifier(tracking_uri: str, name: str, shape: Shape = "tiny", seed: int = 0,
                              train_steps: int = 60) -> str:
     """Log the classifier as users do (`mlflow.transformers.log_model`, a registered model
     version); returns the new version."""
