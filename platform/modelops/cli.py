@@ -43,7 +43,7 @@ def cmd_convert(args) -> int:
     from .registry import Registry
 
     options = ConversionOptions(precision=args.precision, opset=args.opset, rtol=args.rtol,
-                                atol=args.atol, samples=args.samples)
+                                atol=args.atol, samples=args.samples, fusion=args.fusion)
     registry = Registry(_tracking_uri(args))
     resolved = registry.resolve(args.model_uri)
     out = Path(args.output)
@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rtol", type=float, default=None, help="parity tolerance (default per precision)")
     c.add_argument("--atol", type=float, default=None)
     c.add_argument("--samples", type=int, default=64, help="seeded parity samples besides the input example")
+    c.add_argument("--no-fusion", dest="fusion", action="store_false",
+                   help="BERT-class text models: skip onnxruntime's transformer fusions (Attention, "
+                        "SkipLayerNormalization...) and convert the plain graph")
     c.add_argument("--cache-dir", default=os.environ.get("MODELOPS_CACHE_DIR"),
                    help="reuse results for the same source digest and options")
     c.add_argument("--register", action="store_true",

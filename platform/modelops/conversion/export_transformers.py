@@ -22,6 +22,7 @@ from ..tensors import TensorSpec
 from ..text import TEXT_CONFIG_FILE, TOKENIZER_FILE, TextConfig
 from .export_torch import _quiet_exporter
 from .exported import Exported
+from .fusion import transformer_config
 from .options import ConversionOptions
 from .source import SourceModel
 
@@ -225,14 +226,16 @@ def export_transformers(source: SourceModel, options: ConversionOptions, out_pat
                        tokenize_kwargs={"truncation": True, "max_length": max_length})
             return [np.asarray(o.detach().cpu().numpy())[0] for o in out]
 
-    return _text_exported(graph, input_names, axes, text, text_reference, tokenizer, out_path)
+    return _text_exported(graph, input_names, axes, text, text_reference, tokenizer, config, out_path)
 
 
-def _text_exported(graph, input_names, axes, text: TextConfig, text_reference, tokenizer, out_path: Path):
+def _text_exported(graph, input_names, axes, text: TextConfig, text_reference, tokenizer, config,
+                   out_path: Path):
     out_dir = out_path.parent
     extra = {TOKENIZER_FILE: _save_tokenizer(tokenizer, out_dir), TEXT_CONFIG_FILE: text.save(out_dir)}
     return Exported(reference=_torch_reference(graph, input_names), inputs=_specs(input_names),
-                    dynamic_axes=axes, extra_files=extra, text=text, text_reference=text_reference)
+                    dynamic_axes=axes, extra_files=extra, text=text, text_reference=text_reference,
+                    transformer=transformer_config(config))
 
 
 def load_sentence_transformer(source: SourceModel):
@@ -291,4 +294,4 @@ def export_sentence_transformers(source: SourceModel, options: ConversionOptions
     def text_reference(texts: list[str]) -> list[np.ndarray]:
         return list(np.asarray(st.encode(list(texts), convert_to_numpy=True, show_progress_bar=False)))
 
-    return _text_exported(graph, input_names, axes, text, text_reference, tokenizer, out_path)
+    return _text_exported(graph, input_names, axes, text, text_reference, tokenizer, model.config, out_path)

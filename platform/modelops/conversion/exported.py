@@ -35,6 +35,9 @@ class Exported:
     vocab_sizes: dict[str, int] = field(default_factory=dict)
     # The input example as the graph takes it (names, dtypes), when the exporter corrected it.
     example: dict[str, np.ndarray] | None = None
+    # BERT-class text models: what onnxruntime's transformer optimizer needs (conversion.fusion):
+    # {"model_type": "bert", "hf_model_type", "num_heads", "hidden_size"}; None for other models.
+    transformer: dict | None = None
 
     def release(self) -> None:
         """Drop the original model (held by the references) once its outputs are computed: a

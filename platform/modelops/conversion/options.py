@@ -16,7 +16,7 @@ DEFAULT_TOLERANCE = {
 }
 
 # Bump when a change to the converter can change its output: it invalidates cached results.
-CONVERTER_REVISION = 1
+CONVERTER_REVISION = 2  # 2: transformer fusion of BERT-class text models (conversion.fusion)
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,9 @@ class ConversionOptions:
     atol: float | None = None
     samples: int = 64  # seeded samples generated from the signature, besides the input example
     seed: int = 0
+    # BERT-class text models: onnxruntime's transformer fusions (conversion.fusion); other models
+    # are not affected by it.
+    fusion: bool = True
 
     def __post_init__(self):
         from ..errors import InvalidSpec

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from .. import __version__, errors
 from ..tensors import TensorSpec
 from ..text import TEXT_CONFIG_FILE, TOKENIZER_FILE, answer_specs, text_input_spec
-from . import transforms
+from . import fusion, transforms
 from .export_onnx import export_onnx
 from .export_sklearn import export_sklearn
 from .export_torch import export_torch
@@ -121,8 +121,9 @@ def convert_model_dir(
     with tempfile.TemporaryDirectory(prefix="modelops-conv-") as tmp:
         tmp = Path(tmp)
         # One directory per stage: each graph's external data file is `model.onnx.data` beside it.
-        exported_path, optimized, final = (tmp / stage / MODEL_FILE for stage in ("export", "optimized", "final"))
-        for path in (exported_path, optimized, final):
+        stages = ("export", "optimized", "fused", "final")
+        exported_path, optimized, fused, final = (tmp / stage / MODEL_FILE for stage in stages)
+        for path in (exported_path, optimized, fused, final):
             path.parent.mkdir()
         try:
             t = time.perf_counter()
@@ -144,14 +145,22 @@ def convert_model_dir(
             transforms.normalize(exported_path)
             transforms.check(exported_path)
             transforms.optimize(exported_path, optimized)
-            if options.precision == "fp16":
-                transforms.to_fp16(optimized, final)
-            elif options.precision == "int8":
-                transforms.to_int8(optimized, final)
-            else:
-                transforms.copy_model(optimized, final)
-            final_model = transforms.check(final)
             timings["optimize_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            # BERT-class text models: onnxruntime's transformer fusions; the plain graph otherwise.
+            fusion_report = fusion.fuse(optimized, fused, exported.transformer, options.fusion)
+            report["transformer_optimization"] = fusion_report
+            graph = fused if fusion_report["applied"] else optimized
+            timings["fusion_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            if options.precision == "fp16":
+                transforms.to_fp16(graph, final)
+            elif options.precision == "int8":
+                transforms.to_int8(graph, final, fusion.INT8_OP_TYPES if fusion_report["applied"] else None)
+            else:
+                transforms.copy_model(graph, final)
+            final_model = transforms.check(final)
+            timings["precision_s"] = time.perf_counter() - t
             session = ort.InferenceSession(str(final), providers=["CPUExecutionProvider"])
             # The torch.export-based exporter needs opset >= 18 and may not convert down.
             report["opset"] = transforms.default_opset(final_model)
@@ -194,7 +203,8 @@ def convert_model_dir(
             raise errors.ParityFailed(
                 f"ONNX output diverges from the original model: max_abs_err={parity.max_abs_err:.3g}, "
                 f"max_rel_err={parity.max_rel_err:.3g} (rtol={rtol}, atol={atol}); "
-                + "; ".join(parity.failures[:2]),
+                + "; ".join(parity.failures[:2])
+                + ("; the graph was transformer-fused (fusion off: --no-fusion)" if fusion_report["applied"] else ""),
                 report=report)
         report["status"] = "passed"
         report["sha256"] = file_sha256(final)
