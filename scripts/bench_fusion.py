@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Transformer fusion benchmark: plain vs fused graphs of one seeded BERT-class classifier.
 
-`prepare` saves `modelops.demo.text_models.save_text_classifier(shape, train_steps=20)` as an MLflow
+`prepare` saves `modelops.demo.text_models.save_text_classifier(shape, train_steps)` (20) as an MLflow
 `transformers` model and converts it (`convert_model_dir`, each result through the parity gate):
 
   plain-fp32   fusion=False                 fused-fp32       fusion on (the default)
@@ -50,13 +50,14 @@ def prepare(args) -> None:
     src = root / "src"
     if not (src / "MLmodel").exists():
         t = time.perf_counter()
-        save_text_classifier(src, shape=args.shape, train_steps=20)
+        save_text_classifier(src, shape=args.shape, train_steps=args.train_steps)
         print(f"built {args.shape} in {time.perf_counter() - t:.0f}s", flush=True)
     reports = {}
-    for name, kw in VARIANTS.items():
+    for name in args.variants.split(","):
+        kw = VARIANTS[name]
         fusion.INT8_OP_TYPES = ["MatMul"] if name.endswith("-matmul") else None
         t = time.perf_counter()
-        r = convert_model_dir(src, root / name, ConversionOptions(**kw))
+        r = convert_model_dir(src, root / name, ConversionOptions(**kw, samples=args.samples))
         reports[name] = {"transformer_optimization": r["transformer_optimization"], "parity": r["parity"],
                          "label_agreement": r["text_parity"].get("label_agreement"), "timings": r["timings"],
                          "bytes": (root / name / "model.onnx").stat().st_size}
@@ -95,7 +96,8 @@ def measure(args) -> None:
     rng = random.Random(0)
     text = " ".join(rng.choice(WORDS) for _ in range(args.tokens - 2))  # each word one token
     runs, graphs = {}, {}
-    for name in VARIANTS:
+    names = [name for name in VARIANTS if (root / name / "model.onnx").is_file()]
+    for name in names:
         d = root / name
         fe = TextFrontend(d)
         feeds = fe.encode([text])
@@ -103,7 +105,7 @@ def measure(args) -> None:
         dump = root / f"{name}.ort-all.onnx"
         runs[name] = (fe, session(d / "model.onnx", args.threads, dump), feeds)
         graphs[name] = {"file": op_counts(d / "model.onnx"), "after_ORT_ENABLE_ALL": op_counts(dump)}
-    lat = {name: [] for name in VARIANTS}
+    lat = {name: [] for name in names}
     for name, (_, sess, feeds) in runs.items():
         for _ in range(5):
             sess.run(None, feeds)
@@ -120,15 +122,15 @@ def measure(args) -> None:
     result = {"tokens": args.tokens, "batch": 1, "threads": args.threads or "onnxruntime default",
               "onnxruntime": ort.__version__, "variants": {}}
     base = labels["plain-fp32"]
-    for name in VARIANTS:
+    for name in names:
         ms = np.array(lat[name]) * 1000
         result["variants"][name] = {
             "seq_per_s": round(len(ms) / (ms.sum() / 1000), 2), "p50_ms": round(float(np.percentile(ms, 50)), 2),
             "p99_ms": round(float(np.percentile(ms, 99)), 2), "runs": len(ms),
             "label_agreement_with_plain_fp32": float(np.mean([a == b for a, b in zip(labels[name], base)])),
             "ops": graphs[name]}
-        if name.endswith("int8"):
-            fp32 = labels[name.replace("int8", "fp32")]
+        fp32 = labels.get(name.split("-int8")[0] + "-fp32")
+        if "int8" in name and fp32:
             result["variants"][name]["label_agreement_with_own_fp32"] = float(
                 np.mean([a == b for a, b in zip(labels[name], fp32)]))
     result["labels_seen_plain_fp32"] = {lab: base.count(lab) for lab in sorted(set(base))}
@@ -145,6 +147,9 @@ def main() -> None:
     a = sub.add_parser("prepare")
     a.add_argument("--shape", default="minilm", choices=["tiny", "minilm", "bert-base"])
     a.add_argument("--dir", required=True)
+    a.add_argument("--train-steps", type=int, default=20, help="steps of head training (labels vary)")
+    a.add_argument("--samples", type=int, default=64, help="the parity gate's texts")
+    a.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of " + ", ".join(VARIANTS))
     a.set_defaults(fn=prepare)
     m = sub.add_parser("measure")
     m.add_argument("--dir", required=True)

@@ -60,15 +60,21 @@ def decide(stats: dict[str, int]) -> tuple[bool, dict[str, int], str]:
 
 
 class _QuietOptimizer:
-    """The optimizer logs each pattern it does not match as a warning: keep that out of our logs."""
+    """The optimizer logs each pattern it does not match as a warning: keep that out of our logs.
+    Its modules are imported by their bare names (it puts its directory on sys.path), so are
+    their loggers."""
 
     def __enter__(self):
-        self.logger = logging.getLogger("onnxruntime.transformers")
-        self.level = self.logger.level
-        self.logger.setLevel(logging.ERROR)
+        import onnxruntime.transformers as package
+
+        names = ["onnxruntime.transformers", *(p.stem for p in Path(package.__file__).parent.glob("*.py"))]
+        self.levels = {name: logging.getLogger(name).level for name in names}
+        for name in names:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
     def __exit__(self, *exc):
-        self.logger.setLevel(self.level)
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def fuse(src: Path, dst: Path, transformer: dict | None, enabled: bool = True) -> dict:
