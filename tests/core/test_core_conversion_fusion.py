@@ -123,7 +123,8 @@ def test_reduced_precision_of_the_fused_graph_passes_parity(classifier, plain, w
     kinds = {op for _, op in ops(out)}
     if precision == "fp16":
         assert {"Attention", "SkipLayerNormalization"} <= kinds
-        weights = [t for t in graph.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+        floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+        weights = [t for t in graph.graph.initializer if t.data_type in floats]
         assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in weights) > len(weights) / 2
         # Clients keep sending and getting what the fp32 graph takes.
         assert [i.type.tensor_type.elem_type for i in graph.graph.input] == [onnx.TensorProto.INT64] * 3
