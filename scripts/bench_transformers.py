@@ -3,13 +3,16 @@
 
 A BERT-class text classifier (`modelops.demo.text_models`, shape `minilm` = 6 layers x 384 or
 `bert-base` = 12 x 768, random weights, its head trained a few steps so labels vary) saved as an
-MLflow `transformers` model, converted by `convert_model_dir` (fp32 and int8), then:
+MLflow `transformers` model, converted by `convert_model_dir` (fp32 and int8 with transformer
+fusion, the default; fp32 plain, `--no-fusion`), then:
 
   torch-inproc  the HF model's forward in process, batch 1            (ceiling)
-  ort-inproc    onnxruntime in process on the converted graph, batch 1 (ceiling), fp32 and int8
+  ort-inproc    onnxruntime in process on the converted graph, batch 1 (ceiling): fused fp32,
+                plain fp32 (-plain) and int8 (fused)
   kserve-hf     a plain `kserve.Model` running the HF pipeline (text in)
   kserve-onnx   a plain `kserve.Model` around an onnxruntime session (token ids in)
-  modelops      `modelops serve` fp32, text in (tokenizer + dynamic batching in the predictor)
+  modelops      `modelops serve` fused fp32, text in (tokenizer + dynamic batching in the predictor)
+  modelops-plain the same on the plain (unfused) fp32 graph
   modelops-ids  the same server, token-id tensors in (clients that tokenize themselves)
   modelops-int8 `modelops serve` on the int8 conversion, text in
   mlserver-hf   MLServer 1.7.1 + `mlserver-huggingface` (`HuggingFaceRuntime`, task
@@ -50,8 +53,8 @@ from modelops.local.processes import spawn, stop  # noqa: E402
 
 PY = sys.executable
 CONCURRENCY = (1, 16)
-SERVERS = ("torch-inproc", "ort-inproc", "modelops", "modelops-ids", "modelops-int8", "kserve-onnx", "kserve-hf",
-           "mlserver-hf")
+SERVERS = ("torch-inproc", "ort-inproc", "modelops", "modelops-plain", "modelops-ids", "modelops-int8", "kserve-onnx",
+           "kserve-hf", "mlserver-hf")
 MLSERVER_VENV = Path(os.environ.get("MLSERVER_VENV", "/work/mlserver-venv"))
 
 
@@ -201,18 +204,22 @@ def bench(shape: str, duration: float, work: Path, selected: tuple[str, ...] = S
     src = save_text_classifier(work / "src", shape=shape, train_steps=20)
     want = set(selected)
     precisions = [("", "fp32")] if want & {"ort-inproc", "modelops", "modelops-ids", "kserve-onnx"} else []
+    precisions += [("-plain", "fp32")] if want & {"ort-inproc", "modelops-plain"} else []
     precisions += [("-int8", "int8")] if want & {"ort-inproc", "modelops-int8"} else []
     onnx_dirs, report = {}, {}
     for label, precision in precisions:
         t = time.perf_counter()
-        r = convert_model_dir(src, work / f"onnx{label}", ConversionOptions(precision=precision))
+        # "" and "-int8": the default conversion (transformer fusion on); "-plain": --no-fusion
+        r = convert_model_dir(src, work / f"onnx{label}", ConversionOptions(precision=precision,
+                                                                            fusion=label != "-plain"))
         onnx_dirs[label] = work / f"onnx{label}"
-        report[precision] = {"seconds": round(time.perf_counter() - t, 1), "parity": r.get("parity")}
-        print(f"converted {precision} in {report[precision]['seconds']} s", flush=True)
+        report[precision + label] = {"seconds": round(time.perf_counter() - t, 1), "parity": r.get("parity"),
+                                     "fusion": r.get("transformer_optimization")}
+        print(f"converted {precision}{label} in {report[precision + label]['seconds']} s", flush=True)
     loads = workloads()
     results = {"conversion": report}
-    if len(onnx_dirs) == 2:
-        results["agreement"] = agreement(onnx_dirs)
+    if "" in onnx_dirs and "-int8" in onnx_dirs:
+        results["agreement"] = agreement({k: onnx_dirs[k] for k in ("", "-int8")})
     if want & {"torch-inproc", "ort-inproc"}:
         import mlflow.transformers
 
@@ -226,6 +233,7 @@ def bench(shape: str, duration: float, work: Path, selected: tuple[str, ...] = S
         id_bodies = {w: [ids_body(fe, t) for t in ts] for w, ts in loads.items()}
     servers = {
         "modelops": ("serve", onnx_dirs.get(""), text_bodies),
+        "modelops-plain": ("serve", onnx_dirs.get("-plain"), text_bodies),
         "modelops-ids": ("serve", onnx_dirs.get(""), id_bodies),
         "modelops-int8": ("serve", onnx_dirs.get("-int8"), text_bodies),
         "kserve-onnx": ("kserve-onnx", onnx_dirs.get(""), id_bodies),

@@ -38,6 +38,35 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class SwappedMLP(MLP):
+    """A silently wrong version: the trained MLP with its first two output columns swapped. Its
+    ONNX matches it (the parity gate passes), it answers 200 quickly, and its numbers are wrong:
+    only comparing its answers with the serving version's (shadow) shows it."""
+
+    def forward(self, x):
+        return self.net(x)[:, [1, 0, 2]]
+
+
+SLOW_DIM, SLOW_LAYERS = 1024, 64
+
+
+class SlowMLP(MLP):
+    """A slow version: the trained MLP's answers, plus SLOW_LAYERS square matmuls of SLOW_DIM that
+    change nothing (added times 0): a few ms per row instead of microseconds (the performance gate)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("work", torch.randn(SLOW_DIM, SLOW_DIM, generator=g) / SLOW_DIM ** 0.5)
+
+    def forward(self, x):
+        out = self.net(x)
+        h = x.sum(dim=1, keepdim=True).expand(-1, SLOW_DIM)
+        for _ in range(SLOW_LAYERS):
+            h = torch.tanh(h @ self.work)
+        return out + 0.0 * h.sum(dim=1, keepdim=True)
+
+
 class ExportDivergentMLP(MLP):
     """Adds 0.01 to its output only while being exported to ONNX.
 
@@ -120,8 +149,12 @@ def _register(log, tracking_uri: str, name: str, experiment: str) -> str:
 
 
 def register_torch_mlp(tracking_uri: str, name: str, seed: int = 0,
-                       cls: type[MLP] = MLP, serialization_format: str = "pt2") -> str:
+                       cls: type[MLP] = MLP, serialization_format: str = "pt2",
+                       serve_cls: type[MLP] | None = None) -> str:
     """Train and register an MLP (16 features -> 3 logits); returns the new version.
+
+    `serve_cls` (SwappedMLP, SlowMLP): trained as an MLP, registered as that class with the same
+    weights (what it does differently is not trained away).
 
     "pt2" (MLflow 3's default, torch.export) is the safe format; "pickle" stores the module
     itself, which `ExportDivergentMLP` needs to keep its export-time behaviour.
@@ -130,6 +163,10 @@ def register_torch_mlp(tracking_uri: str, name: str, seed: int = 0,
     from mlflow.models import infer_signature
 
     model = train_mlp(seed, cls=cls)
+    if serve_cls is not None:
+        trained, model = model, serve_cls()
+        model.load_state_dict(trained.state_dict(), strict=False)
+        model.eval()
     example = np.random.default_rng(seed).normal(size=(4, MLP_FEATURES)).astype(np.float32)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()

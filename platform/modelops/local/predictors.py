@@ -81,6 +81,10 @@ class Predictors:
         slot = self.get(version)
         return slot is not None and slot.ready
 
+    def shadow_file(self, version: str) -> Path:
+        """The mirror configuration the predictor of VERSION watches (absent or {}: off)."""
+        return self.logs / f"shadow-v{version}.json"
+
     def metrics_urls(self) -> list[str]:
         return [s.metrics_url for s in self.slots.values() if s.ready]
 
@@ -140,7 +144,8 @@ class Predictors:
             slot.grpc_port = free_port()
         cmd = [sys.executable, "-m", "modelops.cli", "serve", str(slot.onnx_dir), "--name", self.name,
                "--model-version", slot.version, "--http-port", str(slot.port), "--grpc-port", str(slot.grpc_port),
-               "--device", self.device, "--host", "127.0.0.1"]  # only the router is reached from outside
+               "--device", self.device, "--host", "127.0.0.1",  # only the router is reached from outside
+               "--shadow-config", str(self.shadow_file(slot.version))]  # what LocalPlatform.set_shadow writes
         log = self.logs / f"predictor-v{slot.version}.log"
         slot.proc = spawn(cmd, log)
         self.record(f"predictor-v{slot.version}", slot.proc, port=slot.port, version=slot.version)
