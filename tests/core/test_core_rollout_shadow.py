@@ -466,17 +466,16 @@ def test_mirrored_requests_judged_from_the_predictors_metrics():
     assert s.world.mirror is None and s.world.serving == Traffic("2")
 
 
-# --- the real platforms, until they implement it ------------------------------------------------
+# --- the operator's platform, until it implements it (local mode does: test_core_local_shadow.py) ---
 def _real_platforms():
-    from modelops.local.local_platform import LocalPlatform
     from modelops_operator.kserve_platform import KServePlatform, Versions
 
     kserve = KServePlatform(Versions(None, None, None), read_service=lambda: None,
                             write_service=lambda *a: (None, False), interface_of=lambda served: None)
-    return {"kserve": kserve, "local": LocalPlatform(None, "http://127.0.0.1:9")}
+    return {"kserve": kserve}
 
 
-@pytest.mark.parametrize("which", ["kserve", "local"])
+@pytest.mark.parametrize("which", ["kserve"])
 def test_real_platforms_say_not_available_only_when_configured(which):
     from modelops.errors import NotAvailableYet
 
