@@ -198,6 +198,17 @@ def test_feature_extraction_keeps_each_texts_own_length(fe_server, artifacts):
 
 
 # --- sequence-aware batching --------------------------------------------------------------------------------
+def _submit_all(batcher, requests: list) -> list:
+    """Submit REQUESTS concurrently (they queue together), close the batcher, return the answers."""
+    async def main():
+        return await asyncio.gather(*(batcher.submit(f) for f in requests))
+
+    try:
+        return asyncio.run(main())
+    finally:
+        batcher.close()
+
+
 def test_batcher_pads_to_the_longest_cuts_back_and_bounds_the_padding():
     calls, ratios = [], []
 
@@ -213,13 +224,7 @@ def test_batcher_pads_to_the_longest_cuts_back_and_bounds_the_padding():
     requests = [{"input_ids": np.arange(1, r * w + 1, dtype=np.int64).reshape(r, w),
                  "attention_mask": np.ones((r, w), np.int64)} for r, w in shapes]
 
-    async def main():
-        return await asyncio.gather(*(batcher.submit(f) for f in requests))
-
-    try:
-        results = asyncio.run(main())
-    finally:
-        batcher.close()
+    results = _submit_all(batcher, requests)
     assert [c["input_ids"].shape for c in calls] == [(4, 5), (1, 40)]
     first = calls[0]
     assert (first["input_ids"][0, 3:] == 9).all() and (first["attention_mask"][0, 3:] == 0).all()
@@ -245,13 +250,7 @@ def test_batcher_groups_requests_of_similar_length():
     requests = [{"input_ids": np.ones((1, w), np.int64), "attention_mask": np.ones((1, w), np.int64)}
                 for w in widths]
 
-    async def main():
-        return await asyncio.gather(*(batcher.submit(f) for f in requests))
-
-    try:
-        results = asyncio.run(main())
-    finally:
-        batcher.close()
+    results = _submit_all(batcher, requests)
     assert sorted(calls) == [(3, 210), (4, 7)]
     assert calls[0] == (4, 7), "the oldest request (5 tokens) goes first, with the other short ones"
     assert [r[0].shape for r in results] == [(1, w) for w in widths]

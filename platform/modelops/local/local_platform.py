@@ -84,7 +84,8 @@ class LocalPlatform:
     def _write_shadow(self, version: str, config: dict) -> None:
         path = self.predictors.shadow_file(version)
         text = json.dumps(config, sort_keys=True)
-        if path.exists() and path.read_text() == text or (not path.exists() and not config):
+        current = path.read_text() if path.exists() else None
+        if current == text or (current is None and not config):  # unchanged, or off and never on
             return
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
