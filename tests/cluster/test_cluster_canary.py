@@ -280,8 +280,8 @@ def test_canary_promotes_a_good_version_and_rolls_back_a_bad_one(
 
         eventually(promoted, timeout=60, what="v2 promoted")
         took = time.monotonic() - started
-        if not restarts:  # exactly len(steps) intervals (give or take the 1 s tick and the polling)
-            assert (len(STEPS) - 0.5) * INTERVAL <= took <= (len(STEPS) + 2) * INTERVAL, took
+        if not restarts:  # no step skips its interval; the upper bound leaves room for a loaded CI machine
+            assert (len(STEPS) - 0.5) * INTERVAL <= took <= (len(STEPS) + 4) * INTERVAL, took
         st = cluster.status(ns, name)["canary"]
         assert st["phase"] == "Promoted" and st["analysis"]["outcome"] == "Passed"
         isvc = cluster.get("inferenceservice", ns, name)

@@ -245,7 +245,8 @@ async def test_job_conversion_mode(apiserver, mlflow_url_server, registered):
                                            conversion={"opset": 18}))
         job = await eventually(lambda: next((o.raw for (r, ns, _), o in apiserver.objects.items()
                                              if r == apiserver.resource(JOBS) and not o.deleted), None), what="Job")
-        assert status(apiserver, "jobbed")["phase"] == "Converting"
+        # The Job is created before the status patch that says so: wait for the patch.
+        await eventually(lambda: status(apiserver, "jobbed").get("phase") == "Converting", what="Converting")
         pod = job["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False
         args = pod["containers"][0]["args"]

@@ -69,6 +69,12 @@ def compose(facts: Facts, previous: dict | None, now: str | None = None) -> dict
         ready = ("False", "Deploying", what + (f"; serving {serving} meanwhile" if serving else ""))
         reconciling = ("True", "Deploying", what)
         stalled = ("False", "NoError", "")
+    elif stable and not facts.url:  # served, but the router has no routes yet: not reachable
+        phase = "Deploying"
+        what = f"routing traffic to {serving}"
+        ready = ("False", "Deploying", what)
+        reconciling = ("True", "Deploying", what)
+        stalled = ("False", "NoError", "")
     elif stable:
         phase = "Ready"
         at = f" at {facts.url}" if facts.url else ""
