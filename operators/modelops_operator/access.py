@@ -18,8 +18,9 @@ and gRPC over TLS from it (reloaded when the kubelet updates the volume), its pr
 
 `spec.predictor.networkPolicy`: a NetworkPolicy `<name>-predictor` (owned by the ModelDeployment)
 selecting its predictor Pods, admitting to ports 8080/8081 only the peers named, plus the
-operator's metrics scraper (`--predictor-scraper-peer`, a NetworkPolicyPeer), and removed when
-the field goes.
+operator's metrics scraper (`--predictor-scraper-peer`, a NetworkPolicyPeer), the deployment's
+own predictors with `rollout.shadow` (the stable mirrors to the candidate) and its load-test Pods
+with `rollout.performanceGate`; removed when the field goes.
 """
 
 from __future__ import annotations
@@ -128,6 +129,11 @@ def build_network_policy(md: dict, spec: DeploymentSpec, scraper_peer: dict | No
     peers = [dict(p) for p in spec.predictor.network_policy or ()]
     if scraper_peer:
         peers.append(dict(scraper_peer))
+    if spec.rollout.shadow is not None:  # the stable predictor mirrors to the candidate
+        peers.append({"podSelector": {"matchLabels": {ISVC_LABEL: meta["name"]}}})
+    if spec.rollout.performance_gate is not None:  # the gate's load-test Job measures both
+        peers.append({"podSelector": {"matchLabels": {LABEL_DEPLOYMENT: meta["name"],
+                                                      "modelops.dev/component": "loadtest"}}})
     return {
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": network_policy_name(meta["name"]), "namespace": meta["namespace"],

@@ -7,10 +7,10 @@ they are the InferenceService of one ModelDeployment:
 - `interface`: what a converted version serves (its published record, else its conversion.json);
 - `apply`: the InferenceService for a traffic split (Standard `spec.canary[]`, Knative
   `canaryTrafficPercent`), written only where it differs (`Reconciler.apply_service`);
-- `set_shadow`, `performance_gate`: not available yet on KServe (the mirror ConfigMap and the
-  `modelops loadtest` Job are to come): with `spec.rollout.shadow` / `performanceGate` set they raise
-  `NotAvailableYet` (the rollout holds as inconclusive and rolls the candidate back, never promotes
-  it blind); without them they are never called (stopping a mirror that was never set is a no-op).
+- `set_shadow`: the mirror ConfigMap the stable predictor watches, and the candidate's Service
+  (`judging.Judging`); `performance_gate`: the `modelops loadtest` Job of one gate attempt, read
+  back from its termination message. A platform built without `judging` (nothing to write them
+  with) raises `NotAvailableYet` for both: inconclusive, never a blind promotion.
 The store writes the status (the rollout's state and what it implies: phase, conditions, `stable`,
 `canaryModel`) in one patch before the InferenceService changes, so a restart between the two
 resumes from what was decided, and a reader never sees a state half written.
@@ -65,8 +65,9 @@ class Versions:
 class KServePlatform:
     def __init__(self, versions: Versions, *, read_service: Callable[[], dict | None],
                  write_service: Callable[[Served, Served | None, int], tuple[ServiceObservation, bool]],
-                 interface_of: Callable[[Served], object]):
+                 interface_of: Callable[[Served], object], judging=None):
         self.versions = versions
+        self._judging = judging
         self._read = read_service
         self._write = write_service
         self._interface_of = interface_of
@@ -89,13 +90,16 @@ class KServePlatform:
             raise
 
     def set_shadow(self, mirror) -> None:
-        if mirror is not None:
-            raise errors.NotAvailableYet("spec.rollout.shadow: mirroring to the candidate is not available yet "
-                                         "on KServe (the stable predictor's mirror ConfigMap is to come)")
+        if self._judging is None:
+            if mirror is not None:
+                raise errors.NotAvailableYet("spec.rollout.shadow: this platform cannot mirror to the candidate")
+            return
+        self._judging.set_shadow(mirror)
 
     def performance_gate(self, test):
-        raise errors.NotAvailableYet("spec.rollout.performanceGate: the load-test Job is not available yet on "
-                                     "KServe")
+        if self._judging is None:
+            raise errors.NotAvailableYet("spec.rollout.performanceGate: this platform cannot run the load tests")
+        return self._judging.performance_gate(test, canary_readiness(self._read()))
 
 
 class StatusStore:

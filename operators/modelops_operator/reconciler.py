@@ -18,7 +18,7 @@ from modelops.deployment.spec import DeploymentSpec, parse_spec
 
 from modelops.rollout.history import RegistryHistory
 
-from . import access, builders, diffing, rollout
+from . import access, builders, diffing, judging, rollout
 from .config import OperatorConfig
 from .kserve_platform import KServePlatform, StatusStore, Versions
 from .kube import INFERENCESERVICES, MODELDEPLOYMENTS, Kube
@@ -85,6 +85,7 @@ class Reconciler:
         desired = builders.build_inference_service(md, spec, served, runtime=self.config.runtime,
                                                    canary=canary, weight=weight)
         access.decorate_inference_service(desired, spec, self.config)
+        judging.decorate_inference_service(desired, spec)
         access.apply_access(self.kube, md, spec, self.config)  # its ServiceAccount first: Pods need it
         ns, name = md["metadata"]["namespace"], md["metadata"]["name"]
         body = {k: desired[k] for k in ("metadata", "spec")}
@@ -130,7 +131,8 @@ class Reconciler:
         platform = KServePlatform(
             versions, read_service=lambda: observed,
             write_service=lambda stable, canary, weight: self.apply_service(md, spec, stable, canary, weight),
-            interface_of=lambda served: self.interface_of(registry, served))
+            interface_of=lambda served: self.interface_of(registry, served),
+            judging=judging.Judging(self.kube, md, spec, image=self.config.converter_image))
 
         def compose(state, result) -> Plan:  # the status for `state`, as KServe reported before the write
             stable, canary, _ = versions.split(state.traffic)

@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "performance gate): throughput, p50, p99, errors")
     t.add_argument("url", help="the predictor's base URL, e.g. http://host:8080")
     t.add_argument("--model", required=True, help="the model name it serves")
+    t.add_argument("--baseline", default=None, metavar="URL",
+                   help="first the same test against this predictor (the stable version); the JSON is then "
+                        "{stable, candidate}")
     t.add_argument("--concurrency", type=int, default=4, help="clients sending back to back (default 4)")
     t.add_argument("--duration", default="20s", help="how long to measure (default 20s)")
     src = t.add_mutually_exclusive_group()

@@ -42,8 +42,9 @@ MIN_REQUESTS = 8
 class Fleet:
     """One `modelops serve` per version, named like KServe would (the InferenceService's name)."""
 
-    def __init__(self, work: Path, prometheus, name: str, namespace: str):
+    def __init__(self, work: Path, prometheus, name: str, namespace: str, extra=lambda version: ()):
         self.work, self.prometheus, self.name, self.namespace = work, prometheus, name, namespace
+        self.extra = extra  # more `modelops serve` arguments for a version (what its Pod would mount)
         self.servers: dict[str, tuple[str, object]] = {}  # version -> (url, process)
 
     def serve(self, version: str, storage_uri: str) -> str:
@@ -54,7 +55,7 @@ class Fleet:
         (d / "model.onnx").write_bytes(httpx.get(storage_uri, timeout=60).content)  # the storage initializer
         port = free_port()
         proc = spawn([MODELOPS, "serve", str(d), "--name", self.name, "--model-version", version,
-                      "--http-port", str(port), "--grpc-port", "0", "--max-batch-size", "1"],
+                      "--http-port", str(port), "--grpc-port", "0", "--max-batch-size", "1", *self.extra(version)],
                      self.work / f"serve-{version}.log")
         url = f"http://127.0.0.1:{port}"
         eventually(lambda: _ok(f"{url}/v2/health/ready"), timeout=60, what=f"predictor v{version}")

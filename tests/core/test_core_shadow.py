@@ -279,6 +279,28 @@ def test_loadtest_from_metadata_against_a_real_predictor(good, tmp_path):
     assert served >= doc["requests"]  # measured requests (+ the warm-up) reached the predictor, all 200
 
 
+def test_loadtest_with_a_baseline_tests_it_first_then_the_candidate(good, stable, tmp_path):
+    """The performance gate's Job: `--baseline STABLE_URL CANDIDATE_URL`, one termination message."""
+    log = tmp_path / "termination-log"
+    before = {p.url: metric_value(p.metrics(), "modelops_predictor_requests_total", code="200") for p in (good, stable)}
+    r = loadtest(good.url, "--model", "clf", "--baseline", stable.url, "--concurrency", "2", "--duration", "500ms",
+                 "--json", "--termination-log", str(log))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert set(doc) == {"stable", "candidate"} and json.loads(log.read_text()) == doc
+    assert doc["stable"]["url"] == stable.url and doc["candidate"]["url"] == good.url
+    for part, predictor in (("stable", stable), ("candidate", good)):
+        assert doc[part]["requests"] > 0 and doc[part]["errors"] == 0 and doc[part]["p99_ms"] > 0
+        served = metric_value(predictor.metrics(), "modelops_predictor_requests_total", code="200")
+        assert served - before[predictor.url] >= doc[part]["requests"]  # each test hit its own predictor
+    # the stable's test fails to run (unreachable): the failure, and no candidate part, in the message
+    down = f"http://127.0.0.1:{free_port()}"
+    r = loadtest(good.url, "--model", "clf", "--baseline", down, "--duration", "500ms", "--termination-log", str(log))
+    assert r.returncode == 75 and "PredictorUnreachable" in r.stderr
+    doc = json.loads(log.read_text())
+    assert doc["reason"] == "PredictorUnreachable" and doc["stable"]["url"] == down and "candidate" not in doc
+
+
 def test_loadtest_with_a_body_file_counts_refused_requests_as_errors(good, tmp_path):
     body = tmp_path / "body.json"
     body.write_text(json.dumps(requests(1)[0]))

@@ -60,10 +60,15 @@ app.kubernetes.io/component: operator
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
-# Conversion failure messages (termination messages of the converter Pods).
+# Conversion failure messages and load-test results (termination messages of the Job Pods).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+# Judging the model (spec.rollout.shadow, .performanceGate): the mirror ConfigMap the stable
+# predictor watches, and the Services of the candidate and stable predictors.
+- apiGroups: [""]
+  resources: [configmaps, services]
+  verbs: [get, create, patch]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create]

@@ -121,7 +121,12 @@ def loadtest(url: str, model: str, **kwargs) -> dict:
 
 
 def fit(doc: dict, limit: int = TERMINATION_LOG_LIMIT) -> str:
-    """DOC as one JSON line within LIMIT bytes (first_error / error shortened, then dropped)."""
+    """DOC as one JSON line within LIMIT bytes (first_error / error shortened, then dropped); a
+    `--baseline` document's two parts get half the room each."""
+    parts = [k for k in ("stable", "candidate") if isinstance(doc.get(k), dict)]
+    if parts:
+        room = (limit - 200) // 2
+        doc = {**doc, **{k: json.loads(fit(doc[k], room)) for k in parts}}
     text = json.dumps(doc)
     for key in ("first_error", "error"):
         if len(text.encode()) > limit and key in doc:
@@ -177,15 +182,36 @@ def _headers(args) -> dict:
     return headers
 
 
+def _one(url: str, args, body: bytes | None) -> dict:
+    return loadtest(url, args.model, concurrency=args.concurrency, duration=seconds(args.duration, "--duration"),
+                    body=body, timeout=seconds(args.timeout, "--timeout"), warmup=args.warmup, headers=_headers(args))
+
+
+def _line(doc: dict) -> str:
+    return (f"{doc['url']} {doc['model']}: {doc['requests']} requests, {doc['errors']} errors in "
+            f"{doc['duration_s']:g}s at concurrency {doc['concurrency']}: {doc['throughput_rps']} req/s, "
+            f"p50 {doc['p50_ms']} ms, p99 {doc['p99_ms']} ms"
+            + (f"; first error: {doc['first_error']}" if doc.get("first_error") else ""))
+
+
 def run_cli(args) -> int:
     """Print the document (JSON with --json); 0 when the test ran, whatever it measured. A failure
-    to run raises (the CLI prints `modelops: Reason: message`), after writing it to --termination-log."""
-    doc = {"url": args.url, "model": args.model}
+    to run raises (the CLI prints `modelops: Reason: message`), after writing it to --termination-log.
+
+    `--baseline URL2`: the same test against URL2 first (the serving version), then URL (the
+    candidate); the document is `{"stable": <URL2's>, "candidate": <URL's>}` (the performance
+    gate's Job: one container, one termination message)."""
+    baseline = getattr(args, "baseline", None)
+    doc: dict = {"url": args.url, "model": args.model}
     try:
         body = _read(args.body, "--body") if args.body else None
-        doc = loadtest(args.url, args.model, concurrency=args.concurrency,
-                       duration=seconds(args.duration, "--duration"), body=body,
-                       timeout=seconds(args.timeout, "--timeout"), warmup=args.warmup, headers=_headers(args))
+        if baseline:
+            doc = {"stable": {"url": baseline, "model": args.model}}
+            doc["stable"] = _one(baseline, args, body)
+            doc["candidate"] = {"url": args.url, "model": args.model}
+            doc["candidate"] = _one(args.url, args, body)
+        else:
+            doc = _one(args.url, args, body)
     except ModelOpsError as exc:
         if args.termination_log:
             write_termination_log(args.termination_log, {**doc, "error": str(exc), "reason": exc.reason})
@@ -194,9 +220,8 @@ def run_cli(args) -> int:
         write_termination_log(args.termination_log, doc)
     if args.json:
         print(json.dumps(doc))
+    elif baseline:
+        print(f"stable    {_line(doc['stable'])}\ncandidate {_line(doc['candidate'])}")
     else:
-        print(f"{doc['url']} {doc['model']}: {doc['requests']} requests, {doc['errors']} errors in "
-              f"{doc['duration_s']:g}s at concurrency {doc['concurrency']}: {doc['throughput_rps']} req/s, "
-              f"p50 {doc['p50_ms']} ms, p99 {doc['p99_ms']} ms"
-              + (f"; first error: {doc['first_error']}" if doc.get("first_error") else ""))
+        print(_line(doc))
     return 0
