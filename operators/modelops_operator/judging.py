@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 
 from modelops import errors
+from modelops.errors import InvalidSpec
 from modelops.deployment.spec import DeploymentSpec
 from modelops.rollout.actions import LoadTest, LoadTestResult
 
@@ -61,6 +62,21 @@ def shadow_key(version: str) -> str:
 
 def service_url(md: dict, role: str) -> str:
     return f"http://{service_name(md['metadata']['name'], role)}.{md['metadata']['namespace']}.svc:{PORT}"
+
+
+def check_supported(spec: DeploymentSpec, auth: str) -> None:
+    """InvalidSpec naming the field when the spec judges a predictor the mirror and the load test
+    cannot call yet: one that wants a bearer token (`auth: kubernetes`) or speaks HTTPS (`tls`).
+    Refused up front rather than a rollout that could only end inconclusive."""
+    field = "spec.rollout.shadow" if spec.rollout.shadow is not None else "spec.rollout.performanceGate"
+    if not judged(spec):
+        return
+    if auth == "kubernetes":
+        raise InvalidSpec(field, "not available yet with spec.predictor.auth: kubernetes (the mirror and the "
+                                 "load test send no bearer token to the candidate)")
+    if spec.predictor.tls_secret:
+        raise InvalidSpec(field, "not available yet with spec.predictor.tls (the mirror and the load test "
+                                 "call the predictors over plain HTTP)")
 
 
 # --- the InferenceService --------------------------------------------------------------------------------

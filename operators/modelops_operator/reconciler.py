@@ -176,6 +176,7 @@ class Reconciler:
         try:
             spec = parse_spec(md.get("spec"))
             access.check_available(spec, self.config)
+            judging.check_supported(spec, access.effective_auth(spec, self.config))
             registry = self.registry_for(spec)
         except errors.InvalidSpec as exc:
             failure = Failure.from_error(exc)

@@ -23,8 +23,7 @@ MD = {"apiVersion": "modelops.dev/v1alpha1", "kind": "ModelDeployment",
 SERVED = Served(version="3", onnx_uri="s3://b/onnx3", storage_uri="s3://b/onnx3", sha256="f" * 64, options="x")
 CANARY = Served(version="4", onnx_uri="s3://b/onnx4", storage_uri="s3://b/onnx4", sha256="e" * 64, options="x")
 RAW = {"model": {"name": "fraud", "alias": "champion"},
-       "predictor": {"tls": {"secretName": "fraud-tls"},
-                     "networkPolicy": {"from": [{"podSelector": {"matchLabels": {"app": "scorer"}}}]}},
+       "predictor": {"networkPolicy": {"from": [{"podSelector": {"matchLabels": {"app": "scorer"}}}]}},
        "rollout": {"strategy": "canary", "shadow": {"percent": 20},
                    "performanceGate": {"duration": "5s", "concurrency": 2}}}
 JUDGED = parse_spec(RAW)
@@ -48,13 +47,28 @@ def test_every_predictor_is_labelled_and_mounts_the_mirror_configmap(mode):
     assert len(predictors) == len(expected)
     for predictor, version in zip(predictors, expected):
         assert predictor["labels"] == {"modelops.dev/deployment": "fraud", "modelops.dev/predictor-version": version}
-        # TLS's volume stays; the mirror's is added (optional: the ConfigMap exists only once mirroring began)
-        assert [v["name"] for v in predictor["volumes"]] == ["modelops-tls", "modelops-shadow"]
-        assert predictor["volumes"][1]["configMap"] == {"name": "fraud-shadow", "optional": True}
+        # optional: the ConfigMap exists only once mirroring began
+        assert predictor["volumes"] == [{"name": "modelops-shadow",
+                                         "configMap": {"name": "fraud-shadow", "optional": True}}]
         model = predictor["model"]
         assert {"name": "modelops-shadow", "mountPath": "/etc/modelops/shadow", "readOnly": True} in model["volumeMounts"]
         assert env_of(model)["MODELOPS_SHADOW_CONFIG"] == f"/etc/modelops/shadow/v{version}.json"
         assert env_of(model)["MODELOPS_MODEL_VERSION"] == version
+
+
+def test_predictors_the_mirror_cannot_call_yet_are_refused_naming_the_field():
+    from modelops.errors import InvalidSpec
+
+    judging.check_supported(JUDGED, "none")
+    with pytest.raises(InvalidSpec, match=r"spec.rollout.shadow: not available yet with spec.predictor.auth"):
+        judging.check_supported(JUDGED, "kubernetes")
+    tls = parse_spec({**RAW, "predictor": {"tls": {"secretName": "t"}}})
+    with pytest.raises(InvalidSpec, match=r"spec.rollout.shadow: not available yet with spec.predictor.tls"):
+        judging.check_supported(tls, "none")
+    gate_only = parse_spec({**RAW, "rollout": {"strategy": "canary", "performanceGate": {}}})
+    with pytest.raises(InvalidSpec, match=r"spec.rollout.performanceGate: "):
+        judging.check_supported(gate_only, "kubernetes")
+    judging.check_supported(parse_spec({**RAW, "rollout": {"strategy": "canary"}}), "kubernetes")
 
 
 def test_a_spec_without_shadow_or_gate_gets_nothing():
