@@ -246,7 +246,8 @@ def test_a_report_that_cannot_be_logged_never_fails_the_rollout_nor_its_tags(reg
     # v4's run stores its artifacts where nothing can be written (an artifact store that refuses).
     exp = mlflow_client.create_experiment(f"{model}-refused", artifact_location="file:///proc/modelops-refused")
     run = mlflow_client.create_run(exp)
-    assert mlflow_client.create_model_version(model, source="s3://models/v4/model", run_id=run.info.run_id).version == "4"
+    mv = mlflow_client.create_model_version(model, source="s3://models/v4/model", run_id=run.info.run_id)
+    assert mv.version == "4"
     r = Rollout(registry, model, spec(), Versions(success={"4": 0.5}, p99={"4": 0.006}))
     r.world.interfaces["4"] = INTERFACE
     r.run(180, target="4")

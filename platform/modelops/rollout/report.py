@@ -21,7 +21,8 @@ import textwrap
 from datetime import datetime
 
 from .actions import Promote, RollBack
-from .state import RolloutState, format_time
+from .journal import gate_entry
+from .state import PerformanceGateRecord, RolloutState, format_time
 
 SCHEMA_VERSION = 1
 ENDING_PROMOTIONS = ("Analysis", "Manual")  # Promote reasons that end a canary (not FirstDeployment, Replace)
@@ -96,9 +97,6 @@ def points(report: dict) -> list[dict]:
     extra = []
     pg = report.get("performanceGate") or {}
     if "performanceGate" not in phases and (pg.get("candidate") or pg.get("stable")):
-        from .journal import gate_entry
-        from .state import PerformanceGateRecord
-
         rec = PerformanceGateRecord.from_status(pg)
         extra.append(gate_entry(rec, rec.outcome, rec.check, rec.decided_at or rec.requested_at) if rec else {})
     sh = report.get("shadow") or {}
