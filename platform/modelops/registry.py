@@ -297,6 +297,24 @@ class Registry:
         self._call("set_registered_model_alias", self.client.set_registered_model_alias, name, alias,
                    str(version))
 
+    def model_version_run_id(self, name: str, version: str) -> str | None:
+        """The run a registered model version was logged from (None: registered without one)."""
+        mv = self._call("get_model_version", self.client.get_model_version, name, str(version),
+                        not_found=errors.VersionNotFound(
+                            f"version {version} of registered model {name!r} not found in MLflow",
+                            name=name, version=str(version)))
+        return mv.run_id or None
+
+    def log_files(self, run_id: str, files: dict[str, bytes], artifact_path: str) -> str:
+        """Log `files` (name -> content) into `artifact_path` of run `run_id`; returns that folder's
+        artifact URI."""
+        with tempfile.TemporaryDirectory(prefix="modelops-") as tmp:
+            for file_name, data in files.items():
+                (Path(tmp) / file_name).write_bytes(data)
+            self._call("log_artifacts", self.client.log_artifacts, run_id, tmp, artifact_path)
+        run = self._call("get_run", self.client.get_run, run_id)
+        return f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+
     def log_artifacts(self, resolved: ResolvedModel, local_dir: str | Path, artifact_path: str) -> str:
         """Log a directory next to the source model (its run) and return its artifact URI.
 

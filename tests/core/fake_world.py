@@ -221,6 +221,10 @@ class FakeMlflow:
         self._up()
         self.world.aliases[alias] = version
 
+    def model_version_run_id(self, name: str, version: str) -> str | None:
+        self._up()
+        return None  # the fake's versions have no runs: the rollout report is only named in a tag
+
     def history(self, version: str) -> list[dict]:
         raw = self.world.tags.get(("m", version), {}).get("modelops.deployment.ns.md.history")
         return json.loads(raw) if raw else []

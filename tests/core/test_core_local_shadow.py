@@ -33,6 +33,20 @@ def tag(mlflow_client, name: str, version: str, key: str, timeout: float = 30) -
         time.sleep(0.5)
 
 
+def report(mlflow_client, name: str, version: str, key: str, dst, timeout: float = 60) -> dict:
+    """The rollout report logged into the version's run (its URI in the tag KEY.report), read back."""
+    deadline = time.monotonic() + timeout
+    while f"{key}.report" not in (tags := mlflow_client.get_model_version(name, version).tags):
+        assert time.monotonic() < deadline, f"no {key}.report tag on v{version}"
+        time.sleep(0.5)
+    mv = mlflow_client.get_model_version(name, version)
+    base = mlflow_client.get_run(mv.run_id).info.artifact_uri.rstrip("/") + "/"
+    assert tags[f"{key}.report"].startswith(base), tags[f"{key}.report"]
+    local = mlflow_client.download_artifacts(mv.run_id, tags[f"{key}.report"][len(base):], str(dst))
+    with open(local) as f:
+        return json.load(f)
+
+
 def rolled_back(status: dict) -> str | None:
     return ((status.get("canary") or {}).get("rolledBack") or {}).get("version")
 
@@ -62,6 +76,10 @@ def test_gate_and_shadow_in_local_mode(tmp_path, tracking_uri, mlflow_client):
         assert gate["outcome"] == "Passed" and gate["requests"] > 0 and gate["errors"] == 0
         assert shadow["outcome"] == "Passed" and shadow["comparisons"] >= SHADOW["minRequests"]
         assert shadow["agreement"] == 1.0
+        doc = report(mlflow_client, name, v2, key, tmp_path)
+        assert (doc["ending"]["outcome"], doc["ending"]["reason"], doc["stableVersion"]) == ("Promoted", "Analysis", v1)
+        assert [e["phase"] for e in doc["steps"]][:2] == ["performanceGate", "shadow"]
+        assert doc["steps"][-1]["phase"] == "step" and doc["steps"][-1]["weight"] == 100
 
         _move(mlflow_client, name, v3)
         status = up.wait("v3 rolled back in shadow", lambda s: rolled_back(s) == v3, timeout=240)
@@ -70,6 +88,9 @@ def test_gate_and_shadow_in_local_mode(tmp_path, tracking_uri, mlflow_client):
         assert status["stable"]["version"] == v2
         shadow = tag(mlflow_client, name, v3, f"{key}.shadow")
         assert shadow["outcome"] == "Failed" and shadow["agreement"] < 0.99
+        doc = report(mlflow_client, name, v3, key, tmp_path)
+        assert (doc["ending"]["reason"], doc["steps"][-1]["phase"]) == ("ShadowFailed", "shadow")
+        assert doc["steps"][-1]["values"]["agreement"] == pytest.approx(shadow["agreement"], rel=1e-5)
 
         _move(mlflow_client, name, v4)
         status = up.wait("v4 stopped by the gate", lambda s: rolled_back(s) == v4, timeout=240)
@@ -78,6 +99,11 @@ def test_gate_and_shadow_in_local_mode(tmp_path, tracking_uri, mlflow_client):
         assert status["stable"]["version"] == v2
         gate = tag(mlflow_client, name, v4, f"{key}.performanceGate")
         assert gate["outcome"] == "Failed" and gate["throughputRatio"] < GATE["minThroughputRatio"]
+        doc = report(mlflow_client, name, v4, key, tmp_path)
+        (g,) = [e for e in doc["steps"] if e["phase"] == "performanceGate"]
+        assert (doc["ending"]["reason"], g["outcome"]) == ("PerformanceGateFailed", "Failed")
+        assert g["values"]["throughputRps"] == pytest.approx(gate["throughputRps"], rel=1e-5)
+        assert g["values"]["stableThroughputRps"] == pytest.approx(gate["stableThroughputRps"], rel=1e-5)
 
         time.sleep(1.0)
         records = client.stop()

@@ -60,7 +60,7 @@ class History:
     def __init__(self, mlflow: FakeMlflow):
         self.mlflow = mlflow
 
-    def record(self, moves, now) -> None:
+    def record(self, moves, now, state=None) -> None:
         record_actions(self.mlflow, "m", "ns", "md", moves, now, promote_alias="production")
 
 

@@ -80,7 +80,7 @@ class History:
     def __init__(self, world: World):
         self.mlflow = FakeMlflow(world)
 
-    def record(self, moves, now) -> None:
+    def record(self, moves, now, state=None) -> None:
         record_actions(self.mlflow, "m", "ns", "md", moves, now)
 
 

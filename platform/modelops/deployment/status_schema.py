@@ -37,6 +37,7 @@ _check_result = {
         "name": {"type": "string"},
         "outcome": {"type": "string", "enum": CHECK_OUTCOMES},
         "value": {"type": "number"},
+        "stable": {"type": "number", "description": "The stable version's value (checks against it)."},
         "message": {"type": "string"},
     },
 }
@@ -64,6 +65,23 @@ _load_test = {
                    "p50Ms": {"type": "number"}, "p99Ms": {"type": "number"}},
 }
 _RECORD_OUTCOMES = ["Running", "Passed", "Failed", "Inconclusive"]
+
+_journal_entry = {
+    "type": "object",
+    "description": "One counted analysis or performance-gate verdict (modelops.rollout.journal).",
+    "properties": {
+        "at": {"type": "string", "format": "date-time"},
+        "phase": {"type": "string", "enum": ["performanceGate", "shadow", "step"]},
+        "weight": {"type": "integer"},
+        "step": {"type": "integer"},
+        "attempt": {"type": "integer"},
+        "outcome": {"type": "string", "enum": CHECK_OUTCOMES},
+        "check": {"type": "string"},
+        "values": {"type": "object", "additionalProperties": {"type": "number"},
+                   "description": "What was measured: successRate, p99Ms, agreement, ...; the stable "
+                                  "version's as stableSuccessRate, stableP99Ms, ... where measured."},
+    },
+}
 
 _canary_status = {
     "type": "object",
@@ -153,6 +171,9 @@ _canary_status = {
                 "decidedAt": {"type": "string", "format": "date-time"},
             },
         },
+        "journal": {"type": "array", "items": _journal_entry,
+                    "description": "The canary's counted analyses and performance-gate verdicts, oldest first "
+                                   "(the last 50): the rollout report logged to MLflow when it ends."},
     },
 }
 

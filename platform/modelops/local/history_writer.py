@@ -15,9 +15,9 @@ from .. import errors, retry
 
 
 class HistoryWriter:
-    """`write(moves, now)` runs in a thread; `say` gets a line when a write must wait for MLflow."""
+    """`write(moves, now, state)` runs in a thread; `say` gets a line when a write must wait for MLflow."""
 
-    def __init__(self, write: Callable[[tuple, datetime], None], say: Callable[[str], None]):
+    def __init__(self, write: Callable[[tuple, datetime, object], None], say: Callable[[str], None]):
         self._write = write
         self._say = say
         self._queue: asyncio.Queue | None = None
@@ -29,17 +29,18 @@ class HistoryWriter:
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._worker())
 
-    def record(self, moves: tuple, now: datetime) -> None:
-        """The driver's `History.record`, from any thread."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, (moves, now))
+    def record(self, moves: tuple, now: datetime, state=None) -> None:
+        """The driver's `History.record`, from any thread (`state`: the frozen RolloutState persisted
+        with the moves, for the rollout report)."""
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (moves, now, state))
 
     async def _worker(self) -> None:
         while True:
-            moves, now = await self._queue.get()
+            moves, now, state = await self._queue.get()
             try:
                 async for attempt in retry.history(on_retry=self._retrying):
                     with attempt:
-                        await asyncio.to_thread(self._write, moves, now)
+                        await asyncio.to_thread(self._write, moves, now, state)
             except errors.ModelOpsError as exc:
                 self._say(f"MLflow history not written ({exc.reason}): these transitions are missed there")
             finally:

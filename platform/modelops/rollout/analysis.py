@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
 from typing import Mapping, Protocol, Union
@@ -121,11 +121,14 @@ class CheckResult:
     outcome: Outcome
     value: float | None = None
     message: str = ""
+    stable: float | None = None  # the stable version's value, for a check against it (the report shows both)
 
     def to_status(self) -> dict:
         out: dict = {"name": self.name, "outcome": self.outcome.value, "message": self.message}
         if self.value is not None:
             out["value"] = self.value
+        if self.stable is not None:
+            out["stable"] = self.stable
         return out
 
 
@@ -260,8 +263,8 @@ def analyse(spec: AnalysisSpec, provider: MetricProvider, target: Target, now: d
                     checks.append(CheckResult("successRateVsStable", Outcome.INCONCLUSIVE, None,
                                               f"stable v{target.stable_version}: {base.reason}"))
                 else:
-                    checks.append(_threshold("successRateVsStable", rate,
-                                             lo=base - spec.success_rate_max_drop))
+                    checks.append(replace(_threshold("successRateVsStable", rate,
+                                                     lo=base - spec.success_rate_max_drop), stable=base))
 
     if spec.p99_latency_ms_max is not None or spec.p99_latency_max_ratio is not None:
         p99 = usable(provider.query(LatencyQuantile(canary, target.window, 0.99)))
@@ -278,7 +281,8 @@ def analyse(spec: AnalysisSpec, provider: MetricProvider, target: Target, now: d
                                               f"stable v{target.stable_version}: {base.reason}"))
                 else:
                     limit = base * 1000.0 * spec.p99_latency_max_ratio
-                    checks.append(_threshold("p99LatencyVsStable", p99_ms, hi=limit, unit="ms"))
+                    checks.append(replace(_threshold("p99LatencyVsStable", p99_ms, hi=limit, unit="ms"),
+                                          stable=base * 1000.0))
 
     if spec.client_errors_max_increase is not None and spec.client_errors_max_increase < 1:
         checks.append(_client_errors_vs_stable(spec, provider, target, count, skip))

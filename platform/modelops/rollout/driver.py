@@ -14,7 +14,8 @@ what it decided, in an order that makes every pass restart-safe:
    None)`, idempotent: None stops it once the rollout ends). A failure here leaves the state ahead
    of the platform; the next pass applies it again (level-triggered, like every reconcile), so a
    restart between 3 and 4 converges;
-5. **record** the transitions in the history (MLflow tags, `promoteAlias`) after they were
+5. **record** the transitions in the history (MLflow tags, `promoteAlias`, the rollout report of a
+   canary they end, built from the persisted state) after they were
    persisted: a transition is never recomputed once persisted, so it is recorded at most once; an
    MLflow outage loses those tags (the error is returned for the caller to log), never the rollout.
 
@@ -78,8 +79,9 @@ class Store(Protocol):
 
 
 class History(Protocol):
-    def record(self, moves: tuple, now: datetime) -> None:
-        """Write the transitions (MLflow version tags, the promoted alias)."""
+    def record(self, moves: tuple, now: datetime, state: RolloutState) -> None:
+        """Write the transitions (MLflow version tags, the promoted alias) and, for a canary they
+        end, its rollout report from `state` (the state persisted with them)."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,7 @@ def tick(state: RolloutState, spec: DeploymentSpec, facts: Facts, *, platform: P
     moves = result.transitions
     if history is not None and moves:
         try:
-            history.record(moves, now)
+            history.record(moves, now, result.state)
         except Exception as exc:  # MLflow away: these tags are missed (returned, logged), never retried twice
             history_error = f"{type(exc).__name__}: {exc}"
     return TickResult(state=result.state, actions=result.actions, interface=result.interface,

@@ -191,7 +191,7 @@ def _interface_allows(s: Step, target: str, obs: Observations) -> bool:
         roll_back(s, "Superseded", f"the resolved version is v{target}: canary v{st.version} removed")
     s.set(version=target, weight=0, step=0, failed_checks=0, inconclusive_checks=0, started_at=s.now,
           last_step_at=None, last_analysis_at=None, next_analysis_at=None, analysis=None, gate=None,
-          performance_gate=None, shadow=None)
+          performance_gate=None, shadow=None, journal=())
     fail(s, "InterfaceChanged", f"InterfaceChanged: {ic.message}", INTERFACE_CHECK)
     return False
 
@@ -201,7 +201,7 @@ def _start_canary(s: Step, target: str, obs: Observations) -> None:
     previous = st.version if st.phase.active else None
     s.set(phase=Phase.WAITING_FOR_GATE, version=target, weight=0, step=0, failed_checks=0,
           inconclusive_checks=0, started_at=s.now, last_step_at=None, last_analysis_at=None,
-          next_analysis_at=None, analysis=None, gate=None, performance_gate=None, shadow=None,
+          next_analysis_at=None, analysis=None, gate=None, performance_gate=None, shadow=None, journal=(),
           reason="Restarted" if previous else "Started",
           message=(f"v{target} supersedes canary v{previous}: analysis restarts" if previous
                    else f"canary v{target} against stable v{st.stable_version}"))
@@ -295,6 +295,7 @@ def _progress(s: Step, obs: Observations) -> None:
     deciding = result.deciding
     check = deciding.name if deciding else None
     s.set(analysis=record, last_analysis_at=s.now, next_analysis_at=s.now + s.policy.interval)
+    s.log_analysis("step", result)
     steps = s.policy.steps
     if result.outcome == Outcome.PASSED:
         s.set(inconclusive_checks=0)

@@ -31,6 +31,7 @@ from datetime import timedelta
 from typing import Callable
 
 from ..deployment.spec import PerformanceGateSpec
+from . import journal
 from .actions import LoadTest, LoadTestResult, PhaseResult
 from .analysis import CheckResult, Outcome, _fmt
 from .state import Phase, PerformanceGateRecord, format_time
@@ -172,6 +173,7 @@ def progress(s: Step, obs, after: Callable[[], None]) -> None:
     verdict = "Passed" if outcome == Outcome.PASSED else "Failed"
     text = f"performance gate {verdict.lower()}: {text}"
     s.set(performance_gate=replace(rec, outcome=verdict, check=check, message=text, decided_at=s.now))
+    s.log(journal.gate_entry(rec, verdict, check, s.now))
     s.actions.append(PhaseResult("performanceGate", st.version, st.stable_version, verdict, check, text, found))
     if outcome == Outcome.PASSED:
         s.notify("PerformanceGatePassed", reason="PerformanceGatePassed", message=f"v{st.version} {text}")
@@ -185,6 +187,7 @@ def _inconclusive(s: Step, rec: PerformanceGateRecord, check: str | None, why: s
     st = s.state
     limit = s.policy.inconclusive_limit
     text = f"performance gate attempt {rec.attempt}/{limit} inconclusive: {why}"
+    s.log(journal.gate_entry(rec, "Inconclusive", check, s.now))  # every attempt, the last one decides
     if rec.attempt >= limit:
         s.set(performance_gate=replace(rec, outcome="Inconclusive", check=check, message=text, decided_at=s.now))
         s.actions.append(PhaseResult("performanceGate", st.version, st.stable_version, "Inconclusive", check, text,

@@ -11,6 +11,13 @@ Each model version touched by a rollout gets, per deployment (key `modelops.depl
   stableThroughputRps, throughputRatio, errors, requests; shadow: comparisons, agreement,
   maxAbsDiff (at the quantile), worstAbsDiff, cosine), and an entry `performance gate passed|failed|inconclusive`,
   `shadow passed|failed|inconclusive` in the history.
+- `<key>.report`: when a canary ends (promoted by analysis or by hand, rolled back for any reason),
+  the artifact URI of its rollout report's JSON (`modelops.rollout.report`): `report.json` and
+  `report.png` are logged into the candidate version's run under
+  `modelops-rollout/<ns>.<name>/<canary start, %Y%m%dT%H%M%SZ>/`. A version registered without a
+  run gets `no MLflow run to log the report to ...` instead (no run is created for it); a report
+  that could not be logged (artifact store refused, MLflow away) gets `report not logged: <why>`
+  where the tag can still be written. A report never fails the history's other writes.
 `spec.rollout.promoteAlias` (e.g. `production`) moves to a version when it is promoted. So the
 MLflow UI tells which version serves where, since when and why.
 """
@@ -18,15 +25,21 @@ MLflow UI tells which version serves where, since when and why.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable
 
+from . import report as report_mod
 from .engine import PhaseResult, Promote, RollBack, SetWeight
-from .state import format_time
+from .state import RolloutState, format_time, parse_time
+
+log = logging.getLogger(__name__)
 
 TAG_PREFIX = "modelops.deployment."
 MAX_TAG_VALUE = 5000  # MLflow's limit for model-version tag values
+REPORT_SUFFIX = ".report"
+NO_RUN = "no MLflow run to log the report to: v{version} was registered without a run"
 
 
 def deployment_key(namespace: str, name: str) -> str:
@@ -131,6 +144,36 @@ def record_actions(registry, model_name: str, namespace: str, name: str, actions
     return written
 
 
+def log_report(registry, model_name: str, namespace: str, name: str, state: RolloutState, ending,
+               now: datetime) -> str:
+    """Build the rollout report of the canary `ending` ended, log `report.json` and `report.png`
+    into the candidate version's run and tag the version `<key>.report` with the JSON's artifact
+    URI; returns that tag's value. Never raises: a report that cannot be logged is said in the tag
+    (when MLflow takes it) and in the log, and costs the rollout and its other tags nothing."""
+    key = deployment_key(namespace, name)
+    version = ending.version
+    try:
+        doc = report_mod.build_report(state, ending, deployment=f"{namespace}/{name}", model=model_name, now=now)
+        run_id = registry.model_version_run_id(model_name, version)
+        if not run_id:
+            value = NO_RUN.format(version=version)
+        else:
+            folder = report_mod.artifact_dir(namespace, name, parse_time(doc["startedAt"]) or now)
+            files = {"report.json": json.dumps(doc, indent=1, sort_keys=False).encode(),
+                     "report.png": report_mod.render_png(doc)}
+            value = f"{registry.log_files(run_id, files, folder)}/report.json"
+    except Exception as exc:  # the artifact store refused, MLflow away, a bug: the rollout goes on
+        log.warning("rollout report of %s v%s (%s/%s) not logged: %s: %s", model_name, version, namespace, name,
+                    type(exc).__name__, exc)
+        value = f"report not logged: {type(exc).__name__}: {exc}"
+    try:
+        registry.set_version_tags(model_name, version, {f"{key}{REPORT_SUFFIX}": value[:MAX_TAG_VALUE]})
+    except Exception as exc:
+        log.warning("tag %s%s of %s v%s not written: %s: %s", key, REPORT_SUFFIX, model_name, version,
+                    type(exc).__name__, exc)
+    return value
+
+
 @dataclass(frozen=True)
 class RegistryHistory:
     """The driver's `History` for one deployment, written straight to MLflow (the operator; local
@@ -142,6 +185,12 @@ class RegistryHistory:
     name: str
     promote_alias: str | None = None
 
-    def record(self, moves: tuple, now: datetime) -> None:
+    def record(self, moves: tuple, now: datetime, state: RolloutState | None = None) -> None:
+        """The transitions' tags and alias; then, with the state persisted with them, the report
+        of every canary they end (`log_report`)."""
         record_actions(self.registry, self.model_name, self.namespace, self.name, moves, now,
                        promote_alias=self.promote_alias)
+        if state is not None:
+            for move in moves:
+                if report_mod.is_ending(move):
+                    log_report(self.registry, self.model_name, self.namespace, self.name, state, move, now)

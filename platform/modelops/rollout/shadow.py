@@ -202,6 +202,7 @@ def progress(s: Step, obs) -> None:
         return
     found = values(result)
     s.set(analysis=result.to_status(), last_analysis_at=s.now, next_analysis_at=s.now + s.policy.interval)
+    s.log_analysis("shadow", result)
     deciding = result.deciding
     check = deciding.name if deciding else None
     if result.outcome == Outcome.PASSED:

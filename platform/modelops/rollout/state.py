@@ -3,7 +3,8 @@
 Everything a rollout needs to resume lives here, never only in memory: the phase, the canary's
 version, weight and step, the analysis counters and times, the gate it waits on, the last
 rolled-back version, and the webhook outbox (notifications with a sequence number, and per
-webhook the last one it acknowledged). `to_status()` / `from_status()` round-trip exactly.
+webhook the last one it acknowledged), and the canary's journal (what each counted analysis and
+the performance gate measured, for the rollout report). `to_status()` / `from_status()` round-trip exactly.
 """
 
 from __future__ import annotations
@@ -257,6 +258,7 @@ class RolloutState:
     outbox: tuple[Notification, ...] = ()  # issued, not yet acknowledged by every subscriber
     performance_gate: PerformanceGateRecord | None = None  # the current (or last) canary's gate
     shadow: ShadowRecord | None = None  # the current (or last) canary's shadow phase
+    journal: tuple[dict, ...] = ()  # the current (or last) canary's counted analyses and gate verdicts (journal.py)
 
     @property
     def traffic(self) -> Traffic:
@@ -300,6 +302,7 @@ class RolloutState:
             "outbox": [n.to_status() for n in self.outbox] if self.outbox else None,
             "performanceGate": self.performance_gate.to_status() if self.performance_gate else None,
             "shadow": self.shadow.to_status() if self.shadow else None,
+            "journal": [dict(e) for e in self.journal] if self.journal else None,
         }
         out.update({k: v for k, v in optional.items() if v is not None})
         return out
@@ -335,6 +338,7 @@ class RolloutState:
             outbox=tuple(Notification.from_status(n) for n in raw.get("outbox") or ()),
             performance_gate=PerformanceGateRecord.from_status(raw.get("performanceGate")),
             shadow=ShadowRecord.from_status(raw.get("shadow")),
+            journal=tuple(dict(e) for e in raw.get("journal") or () if isinstance(e, dict)),
         )
 
 

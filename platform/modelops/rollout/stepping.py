@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from . import journal
 from .actions import Hold, Notify, Promote, RollBack, RolloutPolicy, SetWeight
 from .state import Notification, Phase, RolledBack, RolloutState
 
@@ -26,6 +27,16 @@ class Step:
     def hold(self, reason: str, message: str) -> None:
         self.set(reason=reason, message=message)
         self.actions.append(Hold(reason, message))
+
+    def log(self, entry: dict) -> None:
+        """Append a record to the canary's journal (`modelops.rollout.journal`)."""
+        self.set(journal=journal.append(self.state.journal, entry))
+
+    def log_analysis(self, phase: str, result) -> None:
+        """Journal a counted analysis (`phase`: shadow | step) at the canary's current weight and step."""
+        st = self.state
+        self.log(journal.analysis_entry(phase, result, weight=st.weight, step=st.step if phase == "step" else None,
+                                        at=self.now))
 
     def notify(self, event: str, *, reason: str, message: str, check: str | None = None) -> None:
         s = self.state
