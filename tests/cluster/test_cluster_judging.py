@@ -180,6 +180,20 @@ class Clients:
         self.thread.join(10)
 
 
+def report(client, name: str, version: str, key: str, tmp_path: Path) -> dict:
+    """The rollout report the operator logged into `version`'s run, read back through MLflow."""
+    uri = eventually(lambda: client.get_model_version(name, version).tags.get(f"{key}.report"), timeout=30,
+                     what=f"the report tag of v{version}")
+    run_id = client.get_model_version(name, version).run_id
+    assert uri.startswith(client.get_run(run_id).info.artifact_uri) and uri.endswith("/report.json"), uri
+    folder = uri[len(client.get_run(run_id).info.artifact_uri) + 1:].rsplit("/", 1)[0]
+    assert sorted(f.path.rsplit("/", 1)[-1] for f in client.list_artifacts(run_id, folder)) == \
+        ["report.json", "report.png"]
+    local = Path(client.download_artifacts(run_id, folder, str(tmp_path / f"report-v{version}")))
+    assert (local / "report.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    return json.loads((local / "report.json").read_text())
+
+
 def history(client, name: str, version: str, key: str) -> list[dict]:
     return json.loads(client.get_model_version(name, version).tags.get(f"{key}.history") or "[]")
 
@@ -255,6 +269,9 @@ def test_gate_and_shadow_on_kserve(mode, cluster, namespace, start_operator, ver
                    what="the mirror off after the promotion")
         events = [e["reason"] for e in cluster.events(ns, name)]
         assert {"PerformanceGatePassed", "ShadowStarted", "ShadowPassed", "Promoted"} <= set(events), events
+        doc = report(client, model, versions["v2"], key, tmp_path)
+        assert doc["ending"]["outcome"] == "Promoted" and doc["version"] == versions["v2"], doc["ending"]
+        assert {"performanceGate", "shadow", "step"} <= {j["phase"] for j in doc["steps"]}
 
         # v3: answers 200 with swapped outputs: rolled back in shadow, never answered a client
         client.set_registered_model_alias(model, alias, versions["v3"])
@@ -266,6 +283,8 @@ def test_gate_and_shadow_on_kserve(mode, cluster, namespace, start_operator, ver
         shadow = tag(client, model, versions["v3"], f"{key}.shadow")
         assert shadow["outcome"] == "Failed" and shadow["agreement"] < 0.99, shadow
         assert "ShadowFailed" in [e["reason"] for e in cluster.events(ns, name)]
+        doc = report(client, model, versions["v3"], key, tmp_path)
+        assert doc["ending"]["outcome"] == "RolledBack" and doc["ending"]["check"] == "agreement", doc["ending"]
 
         # v4: far slower: stopped by the gate, weight 0 throughout
         client.set_registered_model_alias(model, alias, versions["v4"])
@@ -276,6 +295,8 @@ def test_gate_and_shadow_on_kserve(mode, cluster, namespace, start_operator, ver
         gate = tag(client, model, versions["v4"], f"{key}.performanceGate")
         assert gate["outcome"] == "Failed" and gate["throughputRatio"] < GATE["minThroughputRatio"], gate
         assert "PerformanceGateFailed" in [e["reason"] for e in cluster.events(ns, name)]
+        doc = report(client, model, versions["v4"], key, tmp_path)
+        assert doc["ending"]["outcome"] == "RolledBack" and doc["ending"]["reason"] == "PerformanceGateFailed"
         assert not [h for h in history(client, model, versions["v4"], key) if h["state"].startswith("canary")
                     and h.get("weight")]
         time.sleep(1)
