@@ -28,11 +28,14 @@ def test_demo_tells_the_story(tmp_path):
     work, summary = tmp_path / "demo", tmp_path / "summary.json"
     r = subprocess.run([sys.executable, "-m", "modelops.cli", "demo", "--work-dir", str(work), "--interval", "2s",
                         "--json", str(summary)], capture_output=True, text=True, timeout=600)
-    out = r.stdout
-    assert r.returncode == 0, out[-8000:] + r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout[-8000:] + r.stderr[-3000:]
+    check_story(r.stdout, json.loads(summary.read_text()), work)
+
+
+def check_story(out: str, doc: dict, work) -> None:
+    """What `modelops demo` must show: OUT its output, DOC its JSON summary, WORK its work dir."""
     for step in ("[1/7]", "[2/7]", "[3/7]", "[4/7]", "[5/7]", "[6/7]", "[7/7]"):
         assert step in out
-    doc = json.loads(summary.read_text())
     assert doc["ok"] is True
     v = doc["versions"]
     assert list(v) == ["1", "2", "3", "4", "5"]

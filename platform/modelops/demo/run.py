@@ -5,8 +5,9 @@ promoted or rolled back by themselves, with MLflow showing what happened. All on
 2. trains and registers five versions of a PyTorch MLP (seeded, nothing downloaded): v1; a good v2
    (v1's model registered again: the same answers); an erroring v3 (`register_guarded_mlp`: it
    fails at run time on inputs whose first feature exceeds 50, which one request in five has); a
-   silently wrong v4 (`SwappedMLP`: answers 200, quickly, with two output columns swapped); a slow
-   v5 (`SlowMLP`: the same answers, ~100x the work per row); the alias `champion` points at v1;
+   silently wrong v4 (`swap_output_columns`: answers 200, quickly, with two output columns swapped);
+   a slow v5 (`add_slow_branch`: the same answers, ~100x the work per row); v3..v5 are ONNX graphs
+   edited from v1's (the mlflow.onnx flavor: no export to wait for); the alias `champion` points at v1;
 3. runs `modelops local up` on a ModelDeployment that follows `champion` with a canary rollout, a
    performance gate (a load test of the candidate against the stable before any traffic) and a
    shadow phase (the stable predictor mirrors live requests to the candidate and compares the
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,21 +56,48 @@ def _console():
 
 
 def _register(tracking: str, work_dir: Path) -> list[str]:
-    """v1..v5 (see the module's docstring); v2 is v1's logged model registered again (the same
-    weights, as a re-export or a re-packaging gives: its answers agree with v1's)."""
+    """v1 and v2; v2 is v1's logged model registered again (the same weights, as a re-export or a
+    re-packaging gives: its answers agree with v1's)."""
     import mlflow
     from mlflow import MlflowClient
 
     from . import models
 
     client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
-    with open(work_dir / "register.log", "w") as log, contextlib.redirect_stdout(log), \
+    with open(work_dir / "register.log", "a") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log):
         v1 = models.register_torch_mlp(tracking, MODEL, seed=0)
         v2 = str(mlflow.register_model(client.get_model_version(MODEL, v1).source, MODEL).version)
-        return [v1, v2, models.register_guarded_mlp(tracking, MODEL, seed=0),
-                models.register_torch_mlp(tracking, MODEL, seed=0, serve_cls=models.SwappedMLP),
-                models.register_torch_mlp(tracking, MODEL, seed=0, serve_cls=models.SlowMLP)]
+    return [v1, v2]
+
+
+def register_bad(tracking: str) -> list[str]:
+    """v3 (erroring), v4 (silently wrong), v5 (slow): ONNX graphs edited from v1's model."""
+    from . import models
+
+    return [models.register_guarded_mlp(tracking, MODEL, seed=0), models.register_swapped_mlp(tracking, MODEL, seed=0),
+            models.register_slow_mlp(tracking, MODEL, seed=0)]
+
+
+class Registering:
+    """`register_bad` in a child process (its output in register.log), while v1 and v2 start."""
+
+    def __init__(self, tracking: str, work_dir: Path):
+        self.out = work_dir / "registered.json"
+        self.log = work_dir / "register.log"
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "modelops.demo.run", tracking, str(self.out)],
+                                         stdout=log, stderr=subprocess.STDOUT)
+
+    def result(self, timeout: float = 300.0) -> list[str]:
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise RuntimeError(f"registering v3..v5 took more than {timeout:.0f}s; see {self.log}") from None
+        if rc != 0 or not self.out.exists():
+            raise RuntimeError(f"registering v3..v5 failed ({rc}): {self.log.read_text()[-1500:]}")
+        return json.loads(self.out.read_text())
 
 
 def _rolled_back(version: str):
@@ -108,10 +137,12 @@ def run_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, p
             f"(fails at run time on inputs whose first feature > {models.GUARD_LIMIT:g}); v4 silently wrong "
             "(output columns swapped); v5 slow (the same answers, ~100x the work); alias champion -> v1", "[2/7]")
         t = time.perf_counter()
-        versions = _register(tracking, work_dir)
-        say(f"registered v{versions[0]}..v{versions[-1]} in {time.perf_counter() - t:.0f}s")
+        v1, v2 = _register(tracking, work_dir)
+        registering = Registering(tracking, work_dir)
+        say(f"registered v{v1} and v{v2} in {time.perf_counter() - t:.0f}s; v3..v5 are registered in the "
+            "background meanwhile")
         client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
-        client.set_registered_model_alias(MODEL, "champion", versions[0])
+        client.set_registered_model_alias(MODEL, "champion", v1)
 
         file = work_dir / f"{DEPLOYMENT}.yaml"
         file.write_text(yaml.safe_dump(manifest(interval, DEPLOYMENT, MODEL, performanceGate=GATE, shadow=SHADOW),
@@ -120,10 +151,10 @@ def run_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, p
             f"performance gate (c{GATE['concurrency']}, {GATE['duration']}, p99 <= {GATE['maxP99Ms']} ms, "
             f">= {GATE['minThroughputRatio']}x the stable's throughput), then a shadow phase ({SHADOW['percent']}% "
             f"of the stable's requests mirrored, >= {SHADOW['minRequests']} comparisons, agreement >= 0.99: "
-            "answers equal within 1e-3), then canary steps {STEPS}% analysed every {interval} from the predictors' own /metrics; "
+            f"answers equal within 1e-3), then canary steps {STEPS}% analysed every {interval} from the predictors' own /metrics; "
             "short on purpose for the demo)", "[3/7]")
         up = LocalUp(file, work_dir / "local", tracking, port or free_port())
-        status = up.wait("v1 to serve", lambda s: (s.get("stable") or {}).get("version") == versions[0]
+        status = up.wait("v1 to serve", lambda s: (s.get("stable") or {}).get("version") == v1
                          and s.get("url"))
         router = status["url"]
         traffic = Traffic(router, DEPLOYMENT)
@@ -131,13 +162,14 @@ def run_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, p
             "first feature of 100); the clients count, per version, the answers they got")
         time.sleep(pause)
 
-        v1, v2, v3, v4, v5 = versions
         t = time.perf_counter()
         say(f"moving alias champion -> v{v2} (good): gate, shadow, then {' -> '.join(f'{s}%' for s in STEPS)}",
             "[4/7]")
         client.set_registered_model_alias(MODEL, "champion", v2)
         up.wait(f"v{v2} to be promoted", lambda s: (s.get("stable") or {}).get("version") == v2)
         say(f"v{v2} promoted {time.perf_counter() - t:.0f}s after the alias moved")
+        v3, v4, v5 = registering.result()
+        versions = [v1, v2, v3, v4, v5]
         time.sleep(pause)
 
         t = time.perf_counter()
@@ -155,7 +187,7 @@ def run_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, p
             client.set_registered_model_alias(MODEL, "champion", v)
             up.wait(f"v{v} to be {ending}", _rolled_back(v))
             say(f"v{v} {ending} {time.perf_counter() - t:.0f}s after the alias moved, before any client traffic")
-            time.sleep(min(1.0, seconds))
+            time.sleep(pause if v != v5 else 0.2)
         traffic.stop()
         events, seen = up.events(), dict(up.max_weight)
         if not keep_running:  # the history (MLflow tags, the reports) is written before it stops
@@ -217,3 +249,8 @@ def run_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, p
         if up is not None:
             up.down()
         server.stop()
+
+
+if __name__ == "__main__":  # `Registering`'s child: python -m modelops.demo.run TRACKING_URI OUT.json
+    _quiet()
+    Path(sys.argv[2]).write_text(json.dumps(register_bad(sys.argv[1])))
