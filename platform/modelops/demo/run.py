@@ -219,6 +219,8 @@ def run_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, p
             + ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items()))
             + f"; each version's tags {key} (+ .history, .performanceGate, .shadow, .report) and modelops.* "
               "(ONNX location, sha256, parity)")
+        say(f"rollout reports (report.json + report.png): the version's page {tracking}/#/models/{MODEL}/versions/<v> "
+            f"-> its run -> Artifacts -> modelops-rollout/{LOCAL_NAMESPACE}.{DEPLOYMENT}/<start>/")
         say(f"status document: modelops local status --state-dir {work_dir / 'local'}")
         wall = time.perf_counter() - t0
         if json_path is not None:

@@ -113,8 +113,8 @@ def rich_table(rows: list[VersionStory], title: str):
     from rich.table import Table
 
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_lines=True)
-    where = min(64, max([len(s.where) for s in rows] + [24]))  # a UI address on one line
-    for name, kw in (("version", {"no_wrap": True}), ("what it is", {"max_width": 26}),
+    where = min(52, max([len(s.where) for s in rows] + [24]))  # a UI address on one line; a report's URI folded
+    for name, kw in (("version", {"no_wrap": True}), ("what it is", {"max_width": 24}),
                      ("outcome", {"max_width": 21}), ("deciding check", {"max_width": 34}),
                      ("what the check saw", {"max_width": 44}), ("client answers", {"justify": "right"}),
                      ("rollout report in MLflow", {"overflow": "fold", "min_width": where})):
