@@ -104,7 +104,7 @@ def cmd_demo(args) -> int:
     from .demo.run import run_demo
 
     return run_demo(work_dir=Path(args.work_dir), interval=args.interval, keep_running=args.keep_running,
-                    port=args.port)
+                    port=args.port, json_path=Path(args.json) if args.json else None)
 
 
 def _local_dir(args):
@@ -311,11 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--timeout", type=float, default=60.0, help="seconds before SIGKILL")
         q.set_defaults(fn=fn)
 
-    d = sub.add_parser("demo", help="a canary promoted and a bad version rolled back, end to end on this machine")
+    d = sub.add_parser("demo", help="a canary promoted; erroring, wrong, slow and incompatible versions stopped; "
+                                    "end to end on this machine")
     d.add_argument("--work-dir", default=".modelops/demo")
     d.add_argument("--interval", default="3s", help="the canary's analysis interval (short for the demo)")
     d.add_argument("--port", type=int, default=0, help="the router's port (default: a free one)")
     d.add_argument("--keep-running", action="store_true", help="keep MLflow, the router and predictors up")
+    d.add_argument("--json", metavar="PATH", help="also write the final summary (per version) as JSON to PATH")
     d.add_argument("--text", action="store_true",
                    help="a Hugging Face text classifier (transformers flavor) instead; needs modelops[transformers]")
     d.set_defaults(fn=cmd_demo)

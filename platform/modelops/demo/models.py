@@ -283,6 +283,67 @@ def register_guarded_mlp(tracking_uri: str, name: str, seed: int = 0) -> str:
     return register_onnx_model(tracking_uri, name, seed, epochs=30, transform=add_runtime_guard)
 
 
+def swap_output_columns(model, a: int = 0, b: int = 1):
+    """A silently wrong copy of an ONNX model (`onnx.ModelProto`, output [batch, classes]): columns
+    `a` and `b` of its output swapped (`SwappedMLP` as a graph). It answers 200, as fast as before,
+    with wrong numbers; only comparing its answers with the serving version's shows it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    out = g.output[0].name
+    for node in g.node:
+        node.output[:] = [f"{out}__pre" if o == out else o for o in node.output]
+    order = list(range(3))
+    order[a], order[b] = b, a
+    g.initializer.append(helper.make_tensor("swap_order", TensorProto.INT64, [3], order))
+    g.node.append(helper.make_node("Gather", [f"{out}__pre", "swap_order"], [out], axis=1))
+    onnx.checker.check_model(m)
+    return m
+
+
+def add_slow_branch(model, dim: int = SLOW_DIM, layers: int = SLOW_LAYERS):
+    """A slow copy of an ONNX model (`SlowMLP` as a graph): the same outputs, plus a branch of
+    `layers` square MatMul + Tanh of `dim` whose result is added times 0 (~100x the work per row)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    x, out = g.input[0].name, g.output[0].name
+    for node in g.node:
+        node.output[:] = [f"{out}__pre" if o == out else o for o in node.output]
+    work = torch.randn(dim, dim, generator=torch.Generator().manual_seed(0)).numpy() / dim ** 0.5
+    g.initializer.extend([numpy_helper.from_array(work.astype(np.float32), "slow_work"),
+                          helper.make_tensor("slow_axes", TensorProto.INT64, [1], [1]),
+                          helper.make_tensor("slow_shape", TensorProto.INT64, [2], [1, dim]),
+                          helper.make_tensor("slow_zero", TensorProto.FLOAT, [], [0.0])])
+    nodes = [helper.make_node("ReduceSum", [x, "slow_axes"], ["slow_sum"], keepdims=1),
+             helper.make_node("Expand", ["slow_sum", "slow_shape"], ["slow_h0"])]
+    for i in range(layers):
+        nodes += [helper.make_node("MatMul", [f"slow_h{i}", "slow_work"], [f"slow_m{i}"]),
+                  helper.make_node("Tanh", [f"slow_m{i}"], [f"slow_h{i + 1}"])]
+    nodes += [helper.make_node("ReduceSum", [f"slow_h{layers}", "slow_axes"], ["slow_total"], keepdims=1),
+              helper.make_node("Mul", ["slow_total", "slow_zero"], ["slow_nothing"]),
+              helper.make_node("Add", [f"{out}__pre", "slow_nothing"], [out])]
+    g.node.extend(nodes)
+    onnx.checker.check_model(m)
+    return m
+
+
+def register_swapped_mlp(tracking_uri: str, name: str, seed: int = 0) -> str:
+    """Register a silently wrong MLP version (`swap_output_columns`) under the mlflow.onnx flavor."""
+    return register_onnx_model(tracking_uri, name, seed, epochs=30, transform=swap_output_columns)
+
+
+def register_slow_mlp(tracking_uri: str, name: str, seed: int = 0) -> str:
+    """Register a slow MLP version (`add_slow_branch`) under the mlflow.onnx flavor."""
+    return register_onnx_model(tracking_uri, name, seed, epochs=30, transform=add_slow_branch)
+
+
 def rename_input(model, new_name: str = "features"):
     """A copy of an ONNX model (`onnx.ModelProto`) whose first input is called `new_name`: the same
     numbers, but every client request that names the old input is refused (a 400) — a retrained

@@ -14,12 +14,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import threading
 import time
 from pathlib import Path
 
-from .run import STEPS, LocalUp, _quiet, _story, _table, manifest
+from .live import STEPS, LocalUp, _quiet, manifest
 
 MODEL = "demo-text"
 
@@ -60,6 +61,51 @@ class TextTraffic:
             t.join(30)
 
 
+def _story(events: list[dict], tags: dict[str, dict], key: str) -> list[tuple[str, ...]]:
+    """One row per version: what happened to it, its analyses, the deciding check, its MLflow tag."""
+    rows = []
+    for v in sorted(tags, key=int):
+        mine = [e for e in events if e.get("version") == v]
+        analyses = [e for e in mine if e["kind"] == "Analysis"]
+        passed = sum(1 for a in analyses if a["outcome"] == "Passed")
+        failed = sum(1 for a in analyses if a["outcome"] == "Failed")
+        kinds = [e["kind"] for e in mine]
+        refused = next((e for e in mine if e["kind"] == "RolledBack" and e.get("reason") == "InterfaceChanged"), None)
+        if refused is not None:
+            outcome = "refused"
+        elif "RolledBack" in kinds:
+            outcome = "rolled back"
+        elif "Promoted" in kinds:
+            outcome = "promoted"
+        elif "Serving" in kinds:
+            outcome = "served first"
+        else:
+            outcome = "-"
+        decided = next((e for e in reversed(mine) if e["kind"] == "RolledBack"), None)
+        check = ""
+        if refused is not None:
+            check = refused.get("message") or ""
+        elif decided is not None:
+            last = next((a for a in reversed(analyses) if a["outcome"] == "Failed"), None)
+            check = (last or {}).get("message") or decided.get("check") or ""
+        counts = ", ".join(x for x in (passed and f"{passed} passed", failed and f"{failed} failed") if x) or "-"
+        parity = tags[v].get("modelops.parity")
+        err = f"{json.loads(parity)['max_abs_err']:.1e}" if parity else "-"
+        rows.append((f"v{v}", err, outcome, counts, check or "-", tags[v].get(key, "-")))
+    return rows
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    head = ("version", "parity max|err|", "outcome", "analyses", "deciding check", "MLflow tag (this deployment)")
+    limits = [60] * (len(head) - 2) + [80, 60]  # the deciding check in full (an interface's differences)
+    widths = [min(limits[i], max(len(str(r[i])) for r in [head, *rows])) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*head), "-" * (sum(widths) + 2 * (len(widths) - 1))]
+    lines += [fmt.format(*(c if len(c) <= n else c[:n - 1] + "~" for c, n in zip(map(str, r), limits)))
+              for r in rows]
+    return "\n".join(lines)
+
+
 def run_text_demo(work_dir: Path, interval: str = "3s", keep_running: bool = False, port: int = 0) -> int:
     _quiet()
     import yaml
@@ -86,9 +132,7 @@ def run_text_demo(work_dir: Path, interval: str = "3s", keep_running: bool = Fal
                         register_text_classifier(tracking, MODEL, seed=1)]
         client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
         client.set_registered_model_alias(MODEL, "champion", versions[0])
-        doc = manifest(interval)
-        doc["metadata"]["name"] = MODEL
-        doc["spec"]["model"]["name"] = MODEL
+        doc = manifest(interval, name=MODEL, model=MODEL)
         file = work_dir / f"{MODEL}.yaml"
         file.write_text(yaml.safe_dump(doc, sort_keys=False))
         print(f"[3/4] modelops local up -f {file}  (ONNX + tokenizer, parity against the pipeline, text in)",
