@@ -66,3 +66,12 @@ def control_plane():
     finally:
         if started:
             stop_control_plane(cp)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`scripts/test.sh` runs `-n 2 --dist loadgroup`), every test on the one
+    real control plane (`control_plane`, directly or through `cluster`) runs in the same worker:
+    one process starts it, uses it and stops it."""
+    for item in items:
+        if "control_plane" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("control-plane"))
