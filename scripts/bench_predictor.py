@@ -14,7 +14,9 @@ With `--servers shadow-cost` (alone or with others): the cost of shadow mirrorin
 predictor: one stable `modelops serve --shadow-config FILE` and a second predictor (the candidate,
 same model), FILE rewritten between alternating c=16 rounds: off, 10%, 100% (both predictors and
 the client share this machine's cores: the candidate's work is counted against the stable here,
-which a separate candidate Pod would not be).
+which a separate candidate Pod would not be). `--shadow-pin`: the candidate on the last core
+(`taskset`), the stable and the client on the others, in every round alike: what mirroring costs
+the stable itself, as with a candidate in its own Pod.
 Each server runs alone (one process, started and stopped in turn) and gets batch-1 JSON
 requests from a closed-loop client at concurrency 1 and 16. Ratios are against `mlflow`.
 
@@ -224,6 +226,9 @@ def auth_cost(label: str, ours: list[str], servers: dict, headers: dict, body: b
 SHADOW_MODES = {"off": None, "10%": 10, "100%": 100}
 
 
+SHADOW_PIN = False  # --shadow-pin
+
+
 def shadow_cost(label: str, onnx_dir: Path, body: bytes, work: Path, duration: float, rounds: int = 6) -> dict:
     """Mirroring off vs on (10%, 100% of requests to a second predictor), one stable process
     reconfigured through its watched file between alternating c=16 rounds (the order rotating):
@@ -232,10 +237,19 @@ def shadow_cost(label: str, onnx_dir: Path, body: bytes, work: Path, duration: f
     config = work / f"{label}-shadow.json"
     config.write_text("{}")
     procs, urls = [], {}
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = SHADOW_PIN and len(cpus) >= 2
+    cores = {"candidate": cpus[-1:], "stable": cpus[:-1]} if pinned else {}
+    before = set(cpus)
     try:
+        if pinned:
+            os.sched_setaffinity(0, cores["stable"])  # the client (this process) shares the stable's cores
+            print(f"  shadow-cost pinned: candidate on cpu {cores['candidate']}, stable and client on "
+                  f"{cores['stable']}", flush=True)
         for role, extra in (("candidate", []), ("stable", ["--shadow-config", str(config)])):
             port = free_port()
-            procs.append(start([PY, "-m", "modelops.cli", "serve", str(onnx_dir), "--name", label,
+            pin = ["taskset", "-c", ",".join(map(str, cores[role]))] if pinned else []
+            procs.append(start([*pin, PY, "-m", "modelops.cli", "serve", str(onnx_dir), "--name", label,
                                 "--http-port", str(port), "--grpc-port", "0", *extra],
                                f"http://127.0.0.1:{port}/v2/health/ready", work / f"{label}-shadow-{role}.log"))
             urls[role] = f"http://127.0.0.1:{port}"
@@ -264,7 +278,8 @@ def shadow_cost(label: str, onnx_dir: Path, body: bytes, work: Path, duration: f
     finally:
         for proc in procs:
             stop(proc)
-    out = {"rounds": rounds, "rps": rps, "p50_ms": p50, "counted": {}}
+        os.sched_setaffinity(0, before)
+    out = {"rounds": rounds, "pinned": pinned, "rps": rps, "p50_ms": p50, "counted": {}}
     for mode in modes[1:]:
         ratios = sorted(a / b for a, b in zip(rps[mode], rps["off"]))
         deltas = sorted(a - b for a, b in zip(p50[mode], p50["off"]))
@@ -326,7 +341,11 @@ def main(argv=None) -> int:
                                                    "shadow-cost: the mirroring cost (off vs 10%% vs 100%%)")
     p.add_argument("--auth-kubeconfig", default=None,
                    help="admin kubeconfig of a real API server: also measure --auth kubernetes")
+    p.add_argument("--shadow-pin", action="store_true",
+                   help="shadow-cost: the candidate on its own core, the stable and the client on the others")
     args = p.parse_args(argv)
+    global SHADOW_PIN
+    SHADOW_PIN = args.shadow_pin
     specs = {"mlp": (models.register_torch_mlp, (models.MLP_FEATURES,)),
              "cnn": (models.register_torch_cnn, models.CNN_SHAPE)}
     with tempfile.TemporaryDirectory(prefix="modelops-bench-") as tmp:

@@ -180,11 +180,14 @@ def test_least_privilege_cluster_wide(cluster, default_release):
     assert can("create", "jobs.batch", other)
     assert can("create", "events", other)
     assert can("update", lease, r.namespace) and can("create", "leases.coordination.k8s.io", r.namespace)
+    # Judging the model: the mirror ConfigMap and the candidate/stable Services (get, create, patch only)
+    for res in ("configmaps", "services"):
+        assert can("patch", res, other) and not can("delete", res, other) and not can("list", res, other)
     # Nothing more: no Secrets (not even its own namespace's), no other resource types.
     for ns in (None, r.namespace, other, "kube-system"):
         assert not can("get", "secrets", ns) and not can("list", "secrets", ns)
     for verb, res, ns in [("create", "pods", other), ("create", "deployments.apps", other),
-                          ("delete", "customresourcedefinitions", None), ("get", "configmaps", other),
+                          ("delete", "customresourcedefinitions", None), ("watch", "configmaps", other),
                           ("update", "clusterservingruntimes.serving.kserve.io", None),
                           ("create", "rolebindings.rbac.authorization.k8s.io", other),
                           ("update", "leases.coordination.k8s.io/someone-else", r.namespace),
@@ -213,7 +216,8 @@ def test_least_privilege_namespaced(cluster, namespaced_release):
         assert not can("get", "secrets", ns) and not can("list", "secrets", ns)
     assert can("list", "namespaces", None)  # Kopf's discovery: names only
     assert not can("delete", "namespaces", None) and not can("update", "namespaces", None)
-    assert not can("create", "pods", watched[0]) and not can("get", "configmaps", watched[0])
+    assert not can("create", "pods", watched[0]) and not can("delete", "configmaps", watched[0])
+    assert can("patch", "configmaps", watched[0]) and not can("patch", "configmaps", other)
 
 
 def test_upgrade_updates_the_crd(cluster, default_release, tmp_path):
