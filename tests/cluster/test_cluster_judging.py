@@ -74,6 +74,7 @@ class Kubelet:
         self.done = threading.Event()
         self.errors: list[str] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.closed_port = free_port()
 
     def resolve(self, url: str) -> str:
         """`http://<service>.<ns>.svc:8080` -> the predictor its selector picks."""
@@ -83,7 +84,8 @@ class Kubelet:
         assert svc is not None, f"no Service {ns}/{service} behind {url}"
         version = svc["spec"]["selector"]["modelops.dev/predictor-version"]
         assert svc["spec"]["selector"]["modelops.dev/deployment"] == self.name
-        assert version in self.kserve.fleet.servers, f"{url}: v{version} is not serving"
+        if version not in self.kserve.fleet.servers:  # a Service without endpoints (yet): refused
+            return f"http://127.0.0.1:{self.closed_port}"
         return self.kserve.fleet.servers[version][0]
 
     def _project(self) -> None:
