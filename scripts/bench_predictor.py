@@ -256,6 +256,10 @@ def shadow_cost(label: str, onnx_dir: Path, body: bytes, work: Path, duration: f
         modes = list(SHADOW_MODES)
         rps: dict[str, list[float]] = {m: [] for m in modes}
         p50: dict[str, list[float]] = {m: [] for m in modes}
+        cpu_us: dict[str, list[float]] = {m: [] for m in modes}  # the stable's CPU time per answered request
+        import psutil
+
+        stable = psutil.Process(procs[-1].pid)
         for r in range(rounds):
             for mode in modes[r % 3:] + modes[:r % 3]:
                 percent = SHADOW_MODES[mode]
@@ -264,10 +268,12 @@ def shadow_cost(label: str, onnx_dir: Path, body: bytes, work: Path, duration: f
                     "percent": percent, "queueSize": 64, "timeoutMs": 2000}
                 config.write_text(json.dumps(doc))
                 time.sleep(1.5)  # the stable polls its file every second
+                t0 = sum(stable.cpu_times()[:2])
                 res = run_load(f"{urls['stable']}/v2/models/{label}/infer", body, None, concurrency=16,
                                requests=10**9, duration=max(1.0, duration / 3), warmup=50)
                 if res.errors:
                     raise RuntimeError(f"shadow-cost {mode}: {res.errors} failed requests")
+                cpu_us[mode].append((sum(stable.cpu_times()[:2]) - t0) * 1e6 / (res.requests + 50))  # + the warm-up
                 rps[mode].append(res.rps)
                 p50[mode].append(res.p50_ms)
         config.write_text("{}")
@@ -279,12 +285,16 @@ def shadow_cost(label: str, onnx_dir: Path, body: bytes, work: Path, duration: f
         for proc in procs:
             stop(proc)
         os.sched_setaffinity(0, before)
-    out = {"rounds": rounds, "pinned": pinned, "rps": rps, "p50_ms": p50, "counted": {}}
+    out = {"rounds": rounds, "pinned": pinned, "rps": rps, "p50_ms": p50, "cpu_us_per_request": cpu_us,
+           "counted": {}}
     for mode in modes[1:]:
         ratios = sorted(a / b for a, b in zip(rps[mode], rps["off"]))
         deltas = sorted(a - b for a, b in zip(p50[mode], p50["off"]))
+        cpu = sorted(a - b for a, b in zip(cpu_us[mode], cpu_us["off"]))
         out[mode] = {"throughput_ratio": round(ratios[len(ratios) // 2], 3),
-                     "p50_delta_ms": round(deltas[len(deltas) // 2], 3)}
+                     "p50_delta_ms": round(deltas[len(deltas) // 2], 3),
+                     "cpu_us_per_request_delta": round(cpu[len(cpu) // 2], 1),
+                     "cpu_us_per_request_off": round(sorted(cpu_us["off"])[len(cpu) // 2], 1)}
         cand = f"{SHADOW_MODES[mode]}pct"
         out["counted"][mode] = {k: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                                        if line.startswith(metric) and f'candidate="{cand}"' in line
@@ -293,7 +303,9 @@ def shadow_cost(label: str, onnx_dir: Path, body: bytes, work: Path, duration: f
                                                      ("modelops_shadow_comparisons_total", ("agree", "disagree")))
                                 for k in keys}
         print(f"  shadow {mode:>4s} / off at c=16 (median of {rounds} alternating rounds): "
-              f"{out[mode]['throughput_ratio']:.1%} throughput, p50 {out[mode]['p50_delta_ms']:+.3f} ms; "
+              f"{out[mode]['throughput_ratio']:.1%} throughput, p50 {out[mode]['p50_delta_ms']:+.3f} ms, "
+              f"stable CPU {out[mode]['cpu_us_per_request_delta']:+.1f} us/request "
+              f"(off: {out[mode]['cpu_us_per_request_off']:.1f}); "
               f"counted {out['counted'][mode]}", flush=True)
     return out
 
