@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ import pytest
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+REPO_TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="session")
@@ -68,10 +71,28 @@ def control_plane():
             stop_control_plane(cp)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--share", choices=("core", "rest"), default=None,
+                     help="run one of the suite's two shares (scripts/test.sh runs both side by side): "
+                          "core = tests/core without the control plane; rest = everything else")
+
+
+def _uses_control_plane(item) -> bool:
+    return "control_plane" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`scripts/test.sh` runs `-n 2 --dist loadgroup`), every test on the one
-    real control plane (`control_plane`, directly or through `cluster`) runs in the same worker:
-    one process starts it, uses it and stops it."""
+    """`--share`: the suite in two disjoint halves that can run at once (scripts/test.sh). Every
+    test on the one real control plane (`control_plane`, directly or through `cluster`) is in
+    `rest`, so one process starts it, uses it and stops it."""
+    share = config.getoption("--share")
+    if share is None:
+        return
+    core = REPO_TESTS / "core"
+    keep, drop = [], []
     for item in items:
-        if "control_plane" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("control-plane"))
+        in_core = core in Path(str(item.path)).parents and not _uses_control_plane(item)
+        (keep if in_core == (share == "core") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
