@@ -282,7 +282,7 @@ def test_canary_promotes_a_good_version_and_rolls_back_a_bad_one(
         eventually(promoted, timeout=60, what="v2 promoted")
         took = time.monotonic() - started
         if not restarts:  # no step skips its interval; the upper bound leaves room for a loaded CI machine
-            assert (len(STEPS) - 0.5) * INTERVAL <= took <= (len(STEPS) + 4) * INTERVAL, took
+            assert (len(STEPS) - 0.5) * INTERVAL <= took <= (len(STEPS) + 6) * INTERVAL, took
         st = cluster.status(ns, name)["canary"]
         assert st["phase"] == "Promoted" and st["analysis"]["outcome"] == "Passed"
         isvc = cluster.get("inferenceservice", ns, name)
@@ -306,9 +306,9 @@ def test_canary_promotes_a_good_version_and_rolls_back_a_bad_one(
             return cluster.status(ns, name).get("phase") == "RolledBack"
 
         eventually(rolled_back, timeout=60, what="v3 rolled back")
-        # one failed analysis (failureLimit 1), not the inconclusive limit; +3 intervals of slack for
+        # one failed analysis (failureLimit 1), not the inconclusive limit (the check below says which); +5 intervals of slack for
         # Prometheus' scrape and the operator's tick on a loaded 2-core machine
-        assert time.monotonic() - started <= (1 + 3) * INTERVAL
+        assert time.monotonic() - started <= (1 + 5) * INTERVAL
         st = cluster.status(ns, name)
         assert st["stable"]["version"] == registered["v2"] and st["canary"]["rolledBack"]["version"] == v3
         assert st["canary"]["rolledBack"]["check"] == "successRate"

@@ -99,9 +99,10 @@ def test_a_renamed_input_is_refused_before_traffic_and_judged_by_client_errors_w
         started = time.monotonic()
         eventually(lambda: (status()["canary"].get("rolledBack") or {}).get("reason") == "AnalysisFailed",
                    timeout=60, what="v2 rolled back by its analysis")
-        # failureLimit failed intervals, not inconclusiveLimit ones (+3 intervals of slack: Prometheus'
-        # scrape and the operator's tick on a loaded 2-core machine)
-        assert time.monotonic() - started <= (FAILURE_LIMIT + 3) * INTERVAL
+        # failureLimit failed intervals, not inconclusiveLimit ones (the reason and check below say
+        # which), and no hang: +6 intervals of slack for Prometheus' scrape and the operator's tick on
+        # a 2-core machine that also runs the suite's other share
+        assert time.monotonic() - started <= (FAILURE_LIMIT + 6) * INTERVAL
         st = status()
         assert st["phase"] == "RolledBack" and st["stable"]["version"] == v1
         assert st["canary"]["rolledBack"]["check"] == "clientErrorsVsStable", st["canary"]

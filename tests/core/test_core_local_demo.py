@@ -16,6 +16,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 
 def _row(table: str, version: str) -> str:
     """The first line of VERSION's row in the final table."""
@@ -105,6 +107,7 @@ def check_story(out: str, doc: dict, work) -> None:
     assert not (work / "local" / "supervisor.json").exists()  # everything stopped
 
 
+@pytest.mark.share("rest")  # balances the two shares of scripts/test.sh (~2 min)
 def test_text_demo_promotes_a_text_classifier_by_canary(tmp_path):
     """`modelops demo --text`: a Hugging Face classifier (MLflow transformers flavor) converted
     with its tokenizer, served text in, and its next version promoted step by step."""
