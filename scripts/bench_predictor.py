@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -217,8 +218,7 @@ def auth_cost(label: str, ours: list[str], servers: dict, headers: dict, body: b
             stop(proc)
     out = {"rounds": rounds, "rps": per_round}
     for name in names[1:]:
-        ratios = sorted(a / b for a, b in zip(per_round[name], per_round["modelops"]))
-        out[name] = round(ratios[len(ratios) // 2], 3)
+        out[name] = round(statistics.median_high(a / b for a, b in zip(per_round[name], per_round["modelops"])), 3)
         print(f"  {name} / modelops at c=16 (median of {rounds} alternating rounds): {out[name]:.1%}", flush=True)
     return out
 
@@ -257,7 +257,7 @@ def shadow_cost(label: str, onnx_dir: Path, body: bytes, work: Path, duration: f
         rps: dict[str, list[float]] = {m: [] for m in modes}
         p50: dict[str, list[float]] = {m: [] for m in modes}
         cpu_us: dict[str, list[float]] = {m: [] for m in modes}  # the stable's CPU time per answered request
-        import psutil
+        import psutil  # a test dependency, like httpx below
 
         stable = psutil.Process(procs[-1].pid)
         for r in range(rounds):
@@ -288,13 +288,12 @@ def shadow_cost(label: str, onnx_dir: Path, body: bytes, work: Path, duration: f
     out = {"rounds": rounds, "pinned": pinned, "rps": rps, "p50_ms": p50, "cpu_us_per_request": cpu_us,
            "counted": {}}
     for mode in modes[1:]:
-        ratios = sorted(a / b for a, b in zip(rps[mode], rps["off"]))
-        deltas = sorted(a - b for a, b in zip(p50[mode], p50["off"]))
-        cpu = sorted(a - b for a, b in zip(cpu_us[mode], cpu_us["off"]))
-        out[mode] = {"throughput_ratio": round(ratios[len(ratios) // 2], 3),
-                     "p50_delta_ms": round(deltas[len(deltas) // 2], 3),
-                     "cpu_us_per_request_delta": round(cpu[len(cpu) // 2], 1),
-                     "cpu_us_per_request_off": round(sorted(cpu_us["off"])[len(cpu) // 2], 1)}
+        # per-round pairs (the same round's off), then the (upper) median of the pairs
+        out[mode] = {"throughput_ratio": round(statistics.median_high(a / b for a, b in zip(rps[mode], rps["off"])), 3),
+                     "p50_delta_ms": round(statistics.median_high(a - b for a, b in zip(p50[mode], p50["off"])), 3),
+                     "cpu_us_per_request_delta": round(statistics.median_high(
+                         a - b for a, b in zip(cpu_us[mode], cpu_us["off"])), 1),
+                     "cpu_us_per_request_off": round(statistics.median_high(cpu_us["off"]), 1)}
         cand = f"{SHADOW_MODES[mode]}pct"
         out["counted"][mode] = {k: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                                        if line.startswith(metric) and f'candidate="{cand}"' in line

@@ -77,10 +77,6 @@ def pytest_addoption(parser):
                           "core = tests/core without the control plane; rest = everything else")
 
 
-def _uses_control_plane(item) -> bool:
-    return "control_plane" in getattr(item, "fixturenames", ())
-
-
 def pytest_collection_modifyitems(config, items):
     """`--share`: the suite in two disjoint halves that can run at once (scripts/test.sh). Every
     test on the one real control plane (`control_plane`, directly or through `cluster`) is in
@@ -95,7 +91,7 @@ def pytest_collection_modifyitems(config, items):
         if pinned is not None:
             in_core = pinned.args[0] == "core"
         else:
-            in_core = core in Path(str(item.path)).parents and not _uses_control_plane(item)
+            in_core = core in item.path.parents and "control_plane" not in getattr(item, "fixturenames", ())
         (keep if in_core == (share == "core") else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)

@@ -306,8 +306,9 @@ def test_canary_promotes_a_good_version_and_rolls_back_a_bad_one(
             return cluster.status(ns, name).get("phase") == "RolledBack"
 
         eventually(rolled_back, timeout=60, what="v3 rolled back")
-        # one failed analysis (failureLimit 1), not the inconclusive limit (the check below says which); +5 intervals of slack for
-        # Prometheus' scrape and the operator's tick on a loaded 2-core machine
+        # one failed analysis (failureLimit 1), not the inconclusive limit (the check below says
+        # which); +5 intervals of slack for Prometheus' scrape and the operator's tick on a loaded
+        # 2-core machine
         assert time.monotonic() - started <= (1 + 5) * INTERVAL
         st = cluster.status(ns, name)
         assert st["stable"]["version"] == registered["v2"] and st["canary"]["rolledBack"]["version"] == v3
