@@ -36,6 +36,7 @@ class Access:
     tls: TlsFiles | None = None
     guard: KubeGuard | None = None
     audit: AuditLog | None = None
+    access_log: bool = False  # uvicorn's one line per request (--access-log on)
 
     @property
     def layered(self) -> bool:
@@ -82,6 +83,12 @@ def lean_rest_server(models: dict, max_body_bytes: int, access: Access = Access(
             if access.tls is not None:
                 self.config.ssl_certfile, self.config.ssl_keyfile = access.tls.cert, access.tls.key
             self._server = _ReloadingServer(self.config, access.tls, background)
+            if not access.access_log:
+                # uvicorn logs a request only when its access logger has handlers (checked per
+                # connection): none, and the per-request LogRecord is never built.
+                access_logger = logging.getLogger("uvicorn.access")
+                access_logger.handlers = []
+                access_logger.propagate = False
 
         def _add_middlewares(self, app):
             app.add_middleware(routes.PredictorASGI, models=models, max_body_bytes=max_body_bytes)
@@ -158,12 +165,14 @@ def build(model_dir: str | Path, name: str, *, device: str = "auto", version: st
           http_port: int = 8080, grpc_port: int = 8081, max_body_bytes: int = routes.DEFAULT_MAX_BODY_BYTES,
           batching: BatchingConfig | None = BatchingConfig(), intra_op_threads: int = 0,
           host: str = "0.0.0.0", auth: KubeAuthConfig | None = None, audit: AuditLog | None = None,
-          tls: TlsFiles | None = None, shadow_config: str | Path | None = None):
+          tls: TlsFiles | None = None, shadow_config: str | Path | None = None, access_log: bool = False):
     """The server and its model. `auth` None: no access control; `audit` None: no audit lines;
-    `shadow_config`: the mirror configuration file to watch (`shadow`), None: no mirroring."""
+    `shadow_config`: the mirror configuration file to watch (`shadow`), None: no mirroring;
+    `access_log`: uvicorn's access log (off by default)."""
     if tls is not None:
         tls.read()  # a missing or mismatched pair fails at start, not at the first handshake
-    access = Access(host=host, tls=tls, guard=KubeGuard(auth) if auth is not None else None, audit=audit)
+    access = Access(host=host, tls=tls, guard=KubeGuard(auth) if auth is not None else None, audit=audit,
+                    access_log=access_log)
     model = OnnxModel(name, model_dir, device=device, batching=batching,
                       intra_op_threads=intra_op_threads, version=version)
     model.load()
