@@ -67,6 +67,33 @@ async def send_internal_error(scope, send, exc: BaseException, close: bool = Tru
     await _send(send, 500, body, [*_JSON, (b"x-request-id", rid.encode()), *(_CLOSE if close else [])])
 
 
+class LastResort:
+    """The outermost layer in front of the access layer: a bug there (a review that raised) is
+    answered 500 with a request id when nothing was sent yet, as FastAPI's ServerErrorMiddleware
+    did when the layers sat inside it; after a response started it propagates (uvicorn drops
+    the connection)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            await send_internal_error(scope, send, exc)
+
+
 def model_for(models: dict, name: str, version: str | None):
     """The served model NAME (at VERSION, when the route names one), ready to answer."""
     model = models.get(name)
