@@ -164,11 +164,25 @@ class PredictorServer(ModelServer):
         kserve_model_server.RESTServer = lean_rest_server(by_name, self.max_body_bytes, self.access,
                                                           self.background)
         kserve_model_server.GRPCServer = predictor_grpc_server(by_name, self.access)
+        policy = asyncio.get_event_loop_policy()
+        if self.event_loop in ("auto", "uvloop"):
+            # KServe's "auto" means uvloop when installed, but ModelServer.start runs asyncio.run()
+            # itself, so uvicorn never installs it: the stdlib selector loop served every request.
+            try:
+                import uvloop
+            except ImportError:
+                pass
+            else:
+                asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+                # KServe's setup_event_loop asks for the current loop (uvloop's policy makes none)
+                # before asyncio.run() makes the one that serves, as with the stdlib policy.
+                asyncio.set_event_loop(asyncio.new_event_loop())
         try:
             super().start(models)
         finally:
             kserve_model_server.RESTServer = RESTServer
             kserve_model_server.GRPCServer = GRPCServer
+            asyncio.set_event_loop_policy(policy)
 
 
 def build(model_dir: str | Path, name: str, *, device: str = "auto", version: str | None = None,
