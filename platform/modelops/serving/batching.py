@@ -12,11 +12,18 @@ each request gets its own rows back, cut to its own length on the outputs that h
 axis (last_hidden_state). The attention mask makes the padding harmless. Padding is bounded: a
 request that would make the batch's tokens exceed `max_padding_ratio` times the requests' own
 tokens waits for a later call; each call's ratio is reported (`on_padding`).
+
+A model whose calls are cheap (a running average under `inline_max_ms`) runs on the event loop
+itself: handing a call of a few dozen microseconds to the worker thread and its result back (a
+thread wake-up, a self-pipe write, two futures) costs more than the call. The first call always
+goes to the thread (nothing measured yet), and a call that turns slow (bigger batches) sends the
+next ones back to it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -32,6 +39,14 @@ class BatchingConfig:
     # lengths 8-256 at c16): a 2x bound halved throughput against fixed-length requests; padding
     # is compute spent on nothing, while a bigger batch buys little on CPU.
     max_padding_ratio: float = 1.25
+    # A call whose running-average duration is under this runs on the event loop (no thread
+    # hand-off); 0: always the worker thread.
+    inline_max_ms: float = 0.2
+
+
+def runs_inline(average_call_s: float | None, inline_max_ms: float) -> bool:
+    """Whether the next call runs on the event loop: only once calls were measured cheap."""
+    return average_call_s is not None and average_call_s * 1000 < inline_max_ms
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,21 @@ class DynamicBatcher:
         self._sequence = sequence
         self._on_padding = on_padding
         self._seq_key = next(iter(sequence.pad), None) if sequence else None
+        self._average_call_s: float | None = None  # running average of one call's duration
+
+    def _timed(self, feeds: dict) -> list[np.ndarray]:
+        t = time.perf_counter()
+        try:
+            return self._run(feeds)
+        finally:
+            took = time.perf_counter() - t
+            last = self._average_call_s
+            self._average_call_s = took if last is None else 0.8 * last + 0.2 * took
+
+    async def _call(self, loop, feeds: dict) -> list[np.ndarray]:
+        if runs_inline(self._average_call_s, self._config.inline_max_ms):
+            return self._timed(feeds)
+        return await loop.run_in_executor(self._executor, self._timed, feeds)
 
     async def submit(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
@@ -145,7 +175,7 @@ class DynamicBatcher:
             batch = self._take()
             feeds = self._merge(batch)
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run, feeds)
+                outputs = await self._call(loop, feeds)
             except Exception as exc:
                 if len(batch) == 1:
                     if not batch[0].fut.done():
@@ -155,7 +185,7 @@ class DynamicBatcher:
                 # each alone, so only the request that caused it sees the failure.
                 for item in batch:
                     try:
-                        result = await loop.run_in_executor(self._executor, self._run, item.feeds)
+                        result = await self._call(loop, item.feeds)
                     except Exception as item_exc:
                         if not item.fut.done():
                             item.fut.set_exception(item_exc)
