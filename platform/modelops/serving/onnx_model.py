@@ -77,6 +77,10 @@ class OnnxModel(Model):
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if self.intra_op_threads:
                 so.intra_op_num_threads = self.intra_op_threads
+            # onnxruntime's intra-op threads spin between calls by default: on a predictor whose
+            # event loop, batcher and clients share a few cores, that spinning takes the CPU the
+            # loop needs to parse the next requests. Parked threads wake on the next call.
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             model_file = self._checked_model_file()
             self.session = ort.InferenceSession(str(model_file), so, providers=providers)
             check_session_providers(self.session, self.device)
