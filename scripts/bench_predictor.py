@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Side-by-side predictor benchmark, one run, same machine, same models, same client.
 
-For a PyTorch MLP and a small CNN registered in a local MLflow server, compares:
+For a PyTorch MLP (64 -> 256 -> 256 -> 10) and a CNN (five conv-BN-ReLU blocks on 3x64x64;
+scripts/bench_models.py) registered in a local MLflow server, compares:
   modelops     our predictor (`modelops serve` on the converted ONNX)
   kserve-onnx  a plain kserve.ModelServer wrapping the same onnxruntime session
   kserve-torch a plain kserve.ModelServer running the original PyTorch model
@@ -48,6 +49,9 @@ from modelops.local.mlflow_server import MlflowServer  # noqa: E402
 from modelops.local.ports import free_port  # noqa: E402
 from modelops.local.processes import spawn, stop  # noqa: E402
 from modelops.registry import Registry  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_models  # noqa: E402
 
 PY = sys.executable
 CONCURRENCY = (1, 16)
@@ -346,7 +350,8 @@ def table(all_results: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    p.add_argument("--models", default="mlp,cnn")
+    p.add_argument("--models", default="mlp,cnn", help="mlp, cnn (scripts/bench_models.py: issue 17's "
+                   "shapes), mlp-demo, cnn-demo (the demo's small models)")
     p.add_argument("--out", default=None, help="write the results as JSON")
     p.add_argument("--servers", default=None, help="only these servers (comma-separated), e.g. modelops,modelops+auth; "
                                                    "shadow-cost: the mirroring cost (off vs 10%% vs 100%%)")
@@ -357,8 +362,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     global SHADOW_PIN
     SHADOW_PIN = args.shadow_pin
-    specs = {"mlp": (models.register_torch_mlp, (models.MLP_FEATURES,)),
-             "cnn": (models.register_torch_cnn, models.CNN_SHAPE)}
+    specs = {"mlp": (bench_models.register_mlp, bench_models.MLP_SHAPE),
+             "cnn": (bench_models.register_cnn, bench_models.CNN_SHAPE),
+             "mlp-demo": (models.register_torch_mlp, (models.MLP_FEATURES,)),
+             "cnn-demo": (models.register_torch_cnn, models.CNN_SHAPE)}
     with tempfile.TemporaryDirectory(prefix="modelops-bench-") as tmp:
         work = Path(tmp)
         with MlflowServer(work / "mlflow") as server:

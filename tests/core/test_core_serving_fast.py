@@ -191,3 +191,25 @@ def test_an_inline_batch_that_fails_fails_only_its_culprit():
     assert isinstance(bad, RuntimeError)
     np.testing.assert_array_equal(good[0], np.full((1, 2), 2, np.float32))
     assert run.threads[1:] == ["MainThread"] * 3  # the merged call, then each alone
+
+
+@pytest.mark.parametrize("hops", [0, 1, 2, 32])
+def test_the_literal_scan_says_what_a_substring_search_says(hops):
+    import random
+
+    from modelops.serving.codec import _contains
+
+    rng = random.Random(hops)
+    for _ in range(3000):
+        data = bytes(rng.choice(b"tfrue als1.,\"") for _ in range(rng.randint(0, 40)))
+        for word in (b"true", b"false"):
+            assert _contains(data, word, hops) == (word in data), (data, word)
+
+
+def test_a_body_full_of_the_first_byte_does_not_make_the_scan_crawl():
+    from modelops.serving.codec import _contains
+
+    body = b'{"inputs": "' + b"t" * 8_000_000 + b'"}'
+    t = time.perf_counter()
+    assert not _contains(body, b"true") and _contains(body + b"true", b"true")
+    assert time.perf_counter() - t < 1.0  # a Python loop over 8M candidates takes seconds

@@ -268,6 +268,22 @@ def _flag(params: dict, key: str, where: str) -> bool:
     return value
 
 
+def _contains(data: bytes, word: bytes, hops: int = 32) -> bool:
+    """`word in data`, for a word whose first byte is rare in DATA (`t`, `f` in a JSON body of
+    numbers: only in its keys): memchr hops between the few candidates. CPython's substring
+    search crawls through number text (~1 byte/ns: 0.35 ms of a 250 kB CNN request); this 7 µs.
+    After `hops` candidates (a body full of that byte) the rest goes to the plain search."""
+    first = word[:1]
+    i = data.find(first)
+    for _ in range(hops):
+        if i == -1:
+            return False
+        if data.startswith(word, i):
+            return True
+        i = data.find(first, i + 1)
+    return i != -1 and data.find(word, i) != -1
+
+
 def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str],
                    json_length: int | None = None, signatures: list[Signature] | None = None) -> Decoded:
     """Decode and validate a V2 REST infer request (JSON, or the binary tensor extension);
@@ -285,7 +301,7 @@ def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str]
     if not isinstance(req, dict):
         raise InvalidRequest("request body must be a JSON object with an 'inputs' list")
     # JSON spells booleans only as `true`/`false`: without those bytes, no element can be one.
-    booleans = b"true" in head or b"false" in head
+    booleans = _contains(head, b"true") or _contains(head, b"false")
     request_id = req.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidRequest(f"id must be a string, got {_short(request_id)}")
