@@ -5,6 +5,13 @@ of ../shared/k8s) and a real MLflow server.
 1. Latency: ModelDeployment created -> InferenceService created, with the conversion already
    published (cache hit), one object at a time; p50/p99 over N objects (default 100).
 2. Memory: the operator's RSS once it manages M ModelDeployments (default 1000), all reconciled.
+3. Burst (`--burst N`, first, before 1 and 2): N ModelDeployments of the same registered model
+   version created as fast as the client can (32 concurrent creates); done when every one has
+   its InferenceService and a status the operator wrote for its generation (`observedGeneration`;
+   with `--kserve-ready` the benchmark also plays KServe, marking each InferenceService Ready, and
+   waits for phase Ready). Reports the rate (N / first create to last done) and create ->
+   InferenceService / -> observed (/ -> Ready) p50/p99, each from the moment the create returned.
+   Its objects count towards M.
 
 The operator runs as its own process (`python -m modelops_operator.main`, default `job`
 conversion mode) so its RSS is measured alone; the API server and MLflow run beside it. With
@@ -13,6 +20,10 @@ conversion mode) so its RSS is measured alone; the API server and MLflow run bes
 the create request itself). `--api both` runs the two one after the other, in one invocation.
 
     python scripts/bench_operator.py [--api emulator|real|both] [--latency-objects 100] [--memory-objects 1000]
+                                     [--burst 900 [--kserve-ready]]
+
+`--api real` starts the control plane in $MODELOPS_K8S_DIR (default: a fresh temp dir) on port
+$MODELOPS_K8S_PORT (default 6543), and stops it afterwards if it started it.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -49,6 +61,8 @@ class TimedEmulator(ApiServerEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.isvc_created: dict[str, float] = {}
+        self.md_observed: dict[str, float] = {}  # status written for the object's generation
+        self.md_ready: dict[str, float] = {}  # status phase Ready
         self.md_watched = False
 
     async def _handle(self, request):
@@ -57,7 +71,28 @@ class TimedEmulator(ApiServerEmulator):
             self.isvc_created.setdefault(request.data["metadata"]["name"], time.perf_counter())
         if request.action == kmock.action.WATCH and request.resource == kmock.resource(MD):
             self.md_watched = True
-        return await super()._handle(request)
+        try:
+            return await super()._handle(request)
+        finally:
+            if request.action == kmock.action.UPDATE and request.resource == kmock.resource(MD) \
+                    and request.subresource == "status" and request.name:
+                note_status(self.get(MD, request.namespace, request.name) or {}, self.md_observed, self.md_ready)
+
+
+def note_status(obj: dict, observed: dict[str, float], ready: dict[str, float]) -> None:
+    """Record when a ModelDeployment first had a status for its generation, and first was Ready."""
+    status = obj.get("status") or {}
+    meta = obj.get("metadata") or {}
+    if meta.get("name") and status.get("observedGeneration") == meta.get("generation"):
+        observed.setdefault(meta["name"], time.perf_counter())
+        if status.get("phase") == "Ready":
+            ready.setdefault(meta["name"], time.perf_counter())
+
+
+def ready_status(generation: int, name: str) -> dict:
+    """The status KServe writes once an InferenceService serves."""
+    return {"status": {"url": f"http://{name}.bench.example.com", "observedGeneration": generation,
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -115,6 +150,24 @@ class EmulatorBackend:
     def isvc_created(self) -> dict[str, float]:
         return self.api.isvc_created
 
+    @property
+    def md_observed(self) -> dict[str, float]:
+        return self.api.md_observed
+
+    @property
+    def md_ready(self) -> dict[str, float]:
+        return self.api.md_ready
+
+    def play_kserve(self, enabled: bool) -> None:
+        self.kserve = enabled
+
+    async def mark_ready(self, name: str) -> None:
+        isvc = self.api.get(ISVC, "bench", name)
+        r = await self.client.patch(f"/apis/serving.kserve.io/v1beta1/namespaces/bench/inferenceservices/{name}/status",
+                                    json=ready_status(isvc["metadata"]["generation"], name),
+                                    headers={"Content-Type": "application/merge-patch+json"})
+        r.raise_for_status()
+
     async def ready(self) -> None:
         await wait_for(lambda: self.api.md_watched, timeout=120)
         await asyncio.sleep(1)
@@ -136,7 +189,7 @@ class RealBackend:
 
         self.cp, self.started = start_control_plane()
         self.cp.kubectl("apply", "--server-side", "-f", str(SHARED / "kserve-crds"))
-        self.cp.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests/crds"))
+        self.cp.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests/crds/modeldeployments.modelops.dev.yaml"))
         self.cp.wait_established("inferenceservices.serving.kserve.io", "modeldeployments.modelops.dev")
         self.cp.kubectl("create", "namespace", "bench")
         from kubernetes import client, config, watch
@@ -146,9 +199,15 @@ class RealBackend:
         cfg.connection_pool_maxsize = 32
         self.api = client.CustomObjectsApi(client.ApiClient(cfg))
         self.isvc_created: dict[str, float] = {}
+        self.md_observed: dict[str, float] = {}
+        self.md_ready: dict[str, float] = {}
+        self.kserve = None  # ThreadPoolExecutor playing KServe, when enabled
         self.watch = watch.Watch()
+        self.md_watch = watch.Watch()
         self.watcher = threading.Thread(target=self._watch, daemon=True)
         self.watcher.start()
+        self.md_watcher = threading.Thread(target=self._watch_mds, daemon=True)
+        self.md_watcher.start()
         return self
 
     def _watch(self) -> None:
@@ -156,12 +215,37 @@ class RealBackend:
             for event in self.watch.stream(self.api.list_namespaced_custom_object, "serving.kserve.io",
                                            "v1beta1", "bench", "inferenceservices", timeout_seconds=3600):
                 if event["type"] == "ADDED":
-                    self.isvc_created.setdefault(event["object"]["metadata"]["name"], time.perf_counter())
+                    meta = event["object"]["metadata"]
+                    self.isvc_created.setdefault(meta["name"], time.perf_counter())
+                    if self.kserve is not None:
+                        self.kserve.submit(self._mark_ready, meta["name"], meta["generation"])
         except Exception:  # stopped
             pass
 
+    def _watch_mds(self) -> None:
+        try:
+            for event in self.md_watch.stream(self.api.list_namespaced_custom_object, "modelops.dev",
+                                              "v1alpha1", "bench", "modeldeployments", timeout_seconds=3600):
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    note_status(event["object"], self.md_observed, self.md_ready)
+        except Exception:  # stopped
+            pass
+
+    def play_kserve(self, enabled: bool) -> None:
+        self.kserve = ThreadPoolExecutor(8) if enabled else None
+
+    def _mark_ready(self, name: str, generation: int) -> None:
+        self.api.patch_namespaced_custom_object_status("serving.kserve.io", "v1beta1", "bench", "inferenceservices",
+                                                       name, ready_status(generation, name))
+
+    async def mark_ready(self, name: str) -> None:  # the ISVC watch does it
+        pass
+
     async def __aexit__(self, *exc):
         self.watch.stop()
+        self.md_watch.stop()
+        if self.kserve is not None:
+            self.kserve.shutdown(wait=False, cancel_futures=True)
         if self.started:
             from tests.sharedenv import stop_control_plane
 
@@ -191,10 +275,20 @@ async def bench(args, backend_cls, mlflow, model: str, version: str, work: Path)
              *extra, "--liveness", "", "--resolve-interval", "3600"],
             env=env, stdout=open(work / f"operator-{api.name}.log", "wb"), stderr=subprocess.STDOUT,
             start_new_session=True)
+        spy = None
         try:
             # Operator startup (imports, discovery): wait until it serves.
             await api.ready()
             idle_rss, _ = rss_mib(op.pid)
+            if args.operator_profile:
+                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o",
+                                        args.operator_profile, "--pid", str(op.pid), "--rate", "50", "--threads",
+                                        "--format", "raw"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            burst = await run_burst(args, api, model, version) if args.burst else None
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                await asyncio.to_thread(spy.wait, 60)
+                spy = None
             base = len(api.isvc_created)
             latencies = []
             for i in range(args.latency_objects):
@@ -206,13 +300,16 @@ async def bench(args, backend_cls, mlflow, model: str, version: str, work: Path)
 
             started = time.monotonic()
             total = args.memory_objects
-            for i in range(total - args.latency_objects):
+            more = max(0, total - args.latency_objects - args.burst)
+            for i in range(more):
                 await api.create(md(f"mem-{i:04d}", model, version))
-            await wait_for(lambda: len(api.isvc_created) >= total + base, timeout=1800)
+            await wait_for(lambda: len(api.isvc_created) >= more + args.latency_objects + base, timeout=1800)
             converge_s = time.monotonic() - started
             await asyncio.sleep(2)
             rss, hwm = rss_mib(op.pid)
         finally:
+            if spy is not None:
+                spy.kill()
             # Keep serving the API while the operator shuts down (it still talks to it).
             os.killpg(op.pid, signal.SIGTERM)
             try:
@@ -220,15 +317,60 @@ async def bench(args, backend_cls, mlflow, model: str, version: str, work: Path)
             except subprocess.TimeoutExpired:
                 os.killpg(op.pid, signal.SIGKILL)
                 op.wait()
-    q = statistics.quantiles(latencies, n=100, method="inclusive")
-    return {
-        "latency_ms": {"objects": len(latencies), "p50": round(statistics.median(latencies), 1),
-                       "p99": round(q[98], 1), "min": round(min(latencies), 1), "max": round(max(latencies), 1)},
-        "memory_mib": {"objects": total, "idle_rss": round(idle_rss, 1), "rss": round(rss, 1),
-                       "peak_rss": round(hwm, 1),
-                       "burst_converge_s": round(converge_s, 1),
-                       "burst_objects": total - args.latency_objects},
-    }
+    out = {}
+    if burst is not None:
+        out["burst"] = burst
+    if latencies:
+        out["latency_ms"] = {"objects": len(latencies), **quantiles(latencies)}
+    out["memory_mib"] = {"objects": max(total, args.burst + args.latency_objects), "idle_rss": round(idle_rss, 1),
+                         "rss": round(rss, 1), "peak_rss": round(hwm, 1),
+                         "burst_converge_s": round(converge_s, 1), "burst_objects": more}
+    return out
+
+
+def quantiles(values: list[float]) -> dict:
+    q = statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else values * 99
+    return {"p50": round(statistics.median(values), 1), "p99": round(q[98], 1),
+            "min": round(min(values), 1), "max": round(max(values), 1)}
+
+
+async def run_burst(args, api, model: str, version: str) -> dict:
+    """Create `args.burst` ModelDeployments at once; wait until each is fully reconciled."""
+    n = args.burst
+    names = [f"burst-{i:04d}" for i in range(n)]
+    created: dict[str, float] = {}
+    api.play_kserve(args.kserve_ready)
+    done_map = api.md_ready if args.kserve_ready else api.md_observed
+    sem = asyncio.Semaphore(32)
+
+    async def create(name: str) -> None:
+        async with sem:
+            await api.create(md(name, model, version))
+            created[name] = time.perf_counter()
+            if args.kserve_ready and api.name == "emulator":
+                asyncio.ensure_future(mark_when_created(name))
+
+    async def mark_when_created(name: str) -> None:
+        await wait_for(lambda: name in api.isvc_created, timeout=600)
+        await api.mark_ready(name)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(create(name) for name in names))
+    created_s = time.perf_counter() - started
+    try:
+        await wait_for(lambda: all(x in api.isvc_created and x in done_map for x in names), timeout=600)
+    except TimeoutError:
+        missing = [x for x in names if x not in api.isvc_created or x not in done_map]
+        raise TimeoutError(f"burst: {len(missing)} of {n} not reconciled after 600 s, e.g. {missing[:3]}")
+    last = max(max(api.isvc_created[x], done_map[x]) for x in names)
+    out = {"objects": n, "create_s": round(created_s, 2), "reconciled_s": round(last - started, 2),
+           "per_second": round(n / (last - started), 1),
+           "create_to_isvc_ms": quantiles([(api.isvc_created[x] - created[x]) * 1000 for x in names]),
+           "create_to_observed_ms": quantiles([(api.md_observed[x] - created[x]) * 1000 for x in names])}
+    if args.kserve_ready:
+        out["create_to_ready_ms"] = quantiles([(api.md_ready[x] - created[x]) * 1000 for x in names])
+    api.play_kserve(False)
+    return out
 
 
 async def run_all(args) -> dict:
@@ -250,6 +392,12 @@ def main() -> int:
     ap.add_argument("--api", choices=["emulator", "real", "both"], default="both")
     ap.add_argument("--latency-objects", type=int, default=100)
     ap.add_argument("--memory-objects", type=int, default=1000)
+    ap.add_argument("--burst", type=int, default=0, metavar="N",
+                    help="first create N ModelDeployments at once and time their reconciliation")
+    ap.add_argument("--kserve-ready", action="store_true",
+                    help="with --burst: play KServe (mark each InferenceService Ready), wait for phase Ready")
+    ap.add_argument("--operator-profile", metavar="FILE",
+                    help="record the operator during the burst with py-spy (next to this Python): collapsed stacks")
     args = ap.parse_args()
     print(json.dumps(asyncio.run(run_all(args)), indent=2))
     return 0
