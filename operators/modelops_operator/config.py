@@ -16,7 +16,10 @@ class OperatorConfig:
     tracking_uri: str | None = None  # default MLflow server; a ModelDeployment may override it
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     conversion: str = "job"  # job | inprocess
-    resolve_interval: float = 60.0  # seconds between alias re-resolves
+    resolve_interval: float = 60.0  # an alias move is followed within this many seconds
+    # Passes share MLflow's answers up to this old (a burst of one model asks MLflow once a second,
+    # not once per object); at most a tenth of resolve_interval (`resolve_max_age`).
+    resolve_cache: float = 1.0
     storage_rewrites: tuple[tuple[str, str], ...] = ()  # (artifact URI prefix, KServe URI prefix)
     runtime: str = DEFAULT_RUNTIME
     converter_image: str = DEFAULT_CONVERTER_IMAGE
@@ -36,6 +39,17 @@ class OperatorConfig:
     predictor_audiences: tuple[str, ...] = ("modelops.dev/predict",)
     predictor_auth_binding: str = "modelops-predictor-auth"  # the chart's ClusterRoleBinding
     predictor_scraper_peer: dict | None = None  # NetworkPolicyPeer admitted to scrape /metrics
+
+    @property
+    def resolve_max_age(self) -> float:
+        """How old an MLflow answer a pass may use (`modelops.resolve_cache`)."""
+        return max(0.0, min(self.resolve_cache, self.resolve_interval / 10))
+
+    @property
+    def resolve_timer(self) -> float:
+        """Seconds between an alias-following object's re-resolves: with answers up to
+        `resolve_max_age` old, a move is still seen within `resolve_interval`."""
+        return self.resolve_interval - self.resolve_max_age
 
     def backoff(self, retry_count: int) -> float:
         """Delay before Kopf's retry `retry_count` (0 for the first): the `retry.OPERATOR` shape

@@ -4,8 +4,9 @@ Triggers:
 - create/update(spec)/resume of a ModelDeployment: full reconcile (resolve, convert, deploy);
   retryable errors back off via `kopf.TemporaryError`, permanent ones end as `PermanentError`
   after the status says `Stalled` with the reason.
-- a timer per alias-following ModelDeployment: re-resolve every `resolve_interval` seconds, so
-  moving the alias in MLflow deploys the new version.
+- a timer per alias-following ModelDeployment: re-resolve every `resolve_timer` seconds, so
+  moving the alias in MLflow deploys the new version within `resolve_interval` (passes share
+  MLflow's answers up to `resolve_max_age` old: `modelops.resolve_cache`).
 - InferenceService events (KServe reporting readiness): refresh the owner's status, no MLflow.
 - conversion Job events (job mode): continue the reconcile once the Job finished.
 
@@ -114,8 +115,9 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: Op
     def follows_alias(spec, **_) -> bool:
         return bool((spec or {}).get("model", {}).get("alias"))
 
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.resolve_interval,
-                initial_delay=config.resolve_interval, when=follows_alias, registry=registry)
+    # Every resolve_timer seconds with MLflow answers up to resolve_max_age old: within resolve_interval.
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.resolve_timer,
+                initial_delay=config.resolve_timer, when=follows_alias, registry=registry)
     async def resolve_alias(name, namespace, stopped, **_):
         # Kopf never cancels a running timer; it waits for it before removing the finalizer.
         # So give up waiting on a pass (its thread finishes on its own) once the object goes.

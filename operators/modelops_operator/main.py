@@ -42,7 +42,11 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
                     help="job: convert in a Kubernetes Job (default); inprocess: in this process (dev)")
     ap.add_argument("--resolve-interval", type=float,
                     default=float(env.get("MODELOPS_RESOLVE_INTERVAL", "60")),
-                    help="seconds between alias re-resolves (default 60)")
+                    help="an alias move in MLflow is followed within this many seconds (default 60)")
+    ap.add_argument("--resolve-cache", type=float,
+                    default=float(env.get("MODELOPS_RESOLVE_CACHE", "1")),
+                    help="passes share MLflow's answer for a model version/alias up to this many seconds "
+                         "old (default 1; at most a tenth of --resolve-interval; 0: every pass asks)")
     ap.add_argument("--tracking-uri", default=OperatorConfig.env_tracking_uri(),
                     help="default MLflow tracking URI (env MODELOPS_MLFLOW_TRACKING_URI)")
     ap.add_argument("--storage-uri-rewrite", action="append",
@@ -74,6 +78,8 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
     args = ap.parse_args(list(argv) if argv is not None else None)
     if args.resolve_interval <= 0:
         ap.error("--resolve-interval must be positive")
+    if args.resolve_cache < 0:
+        ap.error("--resolve-cache must be >= 0")
     try:
         election = leader.settings_from_args(args)
         if args.metrics_address:
@@ -88,7 +94,7 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return OperatorConfig(
         tracking_uri=args.tracking_uri, namespaces=tuple(args.namespace),
-        conversion=args.conversion, resolve_interval=args.resolve_interval,
+        conversion=args.conversion, resolve_interval=args.resolve_interval, resolve_cache=args.resolve_cache,
         storage_rewrites=rewrites, runtime=args.runtime, converter_image=args.converter_image,
         converter_service_account=args.converter_service_account, api_url=args.api_url,
         prometheus_url=args.prometheus_url, rollout_tick=args.rollout_tick,
@@ -102,8 +108,13 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
 def build(config: OperatorConfig, *, registry_factory=None) -> tuple[kopf.OperatorRegistry, Reconciler]:
     """A Kopf registry with our handlers, wired to a reconciler for `config`."""
     kube = Kube.from_environment(config.api_url)
-    # Import the conversion package now (seconds: mlflow, onnx) rather than on the first object.
+    # Import MLflow's client now (seconds) rather than on the first object. The converter itself
+    # (onnx, onnxruntime: tens of MiB) only where this process converts.
     import modelops.conversion  # noqa: F401
+    import modelops.registry  # noqa: F401
+
+    if config.conversion == "inprocess":
+        import modelops.conversion.pipeline  # noqa: F401
     converter = InProcessConversion(config) if config.conversion == "inprocess" else JobConversion(config, kube)
     reconciler = Reconciler(config, kube, converter, registry_factory=registry_factory, emit=handlers.post_events)
     registry = kopf.OperatorRegistry()

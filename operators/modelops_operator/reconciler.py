@@ -15,6 +15,7 @@ from modelops import errors
 from modelops.deployment.plan import (ApplyService, Convert, Event, Failure, Inputs, Plan, Served,
                                       ServiceObservation, now_rfc3339, plan, plan_invalid, plan_rollout)
 from modelops.deployment.spec import DeploymentSpec, parse_spec
+from modelops.resolve_cache import ResolveCache
 
 from modelops.rollout.history import RegistryHistory
 
@@ -59,6 +60,7 @@ class Reconciler:
         self._registry_factory = registry_factory
         self._registries: dict[str, object] = {}
         self._interfaces: dict[tuple[str, str], object] = {}  # (onnx URI, sha256) -> Interface
+        self.resolves = ResolveCache(config.resolve_max_age)  # one MLflow look-up per model a second
         # Posts Events at once (`handlers.post_events`): a rollout transition's Events go out right
         # after the status that records it, not after the whole pass. None: they go with the Result.
         self.emit = emit
@@ -187,8 +189,8 @@ class Reconciler:
         resolved = None
         if resolve:
             try:
-                resolved = registry.resolve_version(spec.model.name, version=spec.model.version,
-                                                    alias=spec.model.alias)
+                resolved = self.resolves.resolve(registry, spec.model.name, version=spec.model.version,
+                                                 alias=spec.model.alias)
                 inputs = replace(inputs, resolved_version=resolved.version)
             except errors.ModelOpsError as exc:
                 inputs = replace(inputs, error=Failure.from_error(exc))
@@ -252,15 +254,20 @@ class Reconciler:
         p = replace(p, events=events)
         if store.wrote:  # the final status write starts from what the store persisted
             md["status"] = store.saved
+            # A transition tags versions in MLflow, a promotion may move an alias: ask again.
+            self.resolves.forget(registry.tracking_uri, spec.model.name)
         return p, step.changed, step
 
     def _convert(self, md, spec, registry, resolved, inputs: Inputs) -> Inputs:
         try:
             outcome = self.converter.convert(md, spec, registry, resolved)
         except errors.ModelOpsError as exc:
+            self.resolves.forget(registry.tracking_uri, spec.model.name)  # it may have written tags
             log.warning("conversion of %s failed: %s", resolved.label, exc)
             return replace(inputs, error=Failure.from_error(exc))
         if outcome.served is not None:
+            if not outcome.served.cached:  # converted here: the version's tags are new
+                self.resolves.forget(registry.tracking_uri, spec.model.name)
             return replace(inputs, conversion=outcome.served)
         return replace(inputs, converting=outcome.running)
 

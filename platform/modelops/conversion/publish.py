@@ -17,7 +17,6 @@ from pathlib import Path
 from .. import errors
 from ..registry import TAG_PREFIX, Registry, ResolvedModel
 from .options import ConversionOptions
-from .pipeline import convert_model_dir
 
 TAG_STATUS = TAG_PREFIX + "conversion.status"
 TAG_ERROR = TAG_PREFIX + "conversion.error"
@@ -132,6 +131,8 @@ def convert_and_publish(registry: Registry, resolved: ResolvedModel,
     out = Path(out_dir) if out_dir else work / "onnx"
     src = registry.download(resolved, work / "source")
     artifact_path = f"modelops/onnx-{options.precision}-{options.key}"
+    from .pipeline import convert_model_dir  # onnx, onnxruntime: only when converting
+
     try:
         report = convert_model_dir(src, out, options, cache_dir=cache_dir, provenance=provenance(resolved))
     except errors.ConversionError as exc:
