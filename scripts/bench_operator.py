@@ -204,32 +204,41 @@ class RealBackend:
         self.kserve = None  # ThreadPoolExecutor playing KServe, when enabled
         self.watch = watch.Watch()
         self.md_watch = watch.Watch()
+        self.stopping, self.watch_restarts = False, 0
         self.watcher = threading.Thread(target=self._watch, daemon=True)
         self.watcher.start()
         self.md_watcher = threading.Thread(target=self._watch_mds, daemon=True)
         self.md_watcher.start()
         return self
 
+    def _follow(self, w, plural_args: tuple, on_event) -> None:
+        """Run a watch until `__aexit__`; a stream that ends or drops (the API server under a burst
+        closes watches) is listed and watched again: ADDED events replay, first times are kept."""
+        while not self.stopping:
+            try:
+                for event in w.stream(self.api.list_namespaced_custom_object, *plural_args, timeout_seconds=3600):
+                    on_event(event)
+            except Exception as exc:
+                if not self.stopping:
+                    self.watch_restarts += 1
+                    print(f"watch {plural_args[-1]} dropped ({type(exc).__name__}); watching again", file=sys.stderr)
+                    time.sleep(0.2)
+
     def _watch(self) -> None:
-        try:
-            for event in self.watch.stream(self.api.list_namespaced_custom_object, "serving.kserve.io",
-                                           "v1beta1", "bench", "inferenceservices", timeout_seconds=3600):
-                if event["type"] == "ADDED":
-                    meta = event["object"]["metadata"]
-                    self.isvc_created.setdefault(meta["name"], time.perf_counter())
+        def on_event(event):
+            if event["type"] == "ADDED":
+                meta = event["object"]["metadata"]
+                if meta["name"] not in self.isvc_created:
+                    self.isvc_created[meta["name"]] = time.perf_counter()
                     if self.kserve is not None:
                         self.kserve.submit(self._mark_ready, meta["name"], meta["generation"])
-        except Exception:  # stopped
-            pass
+        self._follow(self.watch, ("serving.kserve.io", "v1beta1", "bench", "inferenceservices"), on_event)
 
     def _watch_mds(self) -> None:
-        try:
-            for event in self.md_watch.stream(self.api.list_namespaced_custom_object, "modelops.dev",
-                                              "v1alpha1", "bench", "modeldeployments", timeout_seconds=3600):
-                if event["type"] in ("ADDED", "MODIFIED"):
-                    note_status(event["object"], self.md_observed, self.md_ready)
-        except Exception:  # stopped
-            pass
+        def on_event(event):
+            if event["type"] in ("ADDED", "MODIFIED"):
+                note_status(event["object"], self.md_observed, self.md_ready)
+        self._follow(self.md_watch, ("modelops.dev", "v1alpha1", "bench", "modeldeployments"), on_event)
 
     def play_kserve(self, enabled: bool) -> None:
         self.kserve = ThreadPoolExecutor(8) if enabled else None
@@ -242,6 +251,7 @@ class RealBackend:
         pass
 
     async def __aexit__(self, *exc):
+        self.stopping = True
         self.watch.stop()
         self.md_watch.stop()
         if self.kserve is not None:
@@ -369,6 +379,8 @@ async def run_burst(args, api, model: str, version: str) -> dict:
            "create_to_observed_ms": quantiles([(api.md_observed[x] - created[x]) * 1000 for x in names])}
     if args.kserve_ready:
         out["create_to_ready_ms"] = quantiles([(api.md_ready[x] - created[x]) * 1000 for x in names])
+    if getattr(api, "watch_restarts", 0):
+        out["watch_restarts"] = api.watch_restarts  # times after a restart are when the re-list saw them
     api.play_kserve(False)
     return out
 

@@ -20,6 +20,7 @@ class OperatorConfig:
     # Passes share MLflow's answers up to this old (a burst of one model asks MLflow once a second,
     # not once per object); at most a tenth of resolve_interval (`resolve_max_age`).
     resolve_cache: float = 1.0
+    pass_workers: int = 16  # reconcile passes in flight at once (threads; they mostly wait on I/O)
     storage_rewrites: tuple[tuple[str, str], ...] = ()  # (artifact URI prefix, KServe URI prefix)
     runtime: str = DEFAULT_RUNTIME
     converter_image: str = DEFAULT_CONVERTER_IMAGE

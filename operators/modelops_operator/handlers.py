@@ -17,8 +17,11 @@ MLflow calls never stall the event loop, and a deletion never waits on MLflow.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import kopf
 
@@ -43,7 +46,7 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     # Our own Events describe transitions; Kopf's per-handler chatter stays in the logs.
     settings.posting.level = logging.WARNING
     settings.peering.standalone = True  # one acting replica: the leader Lease (modelops_operator.leader)
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = 16  # Kopf's own executor (sync handlers; ours are async)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
 
@@ -56,11 +59,19 @@ def post_events(body: dict, events) -> None:
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: OperatorConfig) -> None:
     locks: dict[tuple[str, str], asyncio.Lock] = {}
+    # Passes mostly wait on the Kubernetes API and MLflow: more of them in flight than asyncio's
+    # default executor allows (CPUs + 4) is what a burst needs.
+    workers = ThreadPoolExecutor(max_workers=config.pass_workers, thread_name_prefix="modelops-pass")
+
+    async def in_worker(fn, *args, **kwargs):
+        # as asyncio.to_thread: the context travels along (kopf.event from the thread needs it)
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(workers, call)
 
     async def delivered(deployment: str, webhook: str, seq: int) -> None:
         namespace, name = deployment.split("/", 1)
         async with locks.setdefault((namespace, name), asyncio.Lock()):
-            await asyncio.to_thread(reconciler.acknowledge, namespace, name, webhook, seq)
+            await in_worker(reconciler.acknowledge, namespace, name, webhook, seq)
 
     dispatcher: list[WebhookDispatcher] = []  # made in the operator's event loop, on first use
 
@@ -76,7 +87,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: Op
         started = time.monotonic()
         try:
             async with lock:
-                result = await asyncio.to_thread(reconciler.reconcile, namespace, name, resolve=resolve)
+                result = await in_worker(reconciler.reconcile, namespace, name, resolve=resolve)
         except ApiError as exc:  # the Kubernetes API refused or failed: retry, never crash
             metrics.record_api_error(exc)
             if strict:
@@ -146,8 +157,10 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: Op
 
     @kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices",
                    labels={builders.LABEL_DEPLOYMENT: kopf.PRESENT}, registry=registry)
-    async def service_changed(type, namespace, labels, **_):
+    async def service_changed(type, namespace, name, labels, meta, **_):
         if type in (None, "ADDED", "MODIFIED"):  # None: the initial listing
+            if reconciler.own_write(namespace, name, meta.get("resourceVersion")):
+                return  # the event of our own write: the pass that wrote it planned on it
             await run_pass(namespace, labels[builders.LABEL_DEPLOYMENT], resolve=False)
 
     if config.conversion == "job":

@@ -152,9 +152,19 @@ class Kube:
         return status != 404
 
     def apply_merge(self, path: str, create_path: str, desired: dict,
-                    diff: Callable[[dict], dict | None], attempts: int = 5) -> tuple[dict, bool]:
+                    diff: Callable[[dict], dict | None], attempts: int = 5,
+                    create_first: bool = False) -> tuple[dict, bool]:
         """Make the object at `path` match: create it, or merge-patch what `diff(observed)` says,
-        under the observed `resourceVersion`; on 409 re-read and recompute. (object, wrote?)."""
+        under the observed `resourceVersion`; on 409 re-read and recompute. (object, wrote?).
+        `create_first` (the caller has no reason to think it exists): POST without reading first;
+        409 AlreadyExists goes the usual way."""
+        if create_first:
+            try:
+                return self.create(create_path, desired), True
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+                log.info("%s exists already (%s); reading it", path, exc)
         for attempt in range(attempts):
             observed = self.get(path)
             try:

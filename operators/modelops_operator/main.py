@@ -22,7 +22,7 @@ import kopf
 
 from modelops.deployment.storage import parse_rewrites
 
-from . import access, handlers, leader, metrics
+from . import access, handlers, lean, leader, metrics
 from .config import DEFAULT_CONVERTER_IMAGE, DEFAULT_RUNTIME, OperatorConfig
 from .conversion import InProcessConversion, JobConversion
 from .kube import Kube
@@ -47,6 +47,8 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
                     default=float(env.get("MODELOPS_RESOLVE_CACHE", "1")),
                     help="passes share MLflow's answer for a model version/alias up to this many seconds "
                          "old (default 1; at most a tenth of --resolve-interval; 0: every pass asks)")
+    ap.add_argument("--workers", type=int, default=int(env.get("MODELOPS_OPERATOR_WORKERS", "16")),
+                    help="reconcile passes in flight at once (threads; default 16)")
     ap.add_argument("--tracking-uri", default=OperatorConfig.env_tracking_uri(),
                     help="default MLflow tracking URI (env MODELOPS_MLFLOW_TRACKING_URI)")
     ap.add_argument("--storage-uri-rewrite", action="append",
@@ -78,6 +80,8 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
     args = ap.parse_args(list(argv) if argv is not None else None)
     if args.resolve_interval <= 0:
         ap.error("--resolve-interval must be positive")
+    if args.workers < 1:
+        ap.error("--workers must be >= 1")
     if args.resolve_cache < 0:
         ap.error("--resolve-cache must be >= 0")
     try:
@@ -95,6 +99,7 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
     return OperatorConfig(
         tracking_uri=args.tracking_uri, namespaces=tuple(args.namespace),
         conversion=args.conversion, resolve_interval=args.resolve_interval, resolve_cache=args.resolve_cache,
+        pass_workers=args.workers,
         storage_rewrites=rewrites, runtime=args.runtime, converter_image=args.converter_image,
         converter_service_account=args.converter_service_account, api_url=args.api_url,
         prometheus_url=args.prometheus_url, rollout_tick=args.rollout_tick,
@@ -164,6 +169,7 @@ async def serve_elected(config: OperatorConfig) -> None:
 def run(argv: Sequence[str] | None = None) -> int:
     """Entry point of `modelops operator`; `argv` excludes the subcommand name. Blocks until stopped."""
     config = parse_args(argv)
+    lean.install(os.environ, config.conversion)  # before MLflow's client is imported (build)
     asyncio.run(serve_elected(config))
     return 0
 

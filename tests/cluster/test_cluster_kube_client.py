@@ -65,3 +65,26 @@ def test_concurrent_write_conflicts_and_is_retried(cluster, namespace, monkeypat
             path, create, {}, lambda o: {"metadata": {"labels": {"mine": o["metadata"]["resourceVersion"]}}},
             attempts=3)
     assert info.value.status == 409
+
+
+def test_create_first_writes_without_a_read_and_falls_back_when_it_exists(cluster, namespace, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", cluster.kubeconfig)
+    kube = RacingKube(load_configuration(), cluster, races=0)
+    ns = namespace
+    create = INFERENCESERVICES.path(ns)
+
+    def diff(observed):
+        uri = observed["spec"]["predictor"]["model"]["storageUri"]
+        return None if uri == "s3://b/v2" else {"spec": {"predictor": {"model": {"storageUri": "s3://b/v2"}}}}
+
+    # absent: one POST, no GET
+    obj, wrote = kube.apply_merge(INFERENCESERVICES.path(ns, "fresh"), create, isvc(ns, "fresh", "s3://b/v2"),
+                                  diff, create_first=True)
+    assert wrote and kube.reads == 0 and obj["metadata"]["resourceVersion"]
+    assert cluster.get("inferenceservice", ns, "fresh")["spec"]["predictor"]["model"]["storageUri"] == "s3://b/v2"
+    # present after all (409 AlreadyExists): read and merge-patched as without the hint
+    cluster.apply(isvc(ns, "there", "s3://b/v1"), "-n", ns)
+    obj, wrote = kube.apply_merge(INFERENCESERVICES.path(ns, "there"), create, isvc(ns, "there", "s3://b/v2"),
+                                  diff, create_first=True)
+    assert wrote and kube.reads == 1
+    assert cluster.get("inferenceservice", ns, "there")["spec"]["predictor"]["model"]["storageUri"] == "s3://b/v2"

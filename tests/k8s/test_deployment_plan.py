@@ -77,6 +77,19 @@ def test_reconciling_unchanged_facts_gives_identical_status_and_no_events():
     assert [type(a) for a in executed] == [ApplyService]  # no conversion: the stable fits
 
 
+def test_a_pass_without_the_lookup_after_a_cached_conversion_writes_nothing():
+    # The pass that found the conversion published says so in its Event; the next pass (an
+    # InferenceService event: no MLflow, the stable from the status) plans the same status.
+    first = Inputs(generation=1, spec=SPEC, status={}, now=T0, resolved_version="1",
+                   conversion=replace(served("1"), cached=True))
+    p, _ = settle(first, ready=False)
+    converted = next(e for e in p.events if e.reason == "Converted")
+    assert converted.message.endswith("(cached)") and "(cached)" not in cond(p.status, "Converted")["message"]
+    later = Inputs(generation=1, spec=SPEC, status=p.status, now=T1, resolved_version="1")
+    again, _ = settle(later, ready=False)
+    assert again.status == p.status and again.events == ()
+
+
 def test_alias_move_converts_and_deploys_new_version():
     status = ready_status()
     p, executed = settle(Inputs(generation=1, spec=SPEC, status=status, now=T1, resolved_version="2"))

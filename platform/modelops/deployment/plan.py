@@ -307,11 +307,12 @@ def _plan_deployed(inp: Inputs, old_stable: Served | None, target: Served) -> Pl
     status = _base(inp, target, target.version)
     status.pop("failed", None)
     label = _label(inp.spec, target.version)
-    cached = " (cached)" if target.cached else ""
-    converted = ("True", "Converted", f"{label} converted to ONNX sha256 {target.sha256[:12]}{cached}")
+    # The condition says what is true of the version (a later pass, which does not look the
+    # conversion up, writes the same words: no status write); the Event says how it came.
+    converted = ("True", "Converted", f"{label} converted to ONNX sha256 {target.sha256[:12]}")
     extra: tuple[Event, ...] = ()
     if inp.conversion is not None and inp.conversion == target:
-        extra += (Event("Normal", "Converted", converted[2]),)
+        extra += (Event("Normal", "Converted", converted[2] + (" (cached)" if target.cached else "")),)
     if old_stable is None or old_stable.version != target.version or old_stable.options != target.options:
         extra += (Event("Normal", "Deployed", f"InferenceService now serves {label} from {target.storage_uri}"),)
         if target.storage_note:
