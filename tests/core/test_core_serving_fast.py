@@ -16,7 +16,7 @@ import pytest
 
 from modelops.cli import build_parser
 from modelops.serving.batching import BatchingConfig, DynamicBatcher, runs_inline
-from modelops.serving.routes import LastResort
+from modelops.serving.replies import LastResort
 from test_core_serving import Predictor, outputs_of, v2_input
 
 ACCESS_LINE = '"POST /v2/models/mlp/infer HTTP/1.1" 200'

@@ -176,3 +176,104 @@ def test_decode_answer_json_and_binary_and_garbage():
                 b'{"outputs":[{"name":"y","datatype":"FP32","shape":[3],"data":[1]}]}'):
         with pytest.raises(ValueError, match="not a V2 infer response"):
             decode_answer(bad)
+
+
+# --- stacked copies: one call to the candidate for the copies queued together -----------------------
+def test_stack_groups_only_numeric_copies_with_one_batch_axis_go_together():
+    from modelops.serving.shadow_wire import stack_groups
+
+    def copy(shape, dtype=np.float32, out_rows=None):
+        x = np.ones(shape, dtype)
+        return {"input": x}, {"logits": np.ones(((out_rows if out_rows is not None else shape[0]), 3))}
+
+    a, b, wider = copy((1, 4)), copy((2, 4)), copy((1, 5))
+    text = ({"text": np.array(["a"], dtype=object)}, {"logits": np.ones((1, 3))})
+    odd = copy((2, 4), out_rows=1)  # its answer has not one row per input row
+    groups = stack_groups([a, b, wider, text, odd, a])
+    assert [len(g) for g in groups] == [3, 1, 1, 1]
+    assert groups[0] == [a, b, a]  # queue order kept
+
+
+def test_split_rows_cuts_a_stacked_answer_back_or_says_it_cannot():
+    from modelops.serving.shadow_wire import split_rows
+
+    answer = {"logits": np.arange(12).reshape(4, 3), "label": np.array([0, 1, 2, 0])}
+    parts = split_rows(answer, [1, 2, 1])
+    assert [p["logits"].shape for p in parts] == [(1, 3), (2, 3), (1, 3)]
+    assert parts[1]["label"].tolist() == [1, 2] and parts[2]["logits"].tolist() == [[9, 10, 11]]
+    assert split_rows(answer, [1, 2]) is None and split_rows({"n": np.array(3)}, [1]) is None
+
+
+class FakeCandidate:
+    """The candidate's side of the wire, for the mirror's calls: answers logits = 2 * input[:, :3]
+    per row and records each call's rows; `refuse_stacked`: 400 to any call of more than one
+    request's rows; `one_row`: answers a single row whatever was asked."""
+
+    def __init__(self, refuse_stacked=False, one_row=False):
+        self.calls: list[int] = []
+        self.refuse_stacked, self.one_row = refuse_stacked, one_row
+
+    async def handle(self, request):
+        from aiohttp import web
+
+        doc = await request.json()
+        (inp,) = doc["inputs"]
+        x = np.asarray(inp["data"], np.float32).reshape(inp["shape"])
+        self.calls.append(x.shape[0])
+        if self.refuse_stacked and x.shape[0] > 2:
+            return web.json_response({"error": "no"}, status=400)
+        y = 2 * x[:, :3]
+        if self.one_row:
+            y = y[:1]
+        return web.json_response({"outputs": [{"name": "logits", "datatype": "FP32", "shape": list(y.shape),
+                                               "data": y.ravel().tolist()}]})
+
+
+@pytest.mark.parametrize("refuse_stacked, one_row", [(False, False), (True, False), (False, True)])
+def test_queued_copies_go_in_one_call_and_are_each_compared(refuse_stacked, one_row):
+    import asyncio
+
+    from aiohttp import web
+
+    from modelops.serving.shadow import MAX_COPIES_PER_CALL, _Generation
+
+    async def scenario():
+        fake = FakeCandidate(refuse_stacked, one_row)
+        app = web.Application()
+        app.router.add_post("/v2/models/clf/infer", fake.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        version = f"stack-{refuse_stacked}-{one_row}"
+        gen = _Generation(ShadowConfig(f"http://127.0.0.1:{port}", "clf", version, 100.0, 64), "clf", "1")
+        rng = np.random.default_rng(3)
+        copies = []
+        for i in range(12):  # queued before any worker runs: the first worker takes them together
+            x = rng.normal(size=(1 + i % 2, 4)).astype(np.float32)
+            stable = 2 * x[:, :3]
+            if i == 4:  # the stable answered another top class for this one (one row)
+                stable[:, int(np.argmin(stable[0]))] += 100
+            copies.append(({"input": x}, {"logits": stable}))
+            gen.queue.put_nowait(copies[-1])
+        try:
+            for _ in range(200):
+                done = gen.agree._value.get() + gen.disagree._value.get()
+                if done >= 12:
+                    break
+                await asyncio.sleep(0.02)
+            return fake.calls, gen.agree._value.get(), gen.disagree._value.get(), gen.sent._value.get(), \
+                gen.failed._value.get()
+        finally:
+            await gen.close()
+            await runner.cleanup()
+
+    calls, agree, disagree, sent, failed = asyncio.run(scenario())
+    # each copy judged on its own rows; a candidate that answers one row agrees on 1-row copies only
+    assert (agree, disagree, sent, failed) == ((5, 7, 12, 0) if one_row else (11, 1, 12, 0))
+    assert calls[0] == 18 and MAX_COPIES_PER_CALL >= 12  # 12 copies, 18 rows, in the first call
+    if refuse_stacked or one_row:  # then copy by copy, each as the client's request was
+        assert sorted(calls[1:]) == sorted(1 + i % 2 for i in range(12))
+    else:
+        assert len(calls) == 1

@@ -1,5 +1,5 @@
 """The predictor's gRPC `ModelInfer`, `ModelMetadata` and `ModelReady`: KServe's servicer with
-these three answered by the same checks as REST (`codec_grpc.decode_grpc`, `routes.model_for`).
+these three answered by the same checks as REST (`codec_grpc.decode_grpc`, `replies.model_for`).
 
 Errors become status codes, never exceptions for KServe's interceptor to guess at: 400 ->
 INVALID_ARGUMENT, 404 -> NOT_FOUND, 413 -> RESOURCE_EXHAUSTED, 503 -> UNAVAILABLE, and an
@@ -18,7 +18,7 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 
 from ..errors import ModelOpsError
 from . import codec_grpc, metrics
-from .routes import model_for
+from .replies import model_for
 
 log = logging.getLogger("modelops.serving")
 

@@ -23,6 +23,7 @@ import orjson
 
 from ..errors import InvalidRequest, ModelOpsError, UnknownModel
 from . import metrics
+from .replies import _CLOSE, _JSON, _send, model_for, send_internal_error
 
 PREFIX = "/openai/v1/"
 AUDIT_MODEL = "modelops.model"  # scope key: the model a body named (read by `access`)
@@ -84,8 +85,6 @@ def encode(vectors: np.ndarray, fmt: str):
 
 
 async def handle(asgi, scope, receive, send) -> None:
-    from .routes import _CLOSE, _JSON, _send, model_for, send_internal_error  # routes imports this module
-
     path, method = scope["path"], scope["method"]
     if path == MODELS and method == "GET":
         data = [{"id": name, "object": "model", "created": getattr(m, "created", 0), "owned_by": "modelops"}

@@ -17,7 +17,7 @@ from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 
-from . import routes
+from . import replies, routes
 from .access import AccessASGI, AccessInterceptor
 from .audit import AuditLog
 from .auth import KubeAuthConfig, KubeGuard
@@ -101,7 +101,7 @@ def lean_rest_server(models: dict, max_body_bytes: int, access: Access = Access(
             super().create_application()
             front = routes.PredictorASGI(self._kserve_app, models=models, max_body_bytes=max_body_bytes)
             if access.layered:
-                front = routes.LastResort(AccessASGI(front, models=models, guard=access.guard,
+                front = replies.LastResort(AccessASGI(front, models=models, guard=access.guard,
                                                      audit=access.audit))
             self.config.app = front
 
