@@ -26,7 +26,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from onnx import TensorProto, helper
 
 from modelops.local.ports import free_port
-from modelops.serving.shadow import MIRROR_WORKERS
+from modelops.serving.shadow import MAX_COPIES_PER_CALL, MIRROR_WORKERS
 from test_core_serving import MODELOPS, Predictor, metric_value
 
 N = 24  # requests per scenario
@@ -177,7 +177,11 @@ def test_same_model_agrees_over_rest_grpc_and_v1(stable, good, baseline, config_
     assert c["disagree"] == c["failed"] == c["dropped"] == 0
     assert c["abs_diff_count"] == total and c["abs_diff_sum"] == 0  # same graph, same runtime: exact
     assert metric_value(stable.metrics(), "modelops_shadow_cosine_count", candidate="2") == 0  # no vectors
-    assert metric_value(good.metrics(), "modelops_predictor_requests_total", code="200") == total
+    # the candidate got every copy's rows, copies queued together stacked into one call
+    calls = metric_value(good.metrics(), "modelops_predictor_requests_total", code="200")
+    assert 1 <= calls <= total
+    rows = sum(1 + i % 3 for i in range(N)) + 6 * 2
+    assert metric_value(good.metrics(), "modelops_predictor_batch_rows_sum") == rows
 
 
 def test_swapped_outputs_disagree(stable, wrong, baseline, config_file):
@@ -206,19 +210,25 @@ def test_candidate_down_never_touches_the_answers(stable, baseline, config_file)
 
 def test_slow_candidate_drops_copies_not_answers(stable, good, baseline, config_file):
     """The candidate hangs (SIGSTOP: connections accepted, never answered); a queue of 1: the
-    workers' copies wait for their timeout, one waits in the queue, every other one is dropped."""
+    workers' calls (at most MAX_COPIES_PER_CALL copies each) wait for their timeout, one copy
+    waits in the queue, every other one is dropped."""
     configure(stable, config_file, mirror_to(good, "slow", queueSize=1, timeoutMs=3000), "mirroring on")
+    more = requests(96, seed=9)
     os.killpg(good.proc.pid, signal.SIGSTOP)
     try:
         assert_answers_unchanged(stable, baseline)
+        for body in more:
+            assert stable.infer(body).status_code == 200
         c = counts(stable, "slow")
-        assert c["dropped"] >= N - MIRROR_WORKERS - 1 - 1  # one more may be taken between two requests
+        held = MIRROR_WORKERS * MAX_COPIES_PER_CALL + 1  # in the workers' calls, and the queue
+        assert c["dropped"] >= N + len(more) - held - 1  # one more may be taken between two requests
         assert c["sent"] == 0
     finally:
         os.killpg(good.proc.pid, signal.SIGCONT)
-    c = wait_for(lambda: (c := counts(stable, "slow"))["dropped"] + c["failed"] + c["sent"] >= N and c,
+    total = N + len(more)
+    c = wait_for(lambda: (c := counts(stable, "slow"))["dropped"] + c["failed"] + c["sent"] >= total and c,
                  "every copy accounted for", stable)
-    assert c["dropped"] + c["failed"] + c["sent"] == N
+    assert c["dropped"] + c["failed"] + c["sent"] == total
 
 
 def test_removed_config_stops_mirroring(stable, good, baseline, config_file):

@@ -10,8 +10,8 @@ once and is off (never a crash, never a failed client request):
 
 The request path only samples and puts (request inputs, stable outputs) on a bounded asyncio
 queue, after the client's answer is decided (REST: after it was sent); a full queue drops the
-copy (counted). `MIRROR_WORKERS` tasks send the copies as V2 JSON (the copies queued when a
-worker is free, up to `MAX_COPIES_PER_CALL`, stacked into one call: `shadow_wire`) to the candidate's
+copy (counted). `MIRROR_WORKERS` tasks send the copies as V2 JSON (the copies that arrive within
+`LINGER_SECONDS` of a call's first, up to `MAX_COPIES_PER_CALL`, stacked into one call: `shadow_wire`) to the candidate's
 `/v2/models/{model}/infer` (aiohttp, the configured timeout over the whole exchange), decode its
 answer, compare, and record `metrics.SHADOW_*`. A candidate that is down or slow costs only
 failed or dropped copies.
@@ -43,6 +43,9 @@ MIRROR_WORKERS = 4  # calls in flight to the candidate at once
 # Copies waiting in the queue when a worker is free go in one call, stacked on the batch axis
 # (an HTTP exchange costs the stable ~0.8 ms of CPU; a copy's rows in a shared one a few µs).
 MAX_COPIES_PER_CALL = 16
+# How long a call waits for more copies after its first: a copy is never the client's wait, and
+# at 10% of a few thousand requests a second it gathers several copies per call.
+LINGER_SECONDS = 0.02
 POLL_SECONDS = 1.0
 LOG_EVERY_SECONDS = 10.0  # disagreements and failures: one log line per this many seconds
 
@@ -152,6 +155,7 @@ class _Generation:
             connector=aiohttp.TCPConnector(limit=MIRROR_WORKERS),
             timeout=aiohttp.ClientTimeout(total=config.timeout_s), raise_for_status=False)
         self.log_failed, self.log_disagree = _Every(), _Every()
+        self.collecting = asyncio.Lock()
         self.tasks = [asyncio.create_task(self._work()) for _ in range(MIRROR_WORKERS)]
 
     async def close(self) -> None:
@@ -160,11 +164,29 @@ class _Generation:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.client.close()
 
+    async def _collect(self) -> list:
+        """The next call's copies: the first one, then whatever comes within LINGER_SECONDS (up to
+        MAX_COPIES_PER_CALL). One worker collects at a time, so copies gather in one call rather
+        than spreading over the idle workers; the calls themselves still run side by side."""
+        async with self.collecting:
+            copies = [await self.queue.get()]
+            deadline = time.monotonic() + LINGER_SECONDS
+            while len(copies) < MAX_COPIES_PER_CALL:
+                if not self.queue.empty():
+                    copies.append(self.queue.get_nowait())
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    copies.append(await asyncio.wait_for(self.queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            return copies
+
     async def _work(self) -> None:
         while True:
-            copies = [await self.queue.get()]
-            while len(copies) < MAX_COPIES_PER_CALL and not self.queue.empty():
-                copies.append(self.queue.get_nowait())
+            copies = await self._collect()
             for group in stack_groups(copies):
                 try:
                     await self._mirror(group)
