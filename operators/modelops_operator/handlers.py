@@ -157,9 +157,9 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: Op
 
     @kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices",
                    labels={builders.LABEL_DEPLOYMENT: kopf.PRESENT}, registry=registry)
-    async def service_changed(type, namespace, name, labels, meta, **_):
+    async def service_changed(type, namespace, name, labels, meta, status, **_):
         if type in (None, "ADDED", "MODIFIED"):  # None: the initial listing
-            if reconciler.own_write(namespace, name, meta.get("resourceVersion")):
+            if reconciler.own_write(namespace, name, meta.get("resourceVersion"), status):
                 return  # the event of our own write: the pass that wrote it planned on it
             await run_pass(namespace, labels[builders.LABEL_DEPLOYMENT], resolve=False)
 

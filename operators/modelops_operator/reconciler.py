@@ -60,7 +60,7 @@ class Reconciler:
         self._registry_factory = registry_factory
         self._registries: dict[str, object] = {}
         self._interfaces: dict[tuple[str, str], object] = {}  # (onnx URI, sha256) -> Interface
-        self._own_writes: dict[tuple[str, str], str | None] = {}  # InferenceService -> resourceVersion we wrote
+        self._own_writes: dict[tuple[str, str], tuple] = {}  # InferenceService -> (resourceVersion, status) we wrote
         self.resolves = ResolveCache(config.resolve_max_age)  # one MLflow look-up per model a second
         # Posts Events at once (`handlers.post_events`): a rollout transition's Events go out right
         # after the status that records it, not after the whole pass. None: they go with the Result.
@@ -105,14 +105,17 @@ class Reconciler:
         observed, changed = self.kube.apply_merge(INFERENCESERVICES.path(ns, name), INFERENCESERVICES.path(ns),
                                                   desired, diff, create_first=first)
         if changed:
-            self._own_writes[(ns, name)] = (observed.get("metadata") or {}).get("resourceVersion")
+            self._own_writes[(ns, name)] = ((observed.get("metadata") or {}).get("resourceVersion"),
+                                            observed.get("status") or {})
         return service_observation(observed, changed=changed), changed
 
-    def own_write(self, namespace: str, name: str, resource_version: str | None) -> bool:
+    def own_write(self, namespace: str, name: str, resource_version: str | None, status) -> bool:
         """Whether this InferenceService state is the one this process last wrote (the watch
-        event of our own create or patch): a pass on it would learn nothing the writing pass
-        did not already plan on. KServe's status updates and anyone else's writes are new."""
-        return resource_version is not None and self._own_writes.get((namespace, name)) == resource_version
+        event of our own create or patch: the same resourceVersion and the same status): a pass
+        on it would learn nothing the writing pass did not already plan on. KServe's status
+        updates and anyone else's writes are new."""
+        return resource_version is not None and \
+            self._own_writes.get((namespace, name)) == (resource_version, dict(status or {}))
 
     def interface_of(self, registry, served: Served):
         """What a converted version serves: from its published record, else its conversion.json

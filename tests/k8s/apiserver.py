@@ -2,8 +2,7 @@
 
 The emulator stores objects as plain JSON. A real API server also: assigns `uid`,
 `creationTimestamp` and `generation` on create; bumps `generation` when the spec changes;
-ignores status changes on the main resource and everything but status on `/status`; gives every
-write, `/status` ones too, a new `resourceVersion`; and garbage-
+ignores status changes on the main resource and everything but status on `/status`; and garbage-
 collects objects whose owner is gone. Those are emulated here (the kmock docs invite subclassing
 for such "special" treatment); schema validation and resourceVersion checks are not.
 """
@@ -68,7 +67,6 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 for k in list(data):
                     if k != "status":
                         del data[k]
-                data["metadata"] = {"resourceVersion": str(next(_rv))}  # every write is a new version
                 return
             if request.resource.plural in WITH_STATUS:
                 data.pop("status", None)
