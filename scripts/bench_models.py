@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelops.demo.models import TORCH_REQUIREMENTS
+from modelops.demo import models as demo_models
 
 MLP_SHAPE = (64,)
 CNN_SHAPE = (3, 64, 64)
@@ -38,7 +38,6 @@ def conv_net() -> nn.Module:
 
 
 def _register(make, shape: tuple, tracking_uri: str, name: str, seed: int) -> str:
-    import mlflow
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
@@ -47,13 +46,11 @@ def _register(make, shape: tuple, tracking_uri: str, name: str, seed: int) -> st
     example = np.random.default_rng(seed).normal(size=(2, *shape)).astype(np.float32)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    mlflow.set_experiment("modelops-bench")
-    with mlflow.start_run():
-        info = mlflow.pytorch.log_model(model, name="model", registered_model_name=name, input_example=example,
-                                        signature=infer_signature(example, out), pip_requirements=TORCH_REQUIREMENTS)
-    return str(info.registered_model_version)
+    return demo_models._register(  # the demo's run and registration, our model
+        lambda n: mlflow.pytorch.log_model(model, name="model", registered_model_name=n, input_example=example,
+                                           signature=infer_signature(example, out),
+                                           pip_requirements=demo_models.TORCH_REQUIREMENTS),
+        tracking_uri, name, "modelops-bench")
 
 
 def register_mlp(tracking_uri: str, name: str, seed: int = 0) -> str:
