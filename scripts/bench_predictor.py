@@ -189,7 +189,7 @@ def bench_model(label: str, register, shape, tracking: str, work: Path, duration
     if auth_kubeconfig:
         results["auth-cost"] = auth_cost(label, ours, servers, headers, body, work, duration)
     if only and "shadow-cost" in only:
-        results["shadow-cost"] = shadow_cost(label, onnx_dir, body, work, duration)
+        results["shadow-cost"] = shadow_cost(label, onnx_dir, body, work, duration, SHADOW_ROUNDS)
     if not only or "ort-inproc" in only:
         results["ort-inproc"] = inproc(onnx_dir, x, duration)
     return results
@@ -231,6 +231,7 @@ SHADOW_MODES = {"off": None, "10%": 10, "100%": 100}
 
 
 SHADOW_PIN = False  # --shadow-pin
+SHADOW_ROUNDS = 6  # --shadow-rounds
 
 
 def shadow_cost(label: str, onnx_dir: Path, body: bytes, work: Path, duration: float, rounds: int = 6) -> dict:
@@ -359,9 +360,11 @@ def main(argv=None) -> int:
                    help="admin kubeconfig of a real API server: also measure --auth kubernetes")
     p.add_argument("--shadow-pin", action="store_true",
                    help="shadow-cost: the candidate on its own core, the stable and the client on the others")
+    p.add_argument("--shadow-rounds", type=int, default=6,
+                   help="shadow-cost: alternating rounds (each mode duration/3 seconds per round)")
     args = p.parse_args(argv)
-    global SHADOW_PIN
-    SHADOW_PIN = args.shadow_pin
+    global SHADOW_PIN, SHADOW_ROUNDS
+    SHADOW_PIN, SHADOW_ROUNDS = args.shadow_pin, args.shadow_rounds
     specs = {"mlp": (bench_models.register_mlp, bench_models.MLP_SHAPE),
              "cnn": (bench_models.register_cnn, bench_models.CNN_SHAPE),
              "mlp-demo": (models.register_torch_mlp, (models.MLP_FEATURES,)),

@@ -108,6 +108,69 @@ def test_differences_nan_inf_and_zero():
     assert not compare({"y": np.array([[np.nan]])}, {"y": np.array([[1.0]])}).agree
 
 
+# --- the copies of one call compared in one pass -----------------------------------------------------
+def _stacked_case(seed: int):
+    """Stable and candidate answers of several copies (1-3 rows each): classifier scores, an
+    integer label, a regression output, embeddings and hidden states; some copies identical,
+    some a little off, some with another top class or a zero vector."""
+    r = np.random.default_rng(seed)
+    counts = [int(n) for n in r.integers(1, 4, size=int(r.integers(1, 9)))]
+    total = sum(counts)
+    stable = {"scores": r.normal(size=(total, 4)).astype(np.float32),
+              "label": r.integers(0, 4, size=(total,)),
+              "y": r.normal(size=(total, 1)),
+              "embedding": r.normal(size=(total, 8)).astype(np.float32),
+              "hidden": r.normal(size=(total, 3, 5)).astype(np.float32)}
+    cand = {k: v.copy() for k, v in stable.items()}
+    for row in range(total):
+        how = r.integers(0, 6)
+        if how == 1:  # a little off, within and beyond the tolerance
+            for k in ("scores", "y", "embedding", "hidden"):
+                cand[k][row] += r.normal(scale=float(r.choice([1e-5, 1e-2])), size=cand[k][row].shape)
+        elif how == 2:  # another top class
+            cand["scores"][row, int(np.argmin(stable["scores"][row]))] += 100
+        elif how == 3:
+            cand["label"][row] = (cand["label"][row] + 1) % 4
+        elif how == 4:  # a zero vector on one side, or on both
+            cand["embedding"][row] = 0
+            if r.random() < 0.5:
+                stable["embedding"][row] = 0
+    return stable, cand, counts
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("outputs", [("scores", "label", "y", "embedding", "hidden"), ("y",), ("embedding",),
+                                     ("hidden", "y"), ("scores",)])
+def test_compare_stacked_is_compare_of_each_copy(seed, outputs):
+    from modelops.serving.compare import compare_stacked
+
+    stable, cand, counts = _stacked_case(seed)
+    stable, cand = {k: stable[k] for k in outputs}, {k: cand[k] for k in outputs}
+    got = compare_stacked(stable, cand, counts, 1e-3, 1e-3)
+    bounds = np.cumsum([0, *counts])
+    want = [compare({k: v[a:b] for k, v in stable.items()}, {k: v[a:b] for k, v in cand.items()}, 1e-3, 1e-3)
+            for a, b in zip(bounds[:-1], bounds[1:])]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert (g.outcome, g.reason) == (w.outcome, w.reason)
+        for field in ("abs_diff", "rel_diff", "cosine"):
+            gv, wv = getattr(g, field), getattr(w, field)
+            assert (gv is None) == (wv is None) and (gv is None or gv == pytest.approx(wv, rel=1e-12, abs=1e-15)), field
+
+
+def test_compare_stacked_leaves_what_it_does_not_cover_to_compare():
+    from modelops.serving.compare import compare_stacked
+
+    y = np.ones((3, 2))
+    assert compare_stacked({"y": y}, {"y": y}, [1, 2]) is not None
+    for stable, cand in (({"y": y}, {}),  # missing
+                         ({"y": y}, {"y": np.ones((3, 3))}),  # another shape
+                         ({"y": np.array([[np.nan, 1]] * 3)}, {"y": y}),  # not finite
+                         ({"label": np.array(["a", "b", "c"], object)}, {"label": np.array(["a", "b", "c"], object)}),
+                         ({}, {})):
+        assert compare_stacked(stable, cand, [1, 2]) is None
+
+
 # --- configuration ------------------------------------------------------------------------------------
 FULL = ('{"candidate": {"url": "http://cand:8080", "model": "m", "version": "3"}, "percent": 25, '
         '"queueSize": 8, "timeoutMs": 500, "tolerance": {"rtol": 1e-2, "atol": 1e-4}}')
@@ -148,13 +211,17 @@ def test_mirror_request_is_a_valid_v2_request_with_the_same_values():
              "text": np.array(["héllo", "wörld"], object).reshape(2, 1)}
     specs = [TensorSpec(n, a.dtype, (-1, a.shape[1])) for n, a in feeds.items()]
     body, headers = encode_request(feeds)
-    assert headers == {"content-type": "application/json"}
-    got = decode_request(body, specs, ["y"]).feeds
+    assert headers["content-type"] == "application/octet-stream"
+    decoded = decode_request(body, specs, ["y"], int(headers["inference-header-content-length"]))
     for name, arr in feeds.items():
-        assert got[name].dtype == arr.dtype and np.array_equal(got[name], arr), name
+        assert decoded.feeds[name].dtype == arr.dtype and np.array_equal(decoded.feeds[name], arr), name
+    assert decoded.binary == {"y"}  # the candidate answers in binary too
+    text_only, headers = encode_request({"text": feeds["text"]})  # nothing binary: plain JSON
+    assert headers == {"content-type": "application/json"}
+    assert decode_request(text_only, specs[-1:], ["y"]).feeds["text"].tolist() == [["héllo"], ["wörld"]]
 
 
-def test_mirror_request_non_finite_floats_go_binary():
+def test_mirror_request_non_finite_floats_go_as_they_are():
     x = np.array([[np.nan, np.inf, 1.0, -np.inf]], np.float32)
     body, headers = encode_request({"x": x})
     n = int(headers["inference-header-content-length"])
@@ -216,9 +283,9 @@ class FakeCandidate:
     async def handle(self, request):
         from aiohttp import web
 
-        doc = await request.json()
-        (inp,) = doc["inputs"]
-        x = np.asarray(inp["data"], np.float32).reshape(inp["shape"])
+        body, n = await request.read(), request.headers.get("inference-header-content-length")
+        x = decode_request(body, [TensorSpec("input", np.dtype(np.float32), (-1, 4))], ["logits"],
+                           None if n is None else int(n)).feeds["input"]
         self.calls.append(x.shape[0])
         if self.refuse_stacked and x.shape[0] > 2:
             return web.json_response({"error": "no"}, status=400)

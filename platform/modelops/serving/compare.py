@@ -154,3 +154,61 @@ def compare(stable: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
         return Comparison("agree", abs_d, rel_d, cos)
     return Comparison("disagree", abs_d, rel_d, cos,
                       f"outputs differ beyond rtol={rtol:g}, atol={atol:g} (max abs diff {abs_d:.3g})")
+
+
+def compare_stacked(stable: dict[str, np.ndarray], candidate: dict[str, np.ndarray], counts: list[int],
+                    rtol: float = 1e-3, atol: float = 1e-3) -> list[Comparison] | None:
+    """`compare` of each of several requests whose answers are stacked on the batch axis (COUNTS:
+    each request's rows, in order), in one pass of array operations over all of them: the same
+    Comparison per request as `compare` on its own rows gives. None when the answers are not the
+    common case this covers (every output numeric, finite, present with the stable's shape, at
+    least one value per row): then `compare` each request's rows instead."""
+    total = sum(counts)
+    if not stable or not counts or min(counts) < 1:
+        return None
+    starts = np.cumsum([0, *counts[:-1]])
+    n = len(counts)
+    abs_d, rel_d = np.zeros(n), np.zeros(n)
+    close = np.ones(n, dtype=bool)
+    cls_agree, cos = None, None
+    for name, s in stable.items():
+        c = candidate.get(name)
+        if (not isinstance(s, np.ndarray) or not isinstance(c, np.ndarray) or s.shape != c.shape
+                or s.ndim == 0 or s.shape[0] != total or s.size == 0 or not _numeric(s) or not _numeric(c)):
+            return None
+        s64, c64 = s.astype(np.float64).reshape(total, -1), c.astype(np.float64).reshape(total, -1)
+        if not (np.isfinite(s64).all() and np.isfinite(c64).all()):
+            return None
+        if _is_label(name, s) or _is_scores(name, s):
+            same = _top_class(name, s) == _top_class(name, c)
+            agree = np.logical_and.reduceat(same, starts)
+            cls_agree = agree if cls_agree is None else cls_agree & agree
+        diff = np.abs(s64 - c64)
+        scale = np.maximum(np.abs(s64), np.abs(c64))
+        rel = np.divide(diff, scale, out=np.zeros_like(diff), where=scale > 0)
+        out_abs = np.maximum.reduceat(diff.max(axis=1), starts)
+        abs_d, rel_d = np.maximum(abs_d, out_abs), np.maximum(rel_d, np.maximum.reduceat(rel.max(axis=1), starts))
+        close &= np.logical_and.reduceat((diff <= atol + rtol * np.abs(c64)).all(axis=1), starts)
+        if _is_vector(name, s):
+            dim = s.shape[-1]
+            sv, cv = s64.reshape(-1, dim), c64.reshape(-1, dim)
+            ns, nc = np.sqrt((sv * sv).sum(axis=1)), np.sqrt((cv * cv).sum(axis=1))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                vc = (sv * cv).sum(axis=1) / (ns * nc)
+            vc = np.where((ns == 0) & (nc == 0), 1.0, np.where((ns == 0) | (nc == 0), 0.0, vc))
+            vc = np.clip(np.where(np.isnan(vc), 0.0, vc), -1.0, 1.0)
+            per_copy = np.minimum.reduceat(vc.reshape(total, -1).min(axis=1), starts)
+            per_copy = np.where(out_abs == 0, 1.0, per_copy)  # identical vectors: exactly 1, as `compare`
+            cos = per_copy if cos is None else np.minimum(cos, per_copy)
+    out = []
+    for i in range(n):
+        a, r, v = float(abs_d[i]), float(rel_d[i]), None if cos is None else float(cos[i])
+        if cls_agree is not None:
+            ok = bool(cls_agree[i])
+            out.append(Comparison("agree" if ok else "disagree", a, r, v, None if ok else "top class differs"))
+        elif close[i]:
+            out.append(Comparison("agree", a, r, v))
+        else:
+            out.append(Comparison("disagree", a, r, v,
+                                  f"outputs differ beyond rtol={rtol:g}, atol={atol:g} (max abs diff {a:.3g})"))
+    return out

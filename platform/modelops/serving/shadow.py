@@ -10,11 +10,12 @@ once and is off (never a crash, never a failed client request):
 
 The request path only samples and puts (request inputs, stable outputs) on a bounded asyncio
 queue, after the client's answer is decided (REST: after it was sent); a full queue drops the
-copy (counted). `MIRROR_WORKERS` tasks send the copies as V2 JSON (the copies that arrive within
-`LINGER_SECONDS` of a call's first, up to `MAX_COPIES_PER_CALL`, stacked into one call: `shadow_wire`) to the candidate's
-`/v2/models/{model}/infer` (aiohttp, the configured timeout over the whole exchange), decode its
-answer, compare, and record `metrics.SHADOW_*`. A candidate that is down or slow costs only
-failed or dropped copies.
+copy (counted). `MIRROR_WORKERS` tasks send the copies as V2 requests, numeric tensors in the
+binary extension (the copies that arrive within `LINGER_SECONDS` of a call's first, up to
+`MAX_COPIES_PER_CALL`, stacked into one call: `shadow_wire`) to the candidate's
+`/v2/models/{model}/infer` (aiohttp; `timeoutMs` per copy over the whole exchange), decode its
+answer, compare (`compare_stacked`: the copies of a call in one pass), and record
+`metrics.SHADOW_*`. A candidate that is down or slow costs only failed or dropped copies.
 """
 
 from __future__ import annotations
@@ -34,18 +35,19 @@ import orjson
 
 from ..errors import InvalidSpec
 from . import metrics
-from .compare import Comparison, compare
-from .shadow_wire import decode_answer, encode_request, rows, split_rows, stack_groups
+from .compare import Comparison, compare, compare_stacked
+from .shadow_wire import decode_answer, encode_request, rows, split_rows, splits, stack, stack_groups
 
 log = logging.getLogger("modelops.serving.shadow")
 
 MIRROR_WORKERS = 4  # calls in flight to the candidate at once
 # Copies waiting in the queue when a worker is free go in one call, stacked on the batch axis
-# (an HTTP exchange costs the stable ~0.8 ms of CPU; a copy's rows in a shared one a few µs).
-MAX_COPIES_PER_CALL = 16
+# (an HTTP exchange costs the stable ~0.5 ms of CPU; a copy's rows in a shared one a few µs, and
+# the copies of one call are compared in one pass: `compare_stacked`).
+MAX_COPIES_PER_CALL = 32
 # How long a call waits for more copies after its first: a copy is never the client's wait, and
-# at 10% of a few thousand requests a second it gathers several copies per call.
-LINGER_SECONDS = 0.02
+# at 10% of a few thousand requests a second it gathers a few dozen copies per call.
+LINGER_SECONDS = 0.1
 POLL_SECONDS = 1.0
 LOG_EVERY_SECONDS = 10.0  # disagreements and failures: one log line per this many seconds
 
@@ -156,6 +158,7 @@ class _Generation:
             timeout=aiohttp.ClientTimeout(total=config.timeout_s), raise_for_status=False)
         self.log_failed, self.log_disagree = _Every(), _Every()
         self.collecting = asyncio.Lock()
+        self.wake, self.wanted = asyncio.Event(), 0  # `_collect` waits for `wanted` more copies
         self.tasks = [asyncio.create_task(self._work()) for _ in range(MIRROR_WORKERS)]
 
     async def close(self) -> None:
@@ -165,24 +168,30 @@ class _Generation:
         await self.client.close()
 
     async def _collect(self) -> list:
-        """The next call's copies: the first one, then whatever comes within LINGER_SECONDS (up to
-        MAX_COPIES_PER_CALL). One worker collects at a time, so copies gather in one call rather
-        than spreading over the idle workers; the calls themselves still run side by side."""
+        """The next call's copies: the first one, then whatever comes within LINGER_SECONDS, or
+        until MAX_COPIES_PER_CALL are there (`offer` wakes the collector then: one timer and
+        one wake-up per call, not one per copy). One worker collects at a time, so copies
+        gather in one call rather than spreading over the idle workers; the calls themselves
+        still run side by side."""
         async with self.collecting:
-            copies = [await self.queue.get()]
+            queue = self.queue
+            copies = [await queue.get()]
             deadline = time.monotonic() + LINGER_SECONDS
-            while len(copies) < MAX_COPIES_PER_CALL:
-                if not self.queue.empty():
-                    copies.append(self.queue.get_nowait())
-                    continue
+            while True:
+                while len(copies) < MAX_COPIES_PER_CALL and not queue.empty():
+                    copies.append(queue.get_nowait())
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    break
+                if len(copies) >= MAX_COPIES_PER_CALL or left <= 0:
+                    return copies
+                self.wake.clear()
+                self.wanted = MAX_COPIES_PER_CALL - len(copies)
                 try:
-                    copies.append(await asyncio.wait_for(self.queue.get(), left))
-                except asyncio.TimeoutError:
-                    break
-            return copies
+                    async with asyncio.timeout(left):
+                        await self.wake.wait()
+                except TimeoutError:
+                    pass
+                finally:
+                    self.wanted = 0
 
     async def _work(self) -> None:
         while True:
@@ -197,42 +206,51 @@ class _Generation:
                     log.error("shadow: mirroring a request failed", exc_info=exc)
 
     async def _mirror(self, copies: list[tuple[dict, dict]]) -> None:
-        """One call to the candidate for COPIES (stacked on the batch axis when more than one),
-        then one comparison per copy. A stacked call the candidate refuses, or answers with
-        outputs that do not split back into the copies' rows, is sent again copy by copy: a
-        copy is judged on its own, as the client's request was."""
-        cfg = self.config
-        feeds = copies[0][0] if len(copies) == 1 else {
-            name: np.concatenate([f[name] for f, _ in copies]) for name in copies[0][0]}
-        body, headers = encode_request(feeds)
+        """One call to the candidate for COPIES (stacked on the batch axis when more than one;
+        the timeout is per copy: a call of k copies gets k times it), then one comparison per
+        copy. A stacked call the candidate refuses, or answers with outputs that do not split
+        back into the copies' rows, is sent again copy by copy: a copy is judged on its own, as
+        the client's request was."""
+        cfg, k = self.config, len(copies)
+        body, headers = encode_request(stack([f for f, _ in copies]))
         try:
-            async with self.client.post(cfg.infer_url, data=body, headers=headers) as resp:
+            async with self.client.post(cfg.infer_url, data=body, headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=cfg.timeout_s * k)) as resp:
                 status, answer = resp.status, await resp.read()
-                answer_headers = {k.lower(): v for k, v in resp.headers.items()}
+                answer_headers = {h.lower(): v for h, v in resp.headers.items()}
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-            self.failed.inc(len(copies) - 1)
+            self.failed.inc(k - 1)
             return self._failed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         if status != 200:
-            if len(copies) > 1:
+            if k > 1:
                 return await self._one_by_one(copies)
             return self._failed(f"HTTP {status}: {answer[:300].decode('utf-8', 'replace')}")
         try:
             got = decode_answer(answer, answer_headers)
         except ValueError as exc:
-            if len(copies) > 1:
+            if k > 1:
                 return await self._one_by_one(copies)
             self.sent.inc()
             return self.record(Comparison("disagree", reason=f"the candidate answered 200 with {exc}"))
-        parts = split_rows(got, [rows(f) for f, _ in copies]) if len(copies) > 1 else [got]
-        if parts is None:
+        counts = [rows(f) for f, _ in copies]
+        if k > 1 and not splits(got, sum(counts)):
             return await self._one_by_one(copies)
-        self.sent.inc(len(copies))
-        for (_, stable), part in zip(copies, parts):
-            try:
-                result = compare(stable, part, cfg.rtol, cfg.atol)
-            except ValueError as exc:
-                result = Comparison("disagree", reason=f"the candidate answered 200 with {exc}")
+        self.sent.inc(k)
+        try:
+            results = compare_stacked(stack([s for _, s in copies]), got, counts, cfg.rtol, cfg.atol)
+        except ValueError:
+            results = None
+        if results is None:  # not the all-numeric common case: each copy on its own rows
+            parts = split_rows(got, counts) if k > 1 else [got]
+            results = [self._compare(stable, part) for (_, stable), part in zip(copies, parts)]
+        for result in results:
             self.record(result)
+
+    def _compare(self, stable: dict, candidate: dict) -> Comparison:
+        try:
+            return compare(stable, candidate, self.config.rtol, self.config.atol)
+        except ValueError as exc:
+            return Comparison("disagree", reason=f"the candidate answered 200 with {exc}")
 
     async def _one_by_one(self, copies: list[tuple[dict, dict]]) -> None:
         for copy in copies:
@@ -292,6 +310,8 @@ class Mirror:
             return
         try:
             gen.queue.put_nowait((feeds, dict(zip(names, outputs))))
+            if gen.wanted and gen.queue.qsize() >= gen.wanted:
+                gen.wake.set()
         except asyncio.QueueFull:
             gen.dropped.inc()
         except Exception as exc:  # never the client's problem

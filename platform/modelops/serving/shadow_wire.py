@@ -12,25 +12,23 @@ from ..tensors import NUMPY_TO_V2, V2_TO_NUMPY
 
 # --- the wire: V2 JSON to the candidate, its answer back --------------------------------------------
 def encode_request(feeds: dict[str, np.ndarray]) -> tuple[bytes, dict]:
-    """FEEDS as a V2 REST infer request (JSON; a float tensor with NaN or inf, which JSON cannot
-    carry, goes in the binary tensor extension). No `outputs`: the candidate answers all of its
-    outputs, and the comparison looks up the stable's by name."""
+    """FEEDS as a V2 REST infer request: numeric tensors in the binary tensor extension (raw
+    bytes after the JSON header: no float formatting on either side, NaN and inf carried as
+    they are), BYTES as JSON strings; the candidate asked to answer in binary too. No
+    `outputs`: the candidate answers all of its outputs, and the comparison looks up the
+    stable's by name."""
     entries, blobs = [], []
     for name, arr in feeds.items():
         arr = np.asarray(arr)
         entry = {"name": name, "datatype": NUMPY_TO_V2.get(arr.dtype, "BYTES"), "shape": list(arr.shape)}
         if arr.dtype == object:
             entry["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()]
-        elif arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        else:
             blob = np.ascontiguousarray(arr).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
-        elif arr.dtype == np.float16:
-            entry["data"] = arr.astype(np.float32).ravel()
-        else:
-            entry["data"] = np.ascontiguousarray(arr).ravel()
         entries.append(entry)
-    head = orjson.dumps({"inputs": entries}, option=orjson.OPT_SERIALIZE_NUMPY)
+    head = orjson.dumps({"inputs": entries, "parameters": {"binary_data_output": True}})
     if not blobs:
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {"content-type": "application/octet-stream",
@@ -69,19 +67,22 @@ def rows(feeds: dict[str, np.ndarray]) -> int:
 
 def _stack_key(feeds: dict[str, np.ndarray], stable: dict[str, np.ndarray]):
     """What copies must share to go in one call (None: this one goes alone). Numeric tensors
-    only, all with one batch axis of the same length, the stable's outputs too: text (its
-    outputs may be padded to the longest text of a call) and anything else go alone."""
+    only, all with one batch axis of the same length, the stable's outputs too (the same names,
+    dtypes and other axes: they are stacked for one comparison): text (its outputs may be padded
+    to the longest text of a call) and anything else go alone."""
     n = None
     key = []
-    for name, arr in feeds.items():
-        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf" or arr.ndim == 0:
-            return None
-        if n is None:
-            n = arr.shape[0]
-        if arr.shape[0] != n:
-            return None
-        key.append((name, arr.dtype.str, arr.shape[1:]))
-    if n is None or any(np.ndim(v) == 0 or np.shape(v)[0] != n for v in stable.values()):
+    for part in (feeds, stable):
+        for name, arr in part.items():
+            if type(arr) is not np.ndarray or arr.ndim == 0 or (part is feeds and arr.dtype.kind not in "biuf"):
+                return None
+            if n is None:
+                n = arr.shape[0]
+            if arr.shape[0] != n:
+                return None
+            key.append((name, arr.dtype.str, arr.shape[1:]))
+        key.append(None)  # feeds | outputs
+    if n is None or not feeds:
         return None
     return tuple(key)
 
@@ -99,14 +100,29 @@ def stack_groups(copies: list[tuple[dict, dict]]) -> list[list[tuple[dict, dict]
     return list(groups.values()) + alone
 
 
+def splits(answer: dict[str, np.ndarray], total: int) -> bool:
+    """Whether every output of a stacked call's ANSWER has one row per input row (TOTAL): only
+    then can it be told which rows answer which copy."""
+    return all(type(v) is np.ndarray and v.ndim > 0 and v.shape[0] == total for v in answer.values())
+
+
 def split_rows(answer: dict[str, np.ndarray], counts: list[int]) -> list[dict[str, np.ndarray]] | None:
     """A stacked call's answer cut back into each copy's rows; None when an output does not have
     one row per input row (it cannot be told apart)."""
-    total = sum(counts)
-    if any(np.ndim(v) == 0 or np.shape(v)[0] != total for v in answer.values()):
+    if not splits(answer, sum(counts)):
         return None
-    bounds = np.cumsum([0, *counts])
-    return [{k: v[a:b] for k, v in answer.items()} for a, b in zip(bounds[:-1], bounds[1:])]
+    out, a = [], 0
+    for n in counts:
+        out.append({k: v[a:a + n] for k, v in answer.items()})
+        a += n
+    return out
 
 
-__all__ = ["decode_answer", "encode_request", "rows", "split_rows", "stack_groups"]
+def stack(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Copies' tensors (one stack key) concatenated on the batch axis, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+__all__ = ["decode_answer", "encode_request", "rows", "split_rows", "splits", "stack", "stack_groups"]
