@@ -5,6 +5,8 @@ Every series carries `model` (the served name) and `version` (the MLflow model v
 canary predictor apart by `version`. These names and labels are a public contract (README).
 """
 
+from functools import lru_cache
+
 from prometheus_client import Counter, Histogram
 
 REQUESTS = Counter("modelops_predictor_requests_total", "Inference requests by outcome",
@@ -12,6 +14,15 @@ REQUESTS = Counter("modelops_predictor_requests_total", "Inference requests by o
 LATENCY = Histogram("modelops_predictor_request_seconds", "Inference request latency",
                     ["model", "version", "protocol"],
                     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+
+@lru_cache(maxsize=1024)
+def answered(model: str, version: str, protocol: str):
+    """(REQUESTS child with code 200, LATENCY child) of one label set: bound once, since
+    `labels()` takes a lock and builds a key on every call (no series here is ever removed)."""
+    return REQUESTS.labels(model, version, protocol, "200"), LATENCY.labels(model, version, protocol)
+
+
 BATCH_ROWS = Histogram("modelops_predictor_batch_rows", "Rows per onnxruntime call", ["model"],
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 AUTH_DENIED = Counter("modelops_predictor_auth_denied_total",

@@ -228,8 +228,9 @@ class OnnxModel(Model):
         except InferenceFailed:
             metrics.REQUESTS.labels(self.name, self.version or "", protocol, "500").inc()
             raise
-        metrics.REQUESTS.labels(self.name, self.version or "", protocol, "200").inc()
-        metrics.LATENCY.labels(self.name, self.version or "", protocol).observe(time.perf_counter() - t0)
+        count, latency = metrics.answered(self.name, self.version or "", protocol)
+        count.inc()
+        latency.observe(time.perf_counter() - t0)
         if self.mirror is not None:  # shadow: the same inputs, as V2, compared with these outputs
             self.mirror.offer(given, names, outputs)
         if protocol == "v1":

@@ -115,6 +115,7 @@ async def handle(asgi, scope, receive, send) -> None:
     except Exception as exc:
         metrics.REQUESTS.labels(name, label, "openai", "500").inc()
         return await send_internal_error(scope, send, exc, close=not read)
-    metrics.REQUESTS.labels(name, label, "openai", "200").inc()
-    metrics.LATENCY.labels(name, label, "openai").observe(time.perf_counter() - t0)
+    count, latency = metrics.answered(name, label, "openai")
+    count.inc()
+    latency.observe(time.perf_counter() - t0)
     await _send(send, 200, payload)

@@ -165,8 +165,9 @@ class PredictorASGI:
         except Exception as exc:
             metrics.REQUESTS.labels(name, label, "rest", "500").inc()
             return await send_internal_error(scope, send, exc, close=not read)
-        metrics.REQUESTS.labels(name, label, "rest", "200").inc()
-        metrics.LATENCY.labels(name, label, "rest").observe(time.perf_counter() - t0)
+        count, latency = metrics.answered(name, label, "rest")
+        count.inc()
+        latency.observe(time.perf_counter() - t0)
         if head_len is None:
             await _send(send, 200, payload)
         else:
