@@ -276,9 +276,9 @@ class FakeCandidate:
     per row and records each call's rows; `refuse_stacked`: 400 to any call of more than one
     request's rows; `one_row`: answers a single row whatever was asked."""
 
-    def __init__(self, refuse_stacked=False, one_row=False):
+    def __init__(self, refuse_stacked=False, one_row=False, status=200):
         self.calls: list[int] = []
-        self.refuse_stacked, self.one_row = refuse_stacked, one_row
+        self.refuse_stacked, self.one_row, self.status = refuse_stacked, one_row, status
 
     async def handle(self, request):
         from aiohttp import web
@@ -287,6 +287,8 @@ class FakeCandidate:
         x = decode_request(body, [TensorSpec("input", np.dtype(np.float32), (-1, 4))], ["logits"],
                            None if n is None else int(n)).feeds["input"]
         self.calls.append(x.shape[0])
+        if self.status != 200:
+            return web.json_response({"error": f"refused with {self.status}"}, status=self.status)
         if self.refuse_stacked and x.shape[0] > 2:
             return web.json_response({"error": "no"}, status=400)
         y = 2 * x[:, :3]
@@ -344,3 +346,46 @@ def test_queued_copies_go_in_one_call_and_are_each_compared(refuse_stacked, one_
         assert sorted(calls[1:]) == sorted(1 + i % 2 for i in range(12))
     else:
         assert len(calls) == 1
+
+
+@pytest.mark.parametrize("status, outcome", [(400, "disagree"), (404, "disagree"), (413, "disagree"),
+                                             (401, "failed"), (403, "failed"), (429, "failed"), (503, "failed")])
+def test_a_candidate_refusing_what_the_stable_answered_disagrees(status, outcome):
+    """A 4xx to a copy the stable answered is the model's difference (a client would have got
+    it): a disagreement with the reason; auth, timeout and throttling answers and 5xx say
+    something about the call: failed copies, never comparisons."""
+    import asyncio
+
+    from aiohttp import web
+
+    from modelops.serving.shadow import _Generation
+
+    async def scenario():
+        fake = FakeCandidate(status=status)
+        app = web.Application()
+        app.router.add_post("/v2/models/clf/infer", fake.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        gen = _Generation(ShadowConfig(f"http://127.0.0.1:{port}", "clf", f"refuse-{status}", 100.0, 64), "clf", "1")
+        x = np.ones((1, 4), np.float32)
+        for _ in range(5):
+            gen.queue.put_nowait(({"input": x}, {"logits": 2 * x[:, :3]}))
+        try:
+            for _ in range(200):
+                if gen.disagree._value.get() + gen.failed._value.get() >= 5:
+                    break
+                await asyncio.sleep(0.02)
+            return {k: getattr(gen, k)._value.get() for k in ("sent", "agree", "disagree", "failed")}, fake.calls
+        finally:
+            await gen.close()
+            await runner.cleanup()
+
+    counted, calls = asyncio.run(scenario())
+    assert calls[0] == 5 and sorted(calls[1:]) == [1] * 5  # stacked, refused, then copy by copy
+    if outcome == "disagree":
+        assert counted == {"sent": 5, "agree": 0, "disagree": 5, "failed": 0}
+    else:
+        assert counted == {"sent": 0, "agree": 0, "disagree": 0, "failed": 5}

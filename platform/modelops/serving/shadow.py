@@ -15,7 +15,8 @@ binary extension (the copies that arrive within `LINGER_SECONDS` of a call's fir
 `MAX_COPIES_PER_CALL`, stacked into one call: `shadow_wire`) to the candidate's
 `/v2/models/{model}/infer` (aiohttp; `timeoutMs` per copy over the whole exchange), decode its
 answer, compare (`compare_stacked`: the copies of a call in one pass), and record
-`metrics.SHADOW_*`. A candidate that is down or slow costs only failed or dropped copies.
+`metrics.SHADOW_*`. A candidate that is down or slow costs only failed or dropped copies; one
+that refuses (4xx) a copy the stable answered disagrees with it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ MAX_COPIES_PER_CALL = 32
 # How long a call waits for more copies after its first: a copy is never the client's wait, and
 # at 10% of a few thousand requests a second it gathers a few dozen copies per call.
 LINGER_SECONDS = 0.1
+# A candidate's 4xx to a copy the stable answered is a disagreement (a client would have got it),
+# except these, which say something about the mirror's call, not about the model: failed copies.
+_NOT_THE_MODELS = frozenset({401, 403, 407, 408, 429})
 POLL_SECONDS = 1.0
 LOG_EVERY_SECONDS = 10.0  # disagreements and failures: one log line per this many seconds
 
@@ -224,7 +228,12 @@ class _Generation:
         if status != 200:
             if k > 1:
                 return await self._one_by_one(copies)
-            return self._failed(f"HTTP {status}: {answer[:300].decode('utf-8', 'replace')}")
+            why = f"HTTP {status}: {answer[:300].decode('utf-8', 'replace')}"
+            if 400 <= status < 500 and status not in _NOT_THE_MODELS:
+                # the candidate refuses a request the stable answered: so would it a client's
+                self.sent.inc()
+                return self.record(Comparison("disagree", reason=f"the candidate refused it: {why}"))
+            return self._failed(why)
         try:
             got = decode_answer(answer, answer_headers)
         except ValueError as exc:
