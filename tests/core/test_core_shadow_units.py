@@ -280,6 +280,21 @@ class FakeCandidate:
         self.calls: list[int] = []
         self.refuse_stacked, self.one_row, self.status = refuse_stacked, one_row, status
 
+    async def start(self) -> str:
+        """Serve on a free loopback port; the base URL."""
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_post("/v2/models/clf/infer", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
     async def handle(self, request):
         from aiohttp import web
 
@@ -302,21 +317,13 @@ class FakeCandidate:
 def test_queued_copies_go_in_one_call_and_are_each_compared(refuse_stacked, one_row):
     import asyncio
 
-    from aiohttp import web
-
     from modelops.serving.shadow import MAX_COPIES_PER_CALL, _Generation
 
     async def scenario():
         fake = FakeCandidate(refuse_stacked, one_row)
-        app = web.Application()
-        app.router.add_post("/v2/models/clf/infer", fake.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        url = await fake.start()
         version = f"stack-{refuse_stacked}-{one_row}"
-        gen = _Generation(ShadowConfig(f"http://127.0.0.1:{port}", "clf", version, 100.0, 64), "clf", "1")
+        gen = _Generation(ShadowConfig(url, "clf", version, 100.0, 64), "clf", "1")
         rng = np.random.default_rng(3)
         copies = []
         for i in range(12):  # queued before any worker runs: the first worker takes them together
@@ -336,7 +343,7 @@ def test_queued_copies_go_in_one_call_and_are_each_compared(refuse_stacked, one_
                 gen.failed._value.get()
         finally:
             await gen.close()
-            await runner.cleanup()
+            await fake.close()
 
     calls, agree, disagree, sent, failed = asyncio.run(scenario())
     # each copy judged on its own rows; a candidate that answers one row agrees on 1-row copies only
@@ -356,20 +363,12 @@ def test_a_candidate_refusing_what_the_stable_answered_disagrees(status, outcome
     something about the call: failed copies, never comparisons."""
     import asyncio
 
-    from aiohttp import web
-
     from modelops.serving.shadow import _Generation
 
     async def scenario():
         fake = FakeCandidate(status=status)
-        app = web.Application()
-        app.router.add_post("/v2/models/clf/infer", fake.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        gen = _Generation(ShadowConfig(f"http://127.0.0.1:{port}", "clf", f"refuse-{status}", 100.0, 64), "clf", "1")
+        url = await fake.start()
+        gen = _Generation(ShadowConfig(url, "clf", f"refuse-{status}", 100.0, 64), "clf", "1")
         x = np.ones((1, 4), np.float32)
         for _ in range(5):
             gen.queue.put_nowait(({"input": x}, {"logits": 2 * x[:, :3]}))
@@ -381,7 +380,7 @@ def test_a_candidate_refusing_what_the_stable_answered_disagrees(status, outcome
             return {k: getattr(gen, k)._value.get() for k in ("sent", "agree", "disagree", "failed")}, fake.calls
         finally:
             await gen.close()
-            await runner.cleanup()
+            await fake.close()
 
     counted, calls = asyncio.run(scenario())
     assert calls[0] == 5 and sorted(calls[1:]) == [1] * 5  # stacked, refused, then copy by copy
