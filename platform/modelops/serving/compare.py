@@ -56,6 +56,15 @@ def _numeric(arr: np.ndarray) -> bool:
     return arr.dtype.kind in "fiub"
 
 
+def _finite_differences(s: np.ndarray, c: np.ndarray, rtol: float, atol: float):
+    """Elementwise |s - c|, the relative difference (0 where both are 0) and allclose, of two
+    finite float64 arrays."""
+    diff = np.abs(s - c)
+    scale = np.maximum(np.abs(s), np.abs(c))
+    rel = np.divide(diff, scale, out=np.zeros_like(diff), where=scale > 0)
+    return diff, rel, diff <= atol + rtol * np.abs(c)
+
+
 def differences(s: np.ndarray, c: np.ndarray, rtol: float = 0.0, atol: float = 0.0) -> tuple[float, float, bool]:
     """(max absolute, max relative difference, allclose(rtol, atol)) of two same-shape numeric
     arrays (allclose as numpy's: |s - c| <= atol + rtol * |c|, NaN equal to NaN)."""
@@ -63,10 +72,8 @@ def differences(s: np.ndarray, c: np.ndarray, rtol: float = 0.0, atol: float = 0
     if not s.size:
         return 0.0, 0.0, True
     if np.isfinite(s).all() and np.isfinite(c).all():  # the common case, a few array operations
-        diff = np.abs(s - c)
-        scale = np.maximum(np.abs(s), np.abs(c))
-        rel = np.divide(diff, scale, out=np.zeros_like(diff), where=scale > 0)
-        return float(diff.max()), float(rel.max()), bool((diff <= atol + rtol * np.abs(c)).all())
+        diff, rel, within = _finite_differences(s, c, rtol, atol)
+        return float(diff.max()), float(rel.max()), bool(within.all())
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(s - c)
         both_nan = np.isnan(s) & np.isnan(c)
@@ -80,21 +87,22 @@ def differences(s: np.ndarray, c: np.ndarray, rtol: float = 0.0, atol: float = 0
     return float(diff.max()), float(rel.max()), close
 
 
-def min_cosine(s: np.ndarray, c: np.ndarray) -> float:
-    """The smallest cosine similarity between matching vectors (last axis) of S and C; two zero
-    vectors count as identical (1), a zero vector against another as 0."""
-    s = s.astype(np.float64).reshape(-1, s.shape[-1])
-    c = c.astype(np.float64).reshape(-1, c.shape[-1])
-    if not s.size:
-        return 1.0
+def _cosines(s: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """The cosine similarity of each pair of matching rows of two float64 [n, dim] arrays, in
+    [-1, 1]; two zero vectors count as identical (1), a zero vector against another as 0."""
     ns, nc = np.sqrt((s * s).sum(axis=1)), np.sqrt((c * c).sum(axis=1))
-    if ns.min() > 0 and nc.min() > 0 and np.isfinite(ns).all() and np.isfinite(nc).all():  # the common case
-        return float(min(1.0, max(-1.0, ((s * c).sum(axis=1) / (ns * nc)).min())))
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = (s * c).sum(axis=1) / (ns * nc)
     cos = np.where((ns == 0) & (nc == 0), 1.0, np.where((ns == 0) | (nc == 0), 0.0, cos))
-    cos = np.where(np.isnan(cos), 0.0, cos)
-    return float(np.clip(cos, -1.0, 1.0).min()) if cos.size else 1.0
+    return np.clip(np.where(np.isnan(cos), 0.0, cos), -1.0, 1.0)
+
+
+def min_cosine(s: np.ndarray, c: np.ndarray) -> float:
+    """The smallest cosine similarity between matching vectors (last axis) of S and C (`_cosines`)."""
+    s = s.astype(np.float64).reshape(-1, s.shape[-1])
+    c = c.astype(np.float64).reshape(-1, c.shape[-1])
+    cos = _cosines(s, c) if s.size else np.empty(0)
+    return float(cos.min()) if cos.size else 1.0
 
 
 def _top_class(name: str, arr: np.ndarray) -> np.ndarray:
@@ -147,6 +155,11 @@ def compare(stable: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
             close = close and bool(_labels_equal(s.ravel(), c.ravel()).all())
     if problems:
         return Comparison("disagree", abs_d, rel_d, cos, "; ".join(problems))
+    return _verdict(classifier_agree, close, abs_d, rel_d, cos, rtol, atol)
+
+
+def _verdict(classifier_agree: bool | None, close: bool, abs_d, rel_d, cos, rtol: float, atol: float) -> Comparison:
+    """With classifier outputs, their top classes decide; else allclose of every output."""
     if classifier_agree is not None:
         reason = None if classifier_agree else "top class differs"
         return Comparison("agree" if classifier_agree else "disagree", abs_d, rel_d, cos, reason)
@@ -183,32 +196,15 @@ def compare_stacked(stable: dict[str, np.ndarray], candidate: dict[str, np.ndarr
             same = _top_class(name, s) == _top_class(name, c)
             agree = np.logical_and.reduceat(same, starts)
             cls_agree = agree if cls_agree is None else cls_agree & agree
-        diff = np.abs(s64 - c64)
-        scale = np.maximum(np.abs(s64), np.abs(c64))
-        rel = np.divide(diff, scale, out=np.zeros_like(diff), where=scale > 0)
+        diff, rel, within = _finite_differences(s64, c64, rtol, atol)
         out_abs = np.maximum.reduceat(diff.max(axis=1), starts)
         abs_d, rel_d = np.maximum(abs_d, out_abs), np.maximum(rel_d, np.maximum.reduceat(rel.max(axis=1), starts))
-        close &= np.logical_and.reduceat((diff <= atol + rtol * np.abs(c64)).all(axis=1), starts)
+        close &= np.logical_and.reduceat(within.all(axis=1), starts)
         if _is_vector(name, s):
             dim = s.shape[-1]
-            sv, cv = s64.reshape(-1, dim), c64.reshape(-1, dim)
-            ns, nc = np.sqrt((sv * sv).sum(axis=1)), np.sqrt((cv * cv).sum(axis=1))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                vc = (sv * cv).sum(axis=1) / (ns * nc)
-            vc = np.where((ns == 0) & (nc == 0), 1.0, np.where((ns == 0) | (nc == 0), 0.0, vc))
-            vc = np.clip(np.where(np.isnan(vc), 0.0, vc), -1.0, 1.0)
+            vc = _cosines(s64.reshape(-1, dim), c64.reshape(-1, dim))
             per_copy = np.minimum.reduceat(vc.reshape(total, -1).min(axis=1), starts)
             per_copy = np.where(out_abs == 0, 1.0, per_copy)  # identical vectors: exactly 1, as `compare`
             cos = per_copy if cos is None else np.minimum(cos, per_copy)
-    out = []
-    for i in range(n):
-        a, r, v = float(abs_d[i]), float(rel_d[i]), None if cos is None else float(cos[i])
-        if cls_agree is not None:
-            ok = bool(cls_agree[i])
-            out.append(Comparison("agree" if ok else "disagree", a, r, v, None if ok else "top class differs"))
-        elif close[i]:
-            out.append(Comparison("agree", a, r, v))
-        else:
-            out.append(Comparison("disagree", a, r, v,
-                                  f"outputs differ beyond rtol={rtol:g}, atol={atol:g} (max abs diff {a:.3g})"))
-    return out
+    return [_verdict(None if cls_agree is None else bool(cls_agree[i]), bool(close[i]), float(abs_d[i]),
+                     float(rel_d[i]), None if cos is None else float(cos[i]), rtol, atol) for i in range(n)]

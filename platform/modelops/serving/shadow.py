@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import orjson
 
 from ..errors import InvalidSpec
