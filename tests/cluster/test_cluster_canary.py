@@ -58,7 +58,11 @@ class Fleet:
                       "--http-port", str(port), "--grpc-port", "0", "--max-batch-size", "1", *self.extra(version)],
                      self.work / f"serve-{version}.log")
         url = f"http://127.0.0.1:{port}"
-        eventually(lambda: _ok(f"{url}/v2/health/ready"), timeout=60, what=f"predictor v{version}")
+        try:  # a predictor's start (imports, session) took over 60 s once on a loaded 2-core machine
+            eventually(lambda: _ok(f"{url}/v2/health/ready"), timeout=180, what=f"predictor v{version}")
+        except AssertionError:
+            stop(proc)  # not left running beside the next try's process
+            raise
         self.prometheus.add_target(f"127.0.0.1:{port}", namespace=self.namespace)
         self.prometheus.wait_for_target(f"127.0.0.1:{port}")
         self.servers[version] = (url, proc)
