@@ -356,11 +356,14 @@ def test_queued_copies_go_in_one_call_and_are_each_compared(refuse_stacked, one_
 
 
 @pytest.mark.parametrize("status, outcome", [(400, "disagree"), (404, "disagree"), (413, "disagree"),
-                                             (401, "failed"), (403, "failed"), (429, "failed"), (503, "failed")])
+                                             (500, "disagree"), (501, "disagree"),
+                                             (401, "failed"), (403, "failed"), (429, "failed"), (502, "failed"),
+                                             (503, "failed"), (504, "failed")])
 def test_a_candidate_refusing_what_the_stable_answered_disagrees(status, outcome):
-    """A 4xx to a copy the stable answered is the model's difference (a client would have got
-    it): a disagreement with the reason; auth, timeout and throttling answers and 5xx say
-    something about the call: failed copies, never comparisons."""
+    """A 4xx or a 500 to a copy the stable answered is the model's difference (a client would
+    have got it): a disagreement with the reason; auth, timeout and throttling answers and 502,
+    503 and 504 (down, overloaded, a gateway) say something about the call: failed copies,
+    never comparisons."""
     import asyncio
 
     from modelops.serving.shadow import _Generation

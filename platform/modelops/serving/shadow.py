@@ -15,8 +15,9 @@ binary extension (the copies that arrive within `LINGER_SECONDS` of a call's fir
 `MAX_COPIES_PER_CALL`, stacked into one call: `shadow_wire`) to the candidate's
 `/v2/models/{model}/infer` (aiohttp; `timeoutMs` per copy over the whole exchange), decode its
 answer, compare (`compare_stacked`: the copies of a call in one pass), and record
-`metrics.SHADOW_*`. A candidate that is down or slow costs only failed or dropped copies; one
-that refuses (4xx) a copy the stable answered disagrees with it.
+`metrics.SHADOW_*`. A candidate that is down, overloaded or slow (no answer, 502, 503, 504, a
+timeout) costs only failed or dropped copies; one that refuses (4xx) or fails (500, 501) a copy the
+stable answered disagrees with it: a client would have got that answer.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ LINGER_SECONDS = 0.1
 # A candidate's 4xx to a copy the stable answered is a disagreement (a client would have got it),
 # except these, which say something about the mirror's call, not about the model: failed copies.
 _NOT_THE_MODELS = frozenset({401, 403, 407, 408, 429})
+# Its 500 (the model failed at run time: `InferenceFailed`, or a bug) and 501 are its answer to
+# that input, a disagreement too; 502, 503 and 504 say that it, or the way to it, is down or
+# overloaded: failed copies, never comparisons.
+_ITS_FAILURES = frozenset({500, 501})
 POLL_SECONDS = 1.0
 LOG_EVERY_SECONDS = 10.0  # disagreements and failures: one log line per this many seconds
 
@@ -228,10 +233,11 @@ class _Generation:
             if k > 1:
                 return await self._one_by_one(copies)
             why = f"HTTP {status}: {answer[:300].decode('utf-8', 'replace')}"
-            if 400 <= status < 500 and status not in _NOT_THE_MODELS:
-                # the candidate refuses a request the stable answered: so would it a client's
+            if (400 <= status < 500 and status not in _NOT_THE_MODELS) or status in _ITS_FAILURES:
+                # the candidate refuses or fails a request the stable answered: so would it a client's
                 self.sent.inc()
-                return self.record(Comparison("disagree", reason=f"the candidate refused it: {why}"))
+                verb = "failed" if status >= 500 else "refused"
+                return self.record(Comparison("disagree", reason=f"the candidate {verb} it: {why}"))
             return self._failed(why)
         try:
             got = decode_answer(answer, answer_headers)
