@@ -197,7 +197,7 @@ def test_an_inline_batch_that_fails_fails_only_its_culprit():
 def test_the_literal_scan_says_what_a_substring_search_says(hops):
     import random
 
-    from modelops.serving.codec import _contains
+    from modelops.serving.json_elements import contains as _contains
 
     rng = random.Random(hops)
     for _ in range(3000):
@@ -207,9 +207,67 @@ def test_the_literal_scan_says_what_a_substring_search_says(hops):
 
 
 def test_a_body_full_of_the_first_byte_does_not_make_the_scan_crawl():
-    from modelops.serving.codec import _contains
+    from modelops.serving.json_elements import contains as _contains
 
     body = b'{"inputs": "' + b"t" * 8_000_000 + b'"}'
     t = time.perf_counter()
     assert not _contains(body, b"true") and _contains(body + b"true", b"true")
     assert time.perf_counter() - t < 1.0  # a Python loop over 8M candidates takes seconds
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64", "FP16", "INT8", "UINT8", "INT16", "UINT16", "INT32",
+                                      "UINT32", "INT64", "UINT64"])
+def test_the_struct_path_gives_what_the_exact_path_gives(datatype):
+    """A body without true/false takes `fast_numbers` (struct for most dtypes); it must accept
+    and give bit for bit what the exact element path gives, and refuse what it refuses, with the
+    exact path's message: mixed ints and floats, values at and beyond each range, huge integers,
+    floats for integer types, strings, null, nested lists, -0.0."""
+    import random
+
+    from modelops.errors import InvalidRequest
+    from modelops.serving.json_elements import from_json
+    from modelops.tensors import V2_TO_NUMPY, TensorSpec
+
+    dtype = np.dtype(V2_TO_NUMPY[datatype])
+    spec = TensorSpec("x", dtype, (-1,))
+    rng = random.Random(datatype)
+    if dtype.kind == "f":
+        fi = np.finfo(dtype)
+        edges = [float(fi.max), -float(fi.max), float(fi.max) * 1.0000001, float(fi.max) * 1.01, float(fi.tiny),
+                 float(fi.tiny) / 3, 1e-320, -0.0, 0.0, 3, -7, 2 ** 70, 10 ** 400, 1e300]
+    else:
+        ii = np.iinfo(dtype)
+        edges = [int(ii.max), int(ii.min), int(ii.max) + 1, int(ii.min) - 1, 0, 2 ** 64, -(2 ** 63) - 1, 1.0, 2.5]
+    odd = ["1.5", None, [1], {"a": 1}]
+
+    def element():
+        r = rng.random()
+        if r < 0.15:
+            return rng.choice(edges)
+        if r < 0.17:
+            return rng.choice(odd)
+        if r < 0.6:
+            return rng.uniform(-1e3, 1e3) * 10 ** rng.randint(-30, 30)
+        return rng.randint(-300, 300)
+
+    def outcome(flat, booleans):
+        try:
+            arr = from_json(spec, (len(flat),), flat, "input 'x'", booleans)
+            return "ok", arr.dtype, arr.tobytes()
+        except InvalidRequest as exc:
+            return "refused", str(exc)
+
+    numbers = (float, int) if dtype.kind == "f" else (int,)
+    accepted = 0
+    for _ in range(1500):
+        flat = [element() for _ in range(rng.randint(1, 6))]
+        if rng.random() < 0.5:  # most bodies are numbers of the datatype's kind only
+            flat = [x for x in flat if type(x) in numbers] or [1]
+        try:  # as the predictor gets it: JSON text parsed by orjson (no inf, no NaN; huge ints refused)
+            flat = orjson.loads(json.dumps(flat, allow_nan=False))
+        except (ValueError, orjson.JSONDecodeError):
+            continue
+        exact, fast = outcome(flat, True), outcome(flat, False)
+        assert fast == exact, (flat, fast, exact)
+        accepted += exact[0] == "ok"
+    assert 100 < accepted < 1500  # both outcomes were exercised

@@ -29,16 +29,10 @@ import orjson
 
 from ..errors import InvalidRequest
 from ..tensors import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
+from .json_elements import check_count, contains, from_json, short as _short
 from .signatures import Signature, resolve
 
 BINARY_HEADER = "inference-header-content-length"
-
-_JSON_TYPE = {bool: "a boolean", int: "an integer", float: "a number with a fraction or exponent",
-              str: "a string", type(None): "null", list: "a nested list", dict: "an object"}
-_ALLOWED = {"f": (int, float), "i": (int,), "u": (int,), "b": (bool,), "O": (str,)}
-_TAKES = {"f": "JSON numbers", "i": "JSON integers", "u": "JSON integers", "b": "true/false",
-          "O": "strings"}
-
 
 @dataclass
 class Decoded:
@@ -50,15 +44,6 @@ class Decoded:
     id: str | None = None
     raw: bool = False  # gRPC: the request used raw_input_contents
     kind: str = "tensors"  # the signature it was decoded with: tensors | text | tokens
-
-
-def _short(value) -> str:
-    """A value as JSON (repr when JSON cannot say it), cut short: reasons stay one short line."""
-    try:
-        text = orjson.dumps(value).decode()
-    except TypeError:
-        text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # --- checks shared by every protocol (also codec_grpc's) --------------------------------------------------------------
@@ -97,12 +82,6 @@ def check_shape(spec: TensorSpec, shape) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def check_count(spec: TensorSpec, shape: tuple, count: int) -> None:
-    need = math.prod(shape)
-    if count != need:
-        raise InvalidRequest(f"input '{spec.name}': shape {list(shape)} needs {need} elements, data has {count}")
-
-
 def check_complete(specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> None:
     missing = [s.name for s in specs if s.name not in feeds]
     if missing:
@@ -122,95 +101,6 @@ def requested_outputs(names: list, output_names: list[str]) -> list[str]:
             raise InvalidRequest(f"output '{name}' requested twice")
         seen.add(name)
     return list(names)
-
-
-# --- elements ---------------------------------------------------------------------------------------
-def _flatten(data, where: str) -> list:
-    """A JSON tensor's elements in row-major order: a flat list, or nested lists of equal length."""
-    if not isinstance(data, list):
-        raise InvalidRequest(f"{where}: data must be a list, got {_short(data)}")
-    if not data or type(data[0]) is not list:
-        return data  # flat; a list hiding further on is caught by the element check
-    rows = data
-    while rows and type(rows[0]) is list:
-        width = len(rows[0])
-        if any(type(r) is not list or len(r) != width for r in rows):
-            raise InvalidRequest(f"{where}: data is a ragged nested list")
-        rows = [x for r in rows for x in r]
-    return rows
-
-
-def _bad_element(spec: TensorSpec, flat: list, allowed: tuple) -> InvalidRequest:
-    i, value = next((i, v) for i, v in enumerate(flat) if type(v) not in allowed)
-    return InvalidRequest(f"input '{spec.name}': element {i} is {_JSON_TYPE.get(type(value), type(value).__name__)} "
-                          f"({_short(value)}); {spec.datatype} takes {_TAKES[spec.dtype.kind]}")
-
-
-def out_of_range(spec: TensorSpec, values) -> InvalidRequest:
-    dtype = spec.dtype
-    if dtype.kind == "f":
-        info = np.finfo(dtype)
-        lo, hi = float(info.min), float(info.max)
-    else:
-        info = np.iinfo(dtype)
-        lo, hi = int(info.min), int(info.max)
-    for i, v in enumerate(values):
-        try:
-            inside = lo <= v <= hi and not (isinstance(v, float) and math.isinf(v))
-        except TypeError:
-            inside = False
-        if not inside:
-            return InvalidRequest(f"input '{spec.name}': element {i} ({_short(v)}) is out of the "
-                                  f"{spec.datatype} range [{lo:g}, {hi:g}]" if dtype.kind == "f" else
-                                  f"input '{spec.name}': element {i} ({_short(v)}) is out of the "
-                                  f"{spec.datatype} range [{lo}, {hi}]")
-    return InvalidRequest(f"input '{spec.name}': a value is out of the {spec.datatype} range")
-
-
-def _fast_numbers(spec: TensorSpec, flat: list) -> np.ndarray | None:
-    """The common case at C speed: numbers only (the caller knows the body has no booleans).
-    None when in doubt; the exact path then accepts the same values or says what is wrong."""
-    try:
-        arr = np.array(flat)  # float64 for JSON floats, int64/uint64 for integers; else no decision
-    except (ValueError, OverflowError):
-        return None
-    kind, target = arr.dtype.kind, spec.dtype
-    if arr.ndim != 1:
-        return None
-    if target.kind == "f" and kind == "f":
-        with np.errstate(over="ignore"):
-            out = arr.astype(target)
-        return out if np.isfinite(out).all() else None
-    if target.kind in "iu" and kind in "iu" and arr.size:
-        info = np.iinfo(target)
-        if int(arr.min()) >= info.min and int(arr.max()) <= info.max:
-            return arr.astype(target)
-    return None
-
-
-def _from_json(spec: TensorSpec, shape: tuple, data, where: str, booleans: bool = True) -> np.ndarray:
-    flat = _flatten(data, where)
-    check_count(spec, shape, len(flat))
-    kind = spec.dtype.kind
-    if not booleans and kind in "fiu":
-        arr = _fast_numbers(spec, flat)
-        if arr is not None:
-            return arr.reshape(shape)
-    allowed = _ALLOWED[kind]
-    if not set(map(type, flat)).issubset(allowed):
-        raise _bad_element(spec, flat, allowed)
-    if kind == "O":
-        arr = np.empty(len(flat), dtype=object)
-        arr[:] = flat
-        return arr.reshape(shape)
-    try:
-        with np.errstate(over="ignore"):
-            arr = np.array(flat, dtype=spec.dtype)
-    except OverflowError:
-        raise out_of_range(spec, flat) from None
-    if kind == "f" and not np.isfinite(arr).all():
-        raise out_of_range(spec, flat)
-    return arr.reshape(shape)
 
 
 def strings(items, spec: TensorSpec) -> np.ndarray:
@@ -268,22 +158,6 @@ def _flag(params: dict, key: str, where: str) -> bool:
     return value
 
 
-def _contains(data: bytes, word: bytes, hops: int = 32) -> bool:
-    """`word in data`, for a word whose first byte is rare in DATA (`t`, `f` in a JSON body of
-    numbers: only in its keys): memchr hops between the few candidates. CPython's substring
-    search crawls through number text (~1 byte/ns: 0.35 ms of a 250 kB CNN request); this 7 µs.
-    After `hops` candidates (a body full of that byte) the rest goes to the plain search."""
-    first = word[:1]
-    i = data.find(first)
-    for _ in range(hops):
-        if i == -1:
-            return False
-        if data.startswith(word, i):
-            return True
-        i = data.find(first, i + 1)
-    return i != -1 and data.find(word, i) != -1
-
-
 def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str],
                    json_length: int | None = None, signatures: list[Signature] | None = None) -> Decoded:
     """Decode and validate a V2 REST infer request (JSON, or the binary tensor extension);
@@ -301,7 +175,7 @@ def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str]
     if not isinstance(req, dict):
         raise InvalidRequest("request body must be a JSON object with an 'inputs' list")
     # JSON spells booleans only as `true`/`false`: without those bytes, no element can be one.
-    booleans = _contains(head, b"true") or _contains(head, b"false")
+    booleans = contains(head, b"true") or contains(head, b"false")
     request_id = req.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidRequest(f"id must be a string, got {_short(request_id)}")
@@ -337,7 +211,7 @@ def decode_request(body: bytes, specs: list[TensorSpec], output_names: list[str]
         else:
             if "data" not in item:
                 raise InvalidRequest(f"input '{name}': no 'data'")
-            feeds[name] = _from_json(spec, shape, item["data"], f"input '{name}'", booleans)
+            feeds[name] = from_json(spec, shape, item["data"], f"input '{name}'", booleans)
     if binary is not None and offset != len(binary):
         raise InvalidRequest(f"{len(binary) - offset} unused bytes after the binary inputs")
     check_complete(specs, feeds)
@@ -414,4 +288,4 @@ def decode_v1(body, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
         shape.append(len(level))
         level = level[0] if level else None
     shape = check_shape(spec, shape)
-    return {spec.name: _from_json(spec, shape, body["instances"], "instances")}
+    return {spec.name: from_json(spec, shape, body["instances"], "instances")}

@@ -9,8 +9,8 @@ import numpy as np
 
 from ..errors import InvalidRequest
 from ..tensors import NUMPY_TO_V2, TensorSpec
-from .codec import (Decoded, check_complete, check_count, check_shape, from_bytes, input_spec, out_of_range,
-                    requested_outputs, strings)
+from .codec import Decoded, check_complete, check_shape, from_bytes, input_spec, requested_outputs, strings
+from .json_elements import check_count, out_of_range
 from .signatures import Signature, resolve
 
 # --- gRPC: ModelInferRequest -------------------------------------------------------------------------
