@@ -6,7 +6,8 @@ of ../shared/k8s) and a real MLflow server.
    published (cache hit), one object at a time; p50/p99 over N objects (default 100).
 2. Memory: the operator's RSS once it manages M ModelDeployments (default 1000), all reconciled.
 3. Burst (`--burst N`, first, before 1 and 2): N ModelDeployments of the same registered model
-   version created as fast as the client can (32 concurrent creates); done when every one has
+   version created as fast as the client can (32 concurrent creates; `--burst-rate R`: paced at R
+   per second, the i-th create at i/R s); done when every one has
    its InferenceService and a status the operator wrote for its generation (`observedGeneration`;
    with `--kserve-ready` the benchmark also plays KServe, marking each InferenceService Ready, and
    waits for phase Ready). Reports the rate (N / first create to last done) and create ->
@@ -20,7 +21,7 @@ conversion mode) so its RSS is measured alone; the API server and MLflow run bes
 the create request itself). `--api both` runs the two one after the other, in one invocation.
 
     python scripts/bench_operator.py [--api emulator|real|both] [--latency-objects 100] [--memory-objects 1000]
-                                     [--burst 900 [--kserve-ready]]
+                                     [--burst 900 [--burst-rate 50] [--kserve-ready]]
 
 `--api real` starts the control plane in $MODELOPS_K8S_DIR (default: a fresh temp dir) on port
 $MODELOPS_K8S_PORT (default 6543), and stops it afterwards if it started it.
@@ -345,7 +346,8 @@ def quantiles(values: list[float]) -> dict:
 
 
 async def run_burst(args, api, model: str, version: str) -> dict:
-    """Create `args.burst` ModelDeployments at once; wait until each is fully reconciled."""
+    """Create `args.burst` ModelDeployments at once (`--burst-rate R`: the i-th at i/R seconds);
+    wait until each is fully reconciled."""
     n = args.burst
     names = [f"burst-{i:04d}" for i in range(n)]
     created: dict[str, float] = {}
@@ -353,7 +355,9 @@ async def run_burst(args, api, model: str, version: str) -> dict:
     done_map = api.md_ready if args.kserve_ready else api.md_observed
     sem = asyncio.Semaphore(32)
 
-    async def create(name: str) -> None:
+    async def create(i: int, name: str) -> None:
+        if args.burst_rate:
+            await asyncio.sleep(max(0.0, started + i / args.burst_rate - time.perf_counter()))
         async with sem:
             await api.create(md(name, model, version))
             created[name] = time.perf_counter()
@@ -365,7 +369,7 @@ async def run_burst(args, api, model: str, version: str) -> dict:
         await api.mark_ready(name)
 
     started = time.perf_counter()
-    await asyncio.gather(*(create(name) for name in names))
+    await asyncio.gather(*(create(i, name) for i, name in enumerate(names)))
     created_s = time.perf_counter() - started
     try:
         await wait_for(lambda: all(x in api.isvc_created and x in done_map for x in names), timeout=600)
@@ -373,7 +377,7 @@ async def run_burst(args, api, model: str, version: str) -> dict:
         missing = [x for x in names if x not in api.isvc_created or x not in done_map]
         raise TimeoutError(f"burst: {len(missing)} of {n} not reconciled after 600 s, e.g. {missing[:3]}")
     last = max(max(api.isvc_created[x], done_map[x]) for x in names)
-    out = {"objects": n, "create_s": round(created_s, 2), "reconciled_s": round(last - started, 2),
+    out = {"objects": n, "burst_rate": args.burst_rate or None, "create_s": round(created_s, 2), "reconciled_s": round(last - started, 2),
            "per_second": round(n / (last - started), 1),
            "create_to_isvc_ms": quantiles([(api.isvc_created[x] - created[x]) * 1000 for x in names]),
            "create_to_observed_ms": quantiles([(api.md_observed[x] - created[x]) * 1000 for x in names])}
@@ -406,6 +410,8 @@ def main() -> int:
     ap.add_argument("--memory-objects", type=int, default=1000)
     ap.add_argument("--burst", type=int, default=0, metavar="N",
                     help="first create N ModelDeployments at once and time their reconciliation")
+    ap.add_argument("--burst-rate", type=float, default=0, metavar="R",
+                    help="create the burst's objects at R per second (default 0: as fast as the client can)")
     ap.add_argument("--kserve-ready", action="store_true",
                     help="with --burst: play KServe (mark each InferenceService Ready), wait for phase Ready")
     ap.add_argument("--operator-profile", metavar="FILE",

@@ -21,6 +21,10 @@ class OperatorConfig:
     # not once per object); at most a tenth of resolve_interval (`resolve_max_age`).
     resolve_cache: float = 1.0
     pass_workers: int = 16  # reconcile passes in flight at once (threads; they mostly wait on I/O)
+    # Kopf's batching: how long an object's worker waits for more events before a pass (Kopf's
+    # default 0.1 s), and how many objects' workers run at once (None: Kopf's default, unlimited).
+    batch_window: float = 0.1
+    worker_limit: int | None = None
     storage_rewrites: tuple[tuple[str, str], ...] = ()  # (artifact URI prefix, KServe URI prefix)
     runtime: str = DEFAULT_RUNTIME
     converter_image: str = DEFAULT_CONVERTER_IMAGE

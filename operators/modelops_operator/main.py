@@ -49,6 +49,10 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
                          "old (default 1; at most a tenth of --resolve-interval; 0: every pass asks)")
     ap.add_argument("--workers", type=int, default=int(env.get("MODELOPS_OPERATOR_WORKERS", "16")),
                     help="reconcile passes in flight at once (threads; default 16)")
+    ap.add_argument("--batch-window", type=float, default=float(env.get("MODELOPS_OPERATOR_BATCH_WINDOW", "0.1")),
+                    help="Kopf: seconds an object's worker waits for more of its events before a pass (default 0.1)")
+    ap.add_argument("--worker-limit", type=int, default=int(env.get("MODELOPS_OPERATOR_WORKER_LIMIT", "0")),
+                    help="Kopf: objects handled at once (default 0: no limit)")
     ap.add_argument("--tracking-uri", default=OperatorConfig.env_tracking_uri(),
                     help="default MLflow tracking URI (env MODELOPS_MLFLOW_TRACKING_URI)")
     ap.add_argument("--storage-uri-rewrite", action="append",
@@ -84,6 +88,8 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
         ap.error("--workers must be >= 1")
     if args.resolve_cache < 0:
         ap.error("--resolve-cache must be >= 0")
+    if args.batch_window < 0 or args.worker_limit < 0:
+        ap.error("--batch-window and --worker-limit must be >= 0")
     try:
         election = leader.settings_from_args(args)
         if args.metrics_address:
@@ -99,7 +105,7 @@ def parse_args(argv: Sequence[str] | None) -> OperatorConfig:
     return OperatorConfig(
         tracking_uri=args.tracking_uri, namespaces=tuple(args.namespace),
         conversion=args.conversion, resolve_interval=args.resolve_interval, resolve_cache=args.resolve_cache,
-        pass_workers=args.workers,
+        pass_workers=args.workers, batch_window=args.batch_window, worker_limit=args.worker_limit or None,
         storage_rewrites=rewrites, runtime=args.runtime, converter_image=args.converter_image,
         converter_service_account=args.converter_service_account, api_url=args.api_url,
         prometheus_url=args.prometheus_url, rollout_tick=args.rollout_tick,
@@ -132,7 +138,7 @@ async def serve(config: OperatorConfig, *, stop_flag: asyncio.Event | threading.
                 registry_factory=None, built=None) -> None:
     registry, reconciler = built or build(config, registry_factory=registry_factory)
     settings = kopf.OperatorSettings()
-    handlers.configure_settings(settings)
+    handlers.configure_settings(settings, config)
     try:
         await kopf.operator(
             registry=registry, settings=settings, standalone=True,

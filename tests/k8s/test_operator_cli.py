@@ -27,8 +27,22 @@ def test_flags():
     assert parse_args(["--all-namespaces"]).namespaces == ()
 
 
+def test_kopf_batching_from_flags_and_environment(monkeypatch):
+    import kopf
+
+    from modelops_operator.handlers import configure_settings
+
+    settings = kopf.OperatorSettings()
+    configure_settings(settings, parse_args([]))  # Kopf's own defaults: 0.1 s, no limit
+    assert settings.batching.batch_window == 0.1 and settings.batching.worker_limit is None
+    monkeypatch.setenv("MODELOPS_OPERATOR_BATCH_WINDOW", "0.02")
+    configure_settings(settings, parse_args(["--worker-limit", "64"]))
+    assert settings.batching.batch_window == 0.02 and settings.batching.worker_limit == 64
+
+
 @pytest.mark.parametrize("argv", [["--namespace", "a", "--all-namespaces"], ["--conversion", "magic"],
-                                  ["--resolve-interval", "0"], ["--storage-uri-rewrite", "nonsense"]])
+                                  ["--resolve-interval", "0"], ["--storage-uri-rewrite", "nonsense"],
+                                  ["--batch-window", "-1"], ["--worker-limit", "-2"]])
 def test_bad_flags_exit_with_usage(argv):
     with pytest.raises(SystemExit) as info:
         parse_args(argv)
