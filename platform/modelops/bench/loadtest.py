@@ -61,7 +61,7 @@ async def fetch_metadata(url: str, model: str, timeout: float = 10.0, headers: d
 
 
 def _words(rng: random.Random) -> str:
-    from ..demo.text_models import WORDS
+    from ..words import WORDS
 
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 24)))
 

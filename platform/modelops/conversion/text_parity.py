@@ -21,7 +21,7 @@ ANSWER_OF = {"text-classification": "scores"}
 
 def text_samples(count: int, seed: int, max_length: int) -> list[str]:
     """Edge cases, short and medium seeded texts, and (about a sixth) texts over the token limit."""
-    from ..demo.text_models import seeded_texts
+    from ..words import seeded_texts
 
     n = max(count - len(EDGE_TEXTS), 3)
     over = max(n // 6, 1)

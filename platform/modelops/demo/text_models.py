@@ -7,14 +7,11 @@ Needs the `transformers` extra (torch, transformers, sentence-transformers).
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
+from ..words import NEGATIVE, POSITIVE, WORDS, seeded_texts  # noqa: F401  (seeded_texts: for its users)
+
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-POSITIVE = ["good", "great", "fine", "love", "best"]
-NEGATIVE = ["bad", "awful", "poor", "hate", "worst"]
-FILLER = ["the", "a", "movie", "is", "was", "it", "and", "not", "very", "story"]
-WORDS = POSITIVE + NEGATIVE + FILLER + [f"w{i}" for i in range(60)]
 LABELS = ("negative", "neutral", "positive")
 PIP_REQUIREMENTS = ["torch==2.13.0", "transformers", "tokenizers"]
 
@@ -44,11 +41,6 @@ def build_tokenizer(max_length: int = 64):
     tok = BertTokenizerFast(vocab=vocabulary(), model_max_length=max_length)
     assert len(tok) == len(SPECIAL) + len(WORDS), len(tok)
     return tok
-
-
-def seeded_texts(n: int, seed: int = 0, min_words: int = 1, max_words: int = 40) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) for _ in range(n)]
 
 
 def synthetic_label(text: str) -> int:
