@@ -6,7 +6,7 @@ the gRPC `ModelInferRequest` (`codec_grpc`) and KServe v1 `instances` are each c
 elements and requested outputs. Every violation is an `InvalidRequest` whose one-line message
 names the field; nothing a client sends reaches onnxruntime unchecked.
 
-Element policy (strict, the same for REST and gRPC):
+Element policy (strict, the same for REST and gRPC; JSON elements: `json_elements`):
 - FP16/FP32/FP64 take JSON numbers; a number outside the datatype's finite range (1e39 as
   FP32) is refused, not turned into inf. Typed values (binary extension, gRPC contents) are
   taken bit for bit, NaN and inf included: that is how a client sends a missing value.
