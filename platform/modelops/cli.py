@@ -311,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--timeout", type=float, default=60.0, help="seconds before SIGKILL")
         q.set_defaults(fn=fn)
 
-    d = sub.add_parser("demo", help="a canary promoted; erroring, wrong, slow and incompatible versions stopped; "
-                                    "end to end on this machine")
+    d = sub.add_parser("demo", help="a canary promoted; an erroring and a silently wrong version rolled back in "
+                                    "shadow, a slow one stopped by its performance gate; end to end on this machine")
     d.add_argument("--work-dir", default=".modelops/demo")
     d.add_argument("--interval", default="3s", help="the canary's analysis interval (short for the demo)")
     d.add_argument("--port", type=int, default=0, help="the router's port (default: a free one)")
