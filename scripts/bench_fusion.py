@@ -89,7 +89,7 @@ def op_counts(path: Path) -> dict:
 def measure(args) -> None:
     import onnxruntime as ort
 
-    from modelops.demo.text_models import WORDS, seeded_texts
+    from modelops.words import WORDS, seeded_texts
     from modelops.text import TextFrontend
 
     root = Path(args.dir)

@@ -377,7 +377,8 @@ async def run_burst(args, api, model: str, version: str) -> dict:
         missing = [x for x in names if x not in api.isvc_created or x not in done_map]
         raise TimeoutError(f"burst: {len(missing)} of {n} not reconciled after 600 s, e.g. {missing[:3]}")
     last = max(max(api.isvc_created[x], done_map[x]) for x in names)
-    out = {"objects": n, "burst_rate": args.burst_rate or None, "create_s": round(created_s, 2), "reconciled_s": round(last - started, 2),
+    out = {"objects": n, "burst_rate": args.burst_rate or None, "create_s": round(created_s, 2),
+           "reconciled_s": round(last - started, 2),
            "per_second": round(n / (last - started), 1),
            "create_to_isvc_ms": quantiles([(api.isvc_created[x] - created[x]) * 1000 for x in names]),
            "create_to_observed_ms": quantiles([(api.md_observed[x] - created[x]) * 1000 for x in names])}

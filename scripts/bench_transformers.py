@@ -60,7 +60,7 @@ MLSERVER_VENV = Path(os.environ.get("MLSERVER_VENV", "/work/mlserver-venv"))
 
 def texts_of(tokens: int, n: int, seed: int) -> list[str]:
     """Texts of exactly `tokens` tokens ([CLS] and [SEP] included): every word is one token."""
-    from modelops.demo.text_models import WORDS
+    from modelops.words import WORDS
 
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(tokens - 2)) for _ in range(n)]
@@ -130,7 +130,7 @@ def agreement(onnx_dirs: dict[str, Path], n: int = 200) -> dict:
     """Top-label agreement of int8 with fp32 on seeded texts (in process, the served path)."""
     import onnxruntime as ort
 
-    from modelops.demo.text_models import seeded_texts
+    from modelops.words import seeded_texts
     from modelops.text import TextFrontend
 
     texts = seeded_texts(n, seed=99)

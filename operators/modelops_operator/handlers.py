@@ -37,7 +37,7 @@ from .reconciler import Reconciler
 log = logging.getLogger("modelops.operator")
 
 
-def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig | None = None) -> None:
+def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     # Handler progress in annotations: the CRD's structural schema would prune status.kopf.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelops.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -49,9 +49,8 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig |
     settings.execution.max_workers = 16  # Kopf's own executor (sync handlers; ours are async)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    if config is not None:
-        settings.batching.batch_window = config.batch_window
-        settings.batching.worker_limit = config.worker_limit
+    settings.batching.batch_window = config.batch_window
+    settings.batching.worker_limit = config.worker_limit
 
 
 def post_events(body: dict, events) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from modelops.conversion import ConversionOptions, convert_model_dir, fusion, transforms
 from modelops.demo import text_models
+from modelops.words import seeded_texts
 from modelops.serving.onnx_model import OnnxModel
 
 pytest.importorskip("transformers")
@@ -23,7 +24,7 @@ pytest.importorskip("sentence_transformers")
 
 TINY_LAYERS = text_models.SHAPES["tiny"][0]
 TEXTS = ["", "good great best", "awful worst bad movie", "Hello, World! THE movie was GOOD?? 😀",
-         *text_models.seeded_texts(12, seed=5, max_words=40)]
+         *seeded_texts(12, seed=5, max_words=40)]
 
 
 def ops(out: Path) -> list[tuple[str, str]]:

@@ -19,15 +19,16 @@ import yaml
 from modelops import errors
 from modelops.conversion import ConversionOptions, convert_model_dir
 from modelops.demo import text_models
+from modelops.words import seeded_texts
 from modelops.text import TextConfig, TextFrontend, is_text_model
 
 pytest.importorskip("transformers")
 pytest.importorskip("sentence_transformers")
 
 MAX_ERR = 1e-4
-LONG = text_models.seeded_texts(1, seed=7, min_words=300, max_words=300)[0]
+LONG = seeded_texts(1, seed=7, min_words=300, max_words=300)[0]
 TEXTS = ["", LONG, "good great best", "awful worst bad movie", "Hello, World! THE movie was GOOD?? 😀",
-         *text_models.seeded_texts(9, seed=3, max_words=30)]
+         *seeded_texts(9, seed=3, max_words=30)]
 
 
 def report_of(out: Path) -> dict:

@@ -24,7 +24,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
 import text_artifacts as ta
-from modelops.demo.text_models import WORDS, seeded_texts
+from modelops.words import WORDS, seeded_texts
 from modelops.serving.batching import BatchingConfig, DynamicBatcher, SequenceAxes
 from test_core_serving import Predictor, metric_value
 

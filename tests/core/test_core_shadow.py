@@ -357,7 +357,7 @@ def text_pair(tmp_path_factory, logs):
 
 @pytest.mark.filterwarnings("ignore")
 def test_text_model_bytes_requests_are_mirrored_and_agree(text_pair, tmp_path):
-    from modelops.demo.text_models import seeded_texts
+    from modelops.words import seeded_texts
 
     stable, candidate, config = text_pair
     texts = seeded_texts(6, seed=5)

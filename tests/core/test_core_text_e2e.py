@@ -40,7 +40,8 @@ def fetch_like_kserve(url: str, dest: Path) -> Path:
 def test_a_registered_text_classifier_is_published_fetched_and_served_text_in(tracking_uri, registry, tmp_path):
     import mlflow.transformers
 
-    from modelops.demo.text_models import register_text_classifier, seeded_texts
+    from modelops.demo.text_models import register_text_classifier
+    from modelops.words import seeded_texts
 
     name = f"text-clf-{uuid.uuid4().hex[:6]}"
     version = register_text_classifier(tracking_uri, name, seed=3)

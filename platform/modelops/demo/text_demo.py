@@ -40,7 +40,7 @@ class TextTraffic:
     def _run(self, seed: int) -> None:
         import httpx
 
-        from .text_models import seeded_texts
+        from ..words import seeded_texts
 
         texts = seeded_texts(50, seed=100 + seed, max_words=30)
         with httpx.Client(timeout=30) as http:

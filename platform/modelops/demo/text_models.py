@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..words import NEGATIVE, POSITIVE, WORDS, seeded_texts  # noqa: F401  (seeded_texts: for its users)
+from ..words import NEGATIVE, POSITIVE, WORDS, seeded_texts
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 LABELS = ("negative", "neutral", "positive")

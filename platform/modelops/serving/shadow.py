@@ -49,15 +49,18 @@ MAX_COPIES_PER_CALL = 32
 # How long a call waits for more copies after its first: a copy is never the client's wait, and
 # at 10% of a few thousand requests a second it gathers a few dozen copies per call.
 LINGER_SECONDS = 0.1
-# A candidate's 4xx to a copy the stable answered is a disagreement (a client would have got it),
-# except these, which say something about the mirror's call, not about the model: failed copies.
+# 401, 403, 407, 408 and 429 say something about the mirror's call, not about the model.
 _NOT_THE_MODELS = frozenset({401, 403, 407, 408, 429})
-# Its 500 (the model failed at run time: `InferenceFailed`, or a bug) and 501 are its answer to
-# that input, a disagreement too; 502, 503 and 504 say that it, or the way to it, is down or
-# overloaded: failed copies, never comparisons.
-_ITS_FAILURES = frozenset({500, 501})
 POLL_SECONDS = 1.0
 LOG_EVERY_SECONDS = 10.0  # disagreements and failures: one log line per this many seconds
+
+
+def models_answer(status: int) -> bool:
+    """Whether a candidate's non-200 STATUS to a copy the stable answered is the model's answer to
+    that input (a client would have got it: a disagreement): a 4xx, except `_NOT_THE_MODELS`,
+    and a 500 or 501 (the model failed at run time, `InferenceFailed`, or a bug). 502, 503 and
+    504 say that it, or the way to it, is down or overloaded: failed copies, never comparisons."""
+    return (400 <= status < 500 and status not in _NOT_THE_MODELS) or status in (500, 501)
 
 
 # --- configuration ------------------------------------------------------------------------------------
@@ -233,8 +236,7 @@ class _Generation:
             if k > 1:
                 return await self._one_by_one(copies)
             why = f"HTTP {status}: {answer[:300].decode('utf-8', 'replace')}"
-            if (400 <= status < 500 and status not in _NOT_THE_MODELS) or status in _ITS_FAILURES:
-                # the candidate refuses or fails a request the stable answered: so would it a client's
+            if models_answer(status):
                 self.sent.inc()
                 verb = "failed" if status >= 500 else "refused"
                 return self.record(Comparison("disagree", reason=f"the candidate {verb} it: {why}"))
