@@ -4,6 +4,9 @@
 For a PyTorch MLP (64 -> 256 -> 256 -> 10) and a CNN (five conv-BN-ReLU blocks on 3x64x64;
 scripts/bench_models.py) registered in a local MLflow server, compares:
   modelops     our predictor (`modelops serve` on the converted ONNX)
+  modelops-binary  the same, the input sent in the V2 binary tensor extension (a JSON header,
+               then the tensor's raw bytes: what a client of image-sized tensors sends)
+  kserve-onnx-binary  kserve-onnx, the same binary requests
   kserve-onnx  a plain kserve.ModelServer wrapping the same onnxruntime session
   kserve-torch a plain kserve.ModelServer running the original PyTorch model
   mlflow       `mlflow models serve` for the same MLflow model version
@@ -70,6 +73,14 @@ def start(cmd: list[str], ready_url: str, log: Path, env=None) -> subprocess.Pop
 def v2_body(x: np.ndarray) -> bytes:
     return json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
                                    "data": x.ravel().tolist()}]}).encode()
+
+
+def v2_binary(x: np.ndarray) -> tuple[bytes, dict]:
+    """A V2 request in the binary tensor extension: (body, headers)."""
+    header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                     "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    return header + x.tobytes(), {"inference-header-content-length": str(len(header)),
+                                  "content-type": "application/octet-stream"}
 
 
 def measure(name: str, url: str, body: bytes, duration: float, headers: dict | None = None) -> dict:
@@ -155,8 +166,10 @@ def bench_model(label: str, register, shape, tracking: str, work: Path, duration
     port = free_port()  # each server gets a fresh port below; this one is a placeholder
     ours = [PY, "-m", "modelops.cli", "serve", str(onnx_dir), "--name", label, "--http-port", str(port),
             "--grpc-port", "0"]
-    servers = {"modelops": (ours, f"/v2/models/{label}/infer", body, {})}
-    headers: dict[str, dict] = {}
+    binary, binary_headers = v2_binary(x)
+    servers = {"modelops": (ours, f"/v2/models/{label}/infer", body, {}),
+               "modelops-binary": (ours, f"/v2/models/{label}/infer", binary, {})}
+    headers: dict[str, dict] = {"modelops-binary": binary_headers, "kserve-onnx-binary": binary_headers}
     if auth_kubeconfig:
         flags, headers["modelops+auth"] = kube_auth(auth_kubeconfig, work, label)
         headers["modelops+auth-noaudit"] = headers["modelops+auth"]
@@ -165,6 +178,8 @@ def bench_model(label: str, register, shape, tracking: str, work: Path, duration
     servers |= {
         "kserve-onnx": ([PY, "-m", "modelops.bench.baselines", "kserve-onnx", str(onnx_dir),
                          "--name", label, "--port", str(port)], f"/v2/models/{label}/infer", body, {}),
+        "kserve-onnx-binary": ([PY, "-m", "modelops.bench.baselines", "kserve-onnx", str(onnx_dir),
+                                "--name", label, "--port", str(port)], f"/v2/models/{label}/infer", binary, {}),
         "kserve-torch": ([PY, "-m", "modelops.bench.baselines", "kserve-torch", str(src_dir),
                           "--name", label, "--port", str(port)], f"/v2/models/{label}/infer", body, {}),
         "mlflow": ([PY, "-m", "mlflow", "models", "serve", "-m", f"models:/{label}/{version}",
@@ -316,7 +331,7 @@ def shadow_cost(label: str, onnx_dir: Path, body: bytes, work: Path, duration: f
 
 def table(all_results: dict) -> str:
     lines = ["| model | server | c=1 req/s | c=1 p50 ms | c=1 p99 ms | c=16 req/s | c=16 p50 ms | c=16 p99 ms "
-             "| c=16 vs mlflow | c=16 vs kserve-onnx |",
+             "| c=16 vs mlflow | c=16 vs kserve-onnx (-binary) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for model, res in all_results.items():
         res = {k: v for k, v in res.items() if k not in ("auth-cost", "shadow-cost")}
@@ -328,12 +343,20 @@ def table(all_results: dict) -> str:
                 lines.append(f"| {model} | {name} (calls/s) | {c1['rps']:.0f} | {c1['p50_ms']:.3f} | "
                              f"{c1['p99_ms']:.3f} | | | | | |")
                 continue
-            vs_base = f"{c16['rps'] / base:.2f}x" if base else ""
-            vs_plain = f"{c16['rps'] / plain:.2f}x" if plain else ""
+            # Binary requests against the plain server's binary requests (mlflow has no binary form).
+            binary = name.endswith("-binary")
+            ref = res.get("kserve-onnx-binary", {}).get(16, {}).get("rps") if binary else plain
+            vs_base = f"{c16['rps'] / base:.2f}x" if base and not binary else ""
+            vs_plain = f"{c16['rps'] / ref:.2f}x" if ref else ""
             lines.append(f"| {model} | {name} | {c1['rps']:.0f} | {c1['p50_ms']:.2f} | {c1['p99_ms']:.2f} | "
                          f"{c16['rps']:.0f} | {c16['p50_ms']:.2f} | {c16['p99_ms']:.2f} | "
                          f"{vs_base} | {vs_plain} |")
     for model, res in all_results.items():
+        inproc_rps = res.get("ort-inproc", {}).get(1, {}).get("rps")
+        for name in ("modelops", "modelops-binary"):
+            if inproc_rps and name in res:
+                lines.append(f"\n{model}: {name} at c=16 = {res[name][16]['rps'] / inproc_rps:.0%} of in-process "
+                             f"onnxruntime batch-1 calls/s ({inproc_rps:.0f})")
         for name in ("modelops+auth", "modelops+auth-noaudit"):
             if name in res.get("auth-cost", {}):
                 ratio = res["auth-cost"][name]
