@@ -29,7 +29,7 @@ import httpx
 
 from fake_world import INTERFACE, FakeMlflow, FakePlatform, FakeStore, World, at
 
-from modelops.deployment.plan import Served
+from modelops.deployment.facts import Served
 from modelops.deployment.spec import parse_spec
 from modelops.rollout.actions import ABORT_ANNOTATION, PROMOTE_ANNOTATION
 from modelops.rollout.driver import AnalysisScope, Facts, tick
@@ -322,7 +322,7 @@ class KServeAdapter:
         return RolloutState.from_status((self._md().get("status") or {}).get("canary"))
 
     def tick(self, state, spec, facts, provider, now, history):
-        from modelops.deployment.plan import Inputs
+        from modelops.deployment.facts import Inputs
         from modelops.rollout.state import format_time
         from modelops_operator import rollout
 

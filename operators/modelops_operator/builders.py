@@ -11,7 +11,7 @@ import hashlib
 import re
 
 from modelops.deployment import API_VERSION, KIND
-from modelops.deployment.plan import Served
+from modelops.deployment.facts import Served
 from modelops.deployment.spec import DeploymentSpec
 
 from .config import DEFAULT_RUNTIME

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from modelops import errors
-from modelops.deployment.plan import Served
+from modelops.deployment.facts import Served
 from modelops.deployment.spec import DeploymentSpec
 from modelops.deployment import storage
 from modelops.deployment.storage import storage_location

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Callable
 
 from modelops import errors
-from modelops.deployment.plan import Served, ServiceObservation
+from modelops.deployment.facts import Served, ServiceObservation
 from modelops.rollout.state import RolloutState, Traffic
 
 from . import diffing

@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from modelops import errors
-from modelops.deployment.plan import (ApplyService, Convert, Event, Failure, Inputs, Plan, Served,
-                                      ServiceObservation, now_rfc3339, plan, plan_invalid, plan_rollout)
+from modelops.deployment.facts import ApplyService, Convert, Event, Failure, Inputs, Plan, Served, ServiceObservation
+from modelops.deployment.plan import now_rfc3339, plan, plan_invalid, plan_rollout
 from modelops.deployment.spec import DeploymentSpec, parse_spec
 from modelops.resolve_cache import ResolveCache
 

@@ -26,7 +26,7 @@ import yaml
 
 from modelops import errors
 from modelops.deployment import API_VERSION, KIND
-from modelops.deployment.plan import Served
+from modelops.deployment.facts import Served
 from modelops.deployment.spec import DeploymentSpec, parse_spec
 from modelops.deployment.storage import parse_rewrites, storage_uri
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from modelops.deployment.plan import Served, ServiceObservation
+from modelops.deployment.facts import Served, ServiceObservation
 from modelops.deployment.spec import DeploymentSpec
 from modelops.rollout import analysis as analysis_mod
 from modelops.rollout.driver import AnalysisScope, Facts, tick

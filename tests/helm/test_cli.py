@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from modelops.deployment.plan import Served
+from modelops.deployment.facts import Served
 from modelops.deployment.spec import parse_spec
 from modelops_operator import builders
 from modelops_operator.status_view import Snapshot, format_status

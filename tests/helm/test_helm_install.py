@@ -17,7 +17,7 @@ import yaml
 from modelops.deployment.spec import parse_spec
 from modelops_operator import builders
 from modelops_operator.builders import build_inference_service
-from modelops.deployment.plan import Served
+from modelops.deployment.facts import Served
 
 from .conftest import CHART, CRD_NAME, RUNTIME_NAME, example_values
 

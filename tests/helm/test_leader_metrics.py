@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from modelops.deployment.plan import Failure
+from modelops.deployment.facts import Failure
 from modelops_operator import leader, metrics
 
 FAST = dict(lease_duration=4, renew_deadline=3, retry_period=1)

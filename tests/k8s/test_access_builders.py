@@ -6,7 +6,7 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from modelops.deployment.plan import Served
+from modelops.deployment.facts import Served
 from modelops.deployment.spec import parse_spec
 from modelops.errors import InvalidSpec
 from modelops_operator import access, builders

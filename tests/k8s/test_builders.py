@@ -5,7 +5,7 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from modelops.deployment.plan import Served
+from modelops.deployment.facts import Served
 from modelops.deployment.spec import parse_spec
 from modelops.deployment.storage import (StorageLocation, UnsupportedArtifactStore, parse_rewrites,
                                         storage_location, storage_uri)

@@ -304,7 +304,8 @@ def test_status_canary_schema_matches_the_engine_state(md_schema):
 
 def test_every_status_field_the_operator_writes_is_in_the_schema():
     """The API server silently prunes unknown status fields: a canary's state must survive."""
-    from modelops.deployment.plan import Inputs, Served, ServiceObservation, plan_rollout
+    from modelops.deployment.facts import Inputs, Served, ServiceObservation
+    from modelops.deployment.plan import plan_rollout
 
     served = Served("1", "s3://m/1", "s3://m/1", "a" * 64, "x")
     canary = Served("2", "s3://m/2", "s3://m/2", "b" * 64, "x")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from modelops import errors
-from modelops.deployment.plan import (ApplyService, Convert, Failure, Inputs, Served,
-                                      ServiceObservation, plan, plan_invalid)
+from modelops.deployment.facts import ApplyService, Convert, Failure, Inputs, Served, ServiceObservation
+from modelops.deployment.plan import plan, plan_invalid
 from modelops.deployment.spec import parse_spec
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"

@@ -9,7 +9,7 @@ import json
 import kubernetes_validate
 import pytest
 
-from modelops.deployment.plan import Served
+from modelops.deployment.facts import Served
 from modelops.deployment.spec import parse_spec
 from modelops.rollout.actions import LoadTest
 from modelops.rollout.shadow import Mirror
