@@ -156,7 +156,7 @@ async def run_burst(args, api, model: str, version: str) -> dict:
         await wait_for(lambda: name in api.isvc_created, timeout=600)
         await api.mark_ready(name)
 
-    before = api.request_counts() if hasattr(api, "request_counts") else None
+    before = api.request_counts()
     started = time.perf_counter()
     await asyncio.gather(*(create(i, name) for i, name in enumerate(names)))
     created_s = time.perf_counter() - started

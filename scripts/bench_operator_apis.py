@@ -115,6 +115,9 @@ class EmulatorBackend:
     def play_kserve(self, enabled: bool) -> None:
         self.kserve = enabled
 
+    def request_counts(self) -> None:  # kmock keeps no counts (the benchmark drops its history)
+        return None
+
     async def mark_ready(self, name: str) -> None:
         isvc = self.api.get(ISVC, "bench", name)
         r = await self.client.patch(f"/apis/serving.kserve.io/v1beta1/namespaces/bench/inferenceservices/{name}/status",
@@ -207,16 +210,19 @@ class RealBackend:
     def request_counts(self) -> dict[str, float]:
         """The API server's own count of the requests it served so far, by verb and resource
         (`apiserver_request_total`), so a burst can say how many requests each object cost."""
-        text = self.cp.kubectl("get", "--raw", "/metrics").stdout
+        from prometheus_client.parser import text_string_to_metric_families
+
         counts: dict[str, float] = {}
-        for line in text.splitlines():
-            if not line.startswith("apiserver_request_total{"):
+        for family in text_string_to_metric_families(self.cp.kubectl("get", "--raw", "/metrics").stdout):
+            if family.name != "apiserver_request":
                 continue
-            labels, value = line[len("apiserver_request_total{"):].rsplit("} ", 1)
-            kv = dict(part.split("=", 1) for part in labels.split('",') if "=" in part)
-            get = lambda k: kv.get(k, "").strip('"')  # noqa: E731
-            key = f"{get('verb')} {get('resource')}" + (f"/{get('subresource')}" if get("subresource") else "")
-            counts[key] = counts.get(key, 0.0) + float(value)
+            for sample in family.samples:
+                if sample.name != "apiserver_request_total":
+                    continue
+                labels = sample.labels
+                key = f"{labels.get('verb', '')} {labels.get('resource', '')}" + (
+                    f"/{labels['subresource']}" if labels.get("subresource") else "")
+                counts[key] = counts.get(key, 0.0) + sample.value
         return counts
 
     async def __aexit__(self, *exc):

@@ -175,11 +175,10 @@ def bench_model(label: str, register, shape, tracking: str, work: Path, duration
         headers["modelops+auth-noaudit"] = headers["modelops+auth"]
         servers["modelops+auth"] = ([*ours, *flags], f"/v2/models/{label}/infer", body, {})
         servers["modelops+auth-noaudit"] = ([*ours, *flags, "--audit", "off"], f"/v2/models/{label}/infer", body, {})
+    plain = [PY, "-m", "modelops.bench.baselines", "kserve-onnx", str(onnx_dir), "--name", label, "--port", str(port)]
     servers |= {
-        "kserve-onnx": ([PY, "-m", "modelops.bench.baselines", "kserve-onnx", str(onnx_dir),
-                         "--name", label, "--port", str(port)], f"/v2/models/{label}/infer", body, {}),
-        "kserve-onnx-binary": ([PY, "-m", "modelops.bench.baselines", "kserve-onnx", str(onnx_dir),
-                                "--name", label, "--port", str(port)], f"/v2/models/{label}/infer", binary, {}),
+        "kserve-onnx": (plain, f"/v2/models/{label}/infer", body, {}),
+        "kserve-onnx-binary": (plain, f"/v2/models/{label}/infer", binary, {}),
         "kserve-torch": ([PY, "-m", "modelops.bench.baselines", "kserve-torch", str(src_dir),
                           "--name", label, "--port", str(port)], f"/v2/models/{label}/infer", body, {}),
         "mlflow": ([PY, "-m", "mlflow", "models", "serve", "-m", f"models:/{label}/{version}",

@@ -12,7 +12,12 @@ FILLER = ["the", "a", "movie", "is", "was", "it", "and", "not", "very", "story"]
 WORDS = POSITIVE + NEGATIVE + FILLER + [f"w{i}" for i in range(60)]
 
 
+def random_text(rng: random.Random, min_words: int = 1, max_words: int = 40) -> str:
+    """One text of MIN_WORDS..MAX_WORDS words drawn from WORDS with RNG."""
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words)))
+
+
 def seeded_texts(n: int, seed: int = 0, min_words: int = 1, max_words: int = 40) -> list[str]:
     """N texts of MIN_WORDS..MAX_WORDS words drawn from WORDS, the same for the same SEED."""
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) for _ in range(n)]
+    return [random_text(rng, min_words, max_words) for _ in range(n)]

@@ -16,8 +16,8 @@ import pytest
 
 from modelops.conversion import ConversionOptions, convert_model_dir, fusion, transforms
 from modelops.demo import text_models
-from modelops.words import seeded_texts
 from modelops.serving.onnx_model import OnnxModel
+from modelops.words import seeded_texts
 
 pytest.importorskip("transformers")
 pytest.importorskip("sentence_transformers")

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import InvalidSpec, ModelNotReady, ModelOpsError, PredictorUnreachable, UnknownModel
 from ..tensors import V2_TO_NUMPY
+from ..words import random_text
 from .loadgen import run_load_async
 
 TERMINATION_LOG_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
@@ -60,12 +61,6 @@ async def fetch_metadata(url: str, model: str, timeout: float = 10.0, headers: d
     return doc
 
 
-def _words(rng: random.Random) -> str:
-    from ..words import WORDS
-
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 24)))
-
-
 def request_from_metadata(metadata: dict, seed: int = 0) -> bytes:
     """One V2 request for the inputs METADATA lists: -1 dims as 1, seeded values (floats
     normal(0, 1), integers 0..9, booleans, BYTES a few seeded words)."""
@@ -85,7 +80,7 @@ def request_from_metadata(metadata: dict, seed: int = 0) -> bytes:
         elif dtype.kind == "b":
             data = rng.integers(0, 2, size).astype(bool).tolist()
         else:
-            data = [_words(words) for _ in range(size)]
+            data = [random_text(words, 3, 24) for _ in range(size)]
         inputs.append({"name": name, "datatype": datatype, "shape": shape, "data": data})
     return json.dumps({"inputs": inputs}).encode()
 
